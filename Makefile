@@ -1,0 +1,43 @@
+# Two commands do all set-up on a fresh machine:
+#   make demo   creates .venv, installs, runs suites/tiny.yaml end to end and writes reports/tiny/
+#   make test   creates .venv, installs, runs the test suite
+#
+# torch is installed first and pinned, so that no other package pulls a CUDA build onto a CPU-only
+# machine. Override for your machine, e.g.
+#   make demo TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+TORCH_VERSION ?= 2.13.0
+TORCH_PIP_ARGS ?=
+STAMP := $(VENV)/.installed-stamp
+SUITE ?= suites/tiny.yaml
+
+.PHONY: install demo test test-slow check-ci clean-results
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade "pip>=24"
+	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q "torch==$(TORCH_VERSION)" $(TORCH_PIP_ARGS)
+	$(PIP) install -q -e ".[dev]"
+	@# DeepSpeed's ZeRO path is tested for real on the CPU accelerator. Without build isolation it builds
+	@# against the torch above instead of fetching a second one.
+	@$(PY) -c "import deepspeed" 2>/dev/null || $(PIP) install -q --no-build-isolation "deepspeed>=0.14"
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/remax-bench run $(SUITE)
+	$(VENV)/bin/remax-bench report
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+# Tests marked slow (minutes each) run too.
+test-slow: $(STAMP)
+	REMAX_BENCH_SLOW=1 $(PY) -m pytest -q
+
+clean-results:
+	rm -rf results/*/ reports/*/

@@ -1,0 +1,84 @@
+"""The results layout: one directory per stage and seed, written atomically.
+
+```
+results/<suite>/<stage>/seed<k>/
+  manifest.json   resolved config, its hash, package versions, git sha, device, start/end, status
+  metrics.jsonl   one line per step
+  summary.json    peak memory, wall time, time per iteration, throughput, final figures
+  checkpoint/     a standard Hugging Face model directory
+  eval/           evaluation outputs (eval stage)
+```
+
+A stage writes into ``.<seed dir>.partial`` next to its final place and renames it on success, so a
+directory without the ``.partial`` prefix is always complete. A failed stage is moved to
+``<seed dir>.failed`` with its manifest, log and last good checkpoint, for inspection.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+PARTIAL_PREFIX = "."
+PARTIAL_SUFFIX = ".partial"
+FAILED_SUFFIX = ".failed"
+
+
+def stage_dir(results_dir: str | Path, suite_name: str, stage: str, seed: int) -> Path:
+    return Path(results_dir) / suite_name / stage / f"seed{seed}"
+
+
+def partial_dir(final: Path) -> Path:
+    return final.parent / f"{PARTIAL_PREFIX}{final.name}{PARTIAL_SUFFIX}"
+
+
+def failed_dir(final: Path) -> Path:
+    return final.parent / f"{final.name}{FAILED_SUFFIX}"
+
+
+def is_complete(final: Path) -> bool:
+    manifest = final / "manifest.json"
+    if not manifest.is_file():
+        return False
+    try:
+        return json.loads(manifest.read_text()).get("status") == "completed"
+    except json.JSONDecodeError:
+        return False
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON via a temp file and rename, so a reader never sees half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    path = Path(path)
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line:
+            rows.append(json.loads(line))
+    return rows
+
+
+def promote(partial: Path, final: Path) -> None:
+    """Move a finished partial dir into its final place (replacing an older result)."""
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(partial, final)
+
+
+def discard(path: Path) -> None:
+    if path.exists():
+        shutil.rmtree(path)

@@ -1,0 +1,257 @@
+"""What every stage shares: its command line, the results directory it writes, seeds, devices, checks.
+
+A stage module defines ``train(run: StageRun) -> dict`` (the stage's own summary figures) and ends with
+``if __name__ == "__main__": stage_main("<stage>", train)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import platform
+import random
+import subprocess
+import sys
+import time
+import traceback
+from contextlib import nullcontext
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from remax_bench import results
+from remax_bench.config import Suite
+from remax_bench.metrics import MemoryTracker, PhaseTimer
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class StageError(RuntimeError):
+    """A stage cannot go on; the message names the cause."""
+
+
+class NonFiniteError(StageError):
+    pass
+
+
+def check_finite(name: str, value: torch.Tensor | float, step: int) -> None:
+    finite = torch.isfinite(value).all().item() if isinstance(value, torch.Tensor) else math.isfinite(value)
+    if not finite:
+        raise NonFiniteError(
+            f"{name} is not finite at step {step}; stopping (the last good checkpoint is kept). "
+            "Lower the learning rate, enable reward clipping, or check the data."
+        )
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def resolve_device(requested: str) -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise StageError("runtime.device is 'cuda' but no CUDA device is available")
+    return torch.device(requested)
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in ("torch", "transformers", "datasets", "deepspeed", "vllm", "alpaca-eval", "fschat", "remax-bench"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def git_sha() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def config_hash(config: dict) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+class StageRun:
+    """One stage and seed: its config, its (partial) output directory, its logs and measurements."""
+
+    def __init__(self, stage: str, config: dict, out_dir: Path):
+        self.stage = stage
+        self.config = config
+        self.suite = Suite.model_validate(config["suite"])
+        self.seed = int(config.get("seed", 0))
+        self.inputs: dict[str, Any] = config.get("inputs", {})
+        self.final_dir = Path(out_dir)
+        self.dir = results.partial_dir(self.final_dir)
+        self.device = resolve_device(self.suite.runtime.device)
+        self.memory = MemoryTracker(self.device)
+        self.timer = PhaseTimer(self.device)
+        self.start_time = time.time()
+        self.component_bytes: dict[str, dict[str, int]] = {}
+        self.warnings: list[str] = []
+        self._metrics_file = None
+        self._last_log = 0.0
+
+    # -- files ---------------------------------------------------------------------------------
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.dir / "checkpoint"
+
+    def manifest(self, status: str, **extra: Any) -> dict:
+        return {
+            "stage": self.stage,
+            "seed": self.seed,
+            "status": status,
+            "config": self.config,
+            "config_hash": config_hash(self.config),
+            "suite_hash": self.suite.config_hash(),
+            "versions": package_versions(),
+            "git_sha": git_sha(),
+            "device": str(self.device),
+            "device_name": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else platform.processor() or platform.machine(),
+            "torch_threads": torch.get_num_threads(),
+            "command": sys.argv,
+            "start": datetime.fromtimestamp(self.start_time, timezone.utc).isoformat(),
+            "end": datetime.now(timezone.utc).isoformat() if status != "running" else None,
+            "warnings": self.warnings,
+            **extra,
+        }
+
+    def open(self) -> None:
+        results.discard(self.dir)  # leftovers of a killed attempt are never resumed from
+        self.dir.mkdir(parents=True)
+        results.write_json(self.dir / "manifest.json", self.manifest("running"))
+        self._metrics_file = open(self.dir / "metrics.jsonl", "a", buffering=1)
+        seed_everything(self.seed)
+        self.memory.start()
+
+    def log(self, step: int, **metrics: Any) -> None:
+        """One line of metrics.jsonl (flushed at once, so a crash loses at most the current step)."""
+        row = {"step": step, "wall_time_s": round(time.time() - self.start_time, 4), **metrics}
+        row["rss_bytes"] = self.memory.current()
+        self._metrics_file.write(json.dumps(row, default=float) + "\n")
+        if time.time() - self._last_log > 2 or step == 0:
+            # Machine-readable progress for the runner's live display (stderr goes to the stage log).
+            shown = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
+            print(f"[progress] stage={self.stage} step={step} {json.dumps(shown)}", file=sys.stderr, flush=True)
+            self._last_log = time.time()
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
+        print(f"[warning] {message}", file=sys.stderr, flush=True)
+
+    def record_states(self, component: str, model: torch.nn.Module, optimizer=None) -> None:
+        from remax_bench.metrics import model_state_bytes
+
+        self.component_bytes[component] = model_state_bytes(model, optimizer)
+
+    def autocast(self):
+        """bf16 mixed precision: fp32 master weights, bf16 matmuls (DeepSpeed does its own on its path)."""
+        if self.suite.shared.precision == "bf16":
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return nullcontext()
+
+    def finish(self, summary: dict) -> None:
+        self._metrics_file.close()
+        summary = {
+            "stage": self.stage,
+            "algorithm": self.stage,
+            "seed": self.seed,
+            "status": "completed",
+            "wall_time_s": time.time() - self.start_time,
+            "peak_memory_bytes": self.memory.peak(),
+            "memory_kind": self.memory.kind,
+            **self.memory.details(),
+            "model_state_bytes": self.component_bytes,
+            "model_state_total_bytes": sum(sum(v.values()) for v in self.component_bytes.values()),
+            **summary,
+        }
+        results.write_json(self.dir / "summary.json", summary)
+        results.write_json(self.dir / "manifest.json", self.manifest("completed"))
+        results.promote(self.dir, self.final_dir)
+
+    def fail(self, status: str, error: str) -> Path:
+        if self._metrics_file is not None:
+            self._metrics_file.close()
+        results.write_json(self.dir / "manifest.json", self.manifest(status, error=error))
+        failed = results.failed_dir(self.final_dir)
+        results.discard(failed)
+        os.replace(self.dir, failed)
+        return failed
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Run one remax-bench stage.")
+    parser.add_argument("--config", required=True, help="resolved stage config (JSON)")
+    parser.add_argument("--out", required=True, help="final results directory of this stage and seed")
+    # The deepspeed launcher appends --local_rank; accept and ignore it.
+    parser.add_argument("--local_rank", type=int, default=-1, help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def stage_main(stage: str, train: Callable[[StageRun], dict], argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m trainers.<stage>``. Exit code 0 on success, 1 on failure."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    args = parse_args(argv)
+    config = json.loads(Path(args.config).read_text())
+    run = StageRun(stage, config, Path(args.out))
+    run.open()
+    try:
+        summary = train(run)
+    except KeyboardInterrupt:
+        failed = run.fail("interrupted", "interrupted (KeyboardInterrupt / SIGINT)")
+        print(f"[error] stage {stage} interrupted; partial output moved to {failed}", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - every failure is recorded, then reported
+        failed = run.fail("failed", f"{type(err).__name__}: {err}\n{traceback.format_exc()}")
+        print(f"[error] stage {stage} failed: {type(err).__name__}: {err}", file=sys.stderr)
+        print(f"[error] its logs and last good checkpoint are in {failed}", file=sys.stderr)
+        return 1
+    run.finish(summary)
+    return 0
+
+
+def batches(rows: list, batch_size: int, rng: random.Random | None = None, drop_last: bool = False):
+    """Mini-batches of rows, shuffled when an rng is given."""
+    order = list(range(len(rows)))
+    if rng is not None:
+        rng.shuffle(order)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        if drop_last and len(chunk) < batch_size:
+            return
+        yield [rows[i] for i in chunk]
+
+
+def split_heldout(rows: list, fraction: float, seed: int) -> tuple[list, list]:
+    """A seeded train / held-out split; at least one held-out row."""
+    rng = random.Random(seed)
+    order = list(range(len(rows)))
+    rng.shuffle(order)
+    n_heldout = max(1, int(round(len(rows) * fraction)))
+    heldout = [rows[i] for i in order[:n_heldout]]
+    train = [rows[i] for i in order[n_heldout:]]
+    if not train:
+        raise StageError(f"dataset of {len(rows)} rows is too small to hold out {fraction:.0%} for evaluation")
+    return train, heldout

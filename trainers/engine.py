@@ -1,0 +1,55 @@
+"""The optimizer seam: the algorithms call ``engine.step(loss)`` and never touch an optimizer directly.
+
+``TorchEngine`` is plain AdamW with gradient clipping. ``DeepSpeedEngine`` wraps ``deepspeed.initialize``
+(ZeRO stages 0-3, offload, bf16, gradient accumulation) behind the same three calls, so switching a suite
+to DeepSpeed changes no algorithm code.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from remax_bench.metrics import model_state_bytes
+
+
+class TorchEngine:
+    def __init__(self, model: torch.nn.Module, learning_rate: float, weight_decay: float = 0.0,
+                 max_grad_norm: float | None = 1.0):
+        self.module = model
+        self.max_grad_norm = max_grad_norm
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
+
+    def step(self, loss: torch.Tensor) -> float:
+        """Backward, clip, update. Returns the gradient norm before clipping."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        params = [p for p in self.module.parameters() if p.grad is not None]
+        norm = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm or float("inf"))
+        self.optimizer.step()
+        return float(norm)
+
+    def state_bytes(self) -> dict[str, int]:
+        return model_state_bytes(self.module, self.optimizer)
+
+    def save_pretrained(self, out_dir, tokenizer=None) -> None:
+        self.module.save_pretrained(out_dir)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(out_dir)
+
+
+def build_engine(model: torch.nn.Module, learning_rate: float, suite, batch_size: int):
+    """The engine the suite's runtime block asks for."""
+    shared = suite.shared
+    if suite.runtime.deepspeed.enabled:
+        from trainers.deepspeed_engine import DeepSpeedEngine  # imported only on the DeepSpeed path
+
+        return DeepSpeedEngine(model, learning_rate, suite, batch_size)
+    return TorchEngine(model, learning_rate, shared.weight_decay, shared.max_grad_norm)
+
+
+def freeze(model: torch.nn.Module) -> torch.nn.Module:
+    """A scoring-only model (reference, reward): eval mode, no gradients."""
+    model.eval()
+    model.requires_grad_(False)
+    return model

@@ -1,0 +1,204 @@
+"""Token layout, log-probabilities and generation shared by every stage.
+
+One layout everywhere: ``[prompt, left-padded to P | response, right-padded to R]``. This is what
+``generate`` returns with left padding, so training, scoring and generation all see the same tensors.
+``response_mask[b, t]`` is 1 for response tokens up to and including the first eos, 0 after it.
+Position ids are derived from the attention mask, so left padding never shifts a token's position.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from transformers import LogitsProcessor, LogitsProcessorList
+
+from remax_bench.models import format_prompt
+
+
+@dataclass
+class SequenceBatch:
+    input_ids: torch.Tensor  # [B, P + R]
+    attention_mask: torch.Tensor  # [B, P + R]
+    prompt_width: int  # P
+    response_mask: torch.Tensor  # [B, R], float
+
+    @property
+    def response_ids(self) -> torch.Tensor:
+        return self.input_ids[:, self.prompt_width :]
+
+    @property
+    def response_lengths(self) -> torch.Tensor:
+        return self.response_mask.sum(-1)
+
+    def to(self, device) -> "SequenceBatch":
+        return SequenceBatch(
+            self.input_ids.to(device), self.attention_mask.to(device), self.prompt_width, self.response_mask.to(device)
+        )
+
+    def select(self, rows) -> "SequenceBatch":
+        return SequenceBatch(self.input_ids[rows], self.attention_mask[rows], self.prompt_width, self.response_mask[rows])
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def encode_prompts(tokenizer, instructions: list[str], max_prompt_length: int) -> dict[str, torch.Tensor]:
+    """Chat-formatted, left-padded prompt tokens. A prompt over the limit is an error naming it."""
+    texts = [format_prompt(tokenizer, instruction) for instruction in instructions]
+    encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    for text, ids in zip(instructions, encoded):
+        if len(ids) > max_prompt_length:
+            raise ValueError(
+                f"prompt of {len(ids)} tokens exceeds shared.max_prompt_length={max_prompt_length}: {text[:80]!r}"
+            )
+    return tokenizer.pad({"input_ids": encoded}, padding=True, return_tensors="pt")
+
+
+def prompt_fits(tokenizer, instruction: str, max_prompt_length: int) -> bool:
+    return len(tokenizer(format_prompt(tokenizer, instruction), add_special_tokens=False)["input_ids"]) <= max_prompt_length
+
+
+def encode_pairs(
+    tokenizer, instructions: list[str], responses: list[str], max_prompt_length: int, max_response_length: int
+) -> SequenceBatch:
+    """Prompt + given response (SFT demonstrations, preference pairs), in the shared layout.
+
+    The response gets the eos token (the model must learn to stop) and is truncated to the limit.
+    """
+    prompts = encode_prompts(tokenizer, instructions, max_prompt_length)
+    eos = tokenizer.eos_token_id
+    response_ids = [
+        tokenizer(r, add_special_tokens=False)["input_ids"][: max_response_length - 1] + [eos] for r in responses
+    ]
+    width = max(len(r) for r in response_ids)
+    ids = torch.full((len(responses), width), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(responses), width))
+    for row, r in enumerate(response_ids):
+        ids[row, : len(r)] = torch.tensor(r)
+        mask[row, : len(r)] = 1.0
+    return SequenceBatch(
+        input_ids=torch.cat([prompts["input_ids"], ids], dim=1),
+        attention_mask=torch.cat([prompts["attention_mask"], mask.long()], dim=1),
+        prompt_width=prompts["input_ids"].shape[1],
+        response_mask=mask,
+    )
+
+
+def forward_logits(model, batch: SequenceBatch) -> torch.Tensor:
+    """Logits that predict each response token: [B, R, V]."""
+    out = model(
+        input_ids=batch.input_ids,
+        attention_mask=batch.attention_mask,
+        position_ids=position_ids(batch.attention_mask),
+        use_cache=False,
+    )
+    return out.logits[:, batch.prompt_width - 1 : -1].float()
+
+
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """log pi(token) for each position: [B, R]."""
+    return logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
+
+
+def response_logprobs(model, batch: SequenceBatch) -> torch.Tensor:
+    return token_logprobs(forward_logits(model, batch), batch.response_ids)
+
+
+def entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of the next-token distribution at each position: [B, R]."""
+    logp = F.log_softmax(logits, dim=-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim=None) -> torch.Tensor:
+    if dim is None:
+        return (values * mask).sum() / mask.sum().clamp(min=1)
+    return (values * mask).sum(dim) / mask.sum(dim).clamp(min=1)
+
+
+def sequence_scores(reward_model, batch: SequenceBatch) -> torch.Tensor:
+    """Scalar reward-model score of each whole sequence (head on the last non-pad token): [B]."""
+    out = reward_model(
+        input_ids=batch.input_ids,
+        attention_mask=batch.attention_mask,
+        position_ids=position_ids(batch.attention_mask),
+        use_cache=False,
+    )
+    return out.logits.squeeze(-1).float()
+
+
+class GreedyRows(LogitsProcessor):
+    """Makes the rows flagged in ``greedy`` pick their argmax, inside one sampled ``generate`` call.
+
+    ReMax needs a sampled and a greedy response per prompt; with this both come from one batched pass.
+    It runs after temperature / top-k / top-p, which never change the argmax.
+    """
+
+    def __init__(self, greedy: torch.Tensor):
+        self.greedy = greedy
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        best = scores.argmax(-1, keepdim=True)
+        forced = torch.full_like(scores, float("-inf")).scatter(-1, best, 0.0)
+        return torch.where(self.greedy.to(scores.device).unsqueeze(-1), forced, scores)
+
+
+def response_mask_from_ids(response_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:
+    """1 up to and including the first eos (or everything, when no eos was produced)."""
+    is_eos = response_ids == eos_token_id
+    after_eos = (is_eos.long().cumsum(-1) - is_eos.long()) > 0  # strictly after the first eos
+    return (~after_eos).float()
+
+
+@torch.no_grad()
+def generate(
+    model,
+    tokenizer,
+    instructions: list[str],
+    max_prompt_length: int,
+    max_new_tokens: int,
+    *,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    greedy: bool | torch.Tensor = False,
+) -> SequenceBatch:
+    """Batched generation with left padding. ``greedy`` is all-greedy (True) or a per-row mask."""
+    device = next(model.parameters()).device
+    prompts = encode_prompts(tokenizer, instructions, max_prompt_length).to(device)
+    all_greedy = isinstance(greedy, bool) and greedy
+    kwargs = dict(max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    if all_greedy:
+        kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    else:
+        kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=top_k or None)
+        if isinstance(greedy, torch.Tensor):
+            kwargs["logits_processor"] = LogitsProcessorList([GreedyRows(greedy)])
+    was_training = model.training
+    model.eval()
+    sequences = model.generate(**prompts, **kwargs)
+    model.train(was_training)
+    prompt_width = prompts["input_ids"].shape[1]
+    response_ids = sequences[:, prompt_width:]
+    response_mask = response_mask_from_ids(response_ids, tokenizer.eos_token_id)
+    # Everything after the first eos becomes pad, so later forwards see exactly what was generated.
+    response_ids = torch.where(response_mask.bool(), response_ids, torch.full_like(response_ids, tokenizer.pad_token_id))
+    return SequenceBatch(
+        input_ids=torch.cat([prompts["input_ids"], response_ids], dim=1),
+        attention_mask=torch.cat([prompts["attention_mask"], response_mask.long()], dim=1),
+        prompt_width=prompt_width,
+        response_mask=response_mask.to(device),
+    )
+
+
+def decode_responses(tokenizer, batch: SequenceBatch) -> list[str]:
+    texts = []
+    for ids, mask in zip(batch.response_ids, batch.response_mask):
+        kept = ids[mask.bool()].tolist()
+        if kept and kept[-1] == tokenizer.eos_token_id:
+            kept = kept[:-1]
+        texts.append(tokenizer.decode(kept, skip_special_tokens=True))
+    return texts

@@ -1,0 +1,751 @@
+"""Analytical GPU/CPU memory of one RLHF stage, per algorithm and per component (``remax-bench estimate``).
+
+What is counted, per GPU (data-parallel rank), for a Llama-family decoder:
+
+Model states (resident for the whole stage). P is a model's parameter count, N the number of ranks.
+  Mixed precision (bf16) as in the ZeRO paper (Rajbhandari et al. 2020): 2 bytes of 16-bit parameters, 2 bytes
+  of 16-bit gradients and 12 bytes of optimizer states (fp32 master weights + Adam's two fp32 moments) per
+  parameter: 2 + 2 + 12 = 16. Plain fp32: 4 + 4 + 8. The torch engine with bf16 autocast keeps fp32 weights
+  (autocast casts per op), so it is 4 + 4 + 8 too. ZeRO stage 1 divides the optimizer states by N, stage 2
+  also the gradients, stage 3 also the parameters. Optimizer offload moves the optimizer states to CPU memory,
+  and with them the reduced gradients (ZeRO-Offload keeps an fp32 gradient partition on the CPU, 4 bytes/param/N);
+  parameter offload (stage 3) moves the parameter partitions too. Frozen models (reference, reward) hold only
+  parameters; they may be ZeRO-3 sharded in inference mode and offloaded, as DeepSpeed-Chat does.
+
+Activations of a training forward/backward (Korthikanti et al. 2022, "Reducing Activation Recomputation in
+  Large Transformer Models", eq. 1): ``s*b*h*(34 + 5*a*s/h)`` bytes per layer with 16-bit activations, where
+  s is the sequence length, b the micro batch, h the hidden size and a the number of heads; the ``5*a*s^2*b``
+  part is the attention score matrix, which flash/SDPA kernels do not store (``flash_attention=True`` drops it).
+  With full activation checkpointing only each layer's input is kept (``2*s*b*h`` per layer) plus one layer's
+  full activations while it is recomputed in the backward. fp32 activations double the bytes.
+No-grad scoring forwards hold one layer's intermediate tensors at a time: counted as one layer's activations
+  (an upper bound on that working set).
+Logits: ``b*s*V`` in the activation dtype for the LM head output plus ``b*s*V*4`` for the fp32 log-softmax kept
+  for the backward (trained LMs) or used for the log-probs (scoring forwards).
+Generation KV cache: ``2 * layers * kv_heads * head_dim * (prompt + response) * batch * bytes`` (K and V).
+
+Phases. Model states are always resident. The transient memory of one phase (a label per component: generate,
+one scoring forward per model, the training forward/backward of each trained model) is freed before the next,
+so the peak is ``states + max over phases`` (``peak="phased"``, the default, what ``max_memory_allocated``
+sees). ``peak="sum"`` adds everything as if held at once: a loose upper bound.
+
+The algorithms:
+  PPO: trained policy and critic (the critic is initialised from the reward model: the reward model's shape with
+  a scalar head), frozen reference and reward. Rollout batch of samples generated, scored by policy, reference,
+  reward and critic; then the policy and the critic are updated one after the other (DeepSpeed-Chat's order).
+  ReMax: trained policy, frozen reference and reward, no critic. It also decodes the greedy response to every
+  prompt: one batched pass of 2x the rollout batch in the KV cache (default), or two sequential passes. The
+  reward model scores 2x sequences.
+  DPO: trained policy and frozen reference, no generation; each step processes chosen and rejected (2x sequences).
+  SFT: the policy alone. Reward model: the reward model alone on chosen and rejected.
+
+Not counted: communication buckets, allocator fragmentation, CUDA context and kernels' workspaces, the
+per-layer gather of ZeRO-3 parameters, the prompt activations of the prefill, small per-token buffers (rewards,
+advantages). Measured GPU peaks should therefore come out somewhat above these figures.
+
+The ReMax paper (Li et al. 2023/ICML 2024, arXiv:2310.10505) reports that ReMax saves about 46% of GPU memory
+against PPO when training Llama-2-7B (A800-80GB GPUs; actor under ZeRO-2 with gradient checkpointing, reward and
+reference models under ZeRO-3 with offload; prompts and responses of up to 256 tokens). ``paper_inputs()`` is that
+setup; with a per-GPU batch of 8 on 4 GPUs this model gives 45.7% (PPO 70.9 GiB, ReMax 38.5 GiB per GPU): the
+saving is the critic's parameters, gradients and optimizer states (33.9 GiB), less the extra KV cache of the greedy
+responses. It grows as the batch shrinks (49% at 1 per GPU) and shrinks when the frozen models stay replicated on
+every GPU (34%), since they then weigh the same in both algorithms.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import click
+import pandas as pd
+
+GIB = 1024**3
+ALGORITHMS = ("ppo", "remax", "dpo", "sft", "reward_model")
+STATE_KINDS = ("params", "grads", "optimizer")
+
+
+class EstimateError(ValueError):
+    """A model spec or an input the estimator cannot use."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Model shapes and parameter counts
+# ---------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ModelShape:
+    """The shape of a Llama-family decoder (RMSNorm, RoPE, gated MLP, optional GQA)."""
+
+    name: str
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    intermediate_size: int
+    vocab_size: int
+    num_kv_heads: int | None = None  # None: multi-head attention (kv heads = heads)
+    head_dim: int | None = None  # None: hidden_size // num_heads
+    tie_word_embeddings: bool = False
+    qkv_bias: bool = False  # Qwen2 has biases on q, k, v
+    o_bias: bool = False
+    mlp_bias: bool = False
+
+    @property
+    def kv_heads(self) -> int:
+        return self.num_kv_heads or self.num_heads
+
+    @property
+    def dim_per_head(self) -> int:
+        return self.head_dim or self.hidden_size // self.num_heads
+
+    def layer_params(self) -> int:
+        h, d = self.hidden_size, self.dim_per_head
+        q, kv = self.num_heads * d, self.kv_heads * d
+        attention = h * q + 2 * h * kv + q * h
+        if self.qkv_bias:
+            attention += q + 2 * kv
+        if self.o_bias:
+            attention += h
+        mlp = 3 * h * self.intermediate_size  # gate, up, down
+        if self.mlp_bias:
+            mlp += 2 * self.intermediate_size + h
+        return attention + mlp + 2 * h  # two RMSNorm weights
+
+    def num_params(self, head: str = "lm") -> int:
+        """Parameters of the causal LM (``head="lm"``) or of a scalar-head reward/value model (``"scalar"``)."""
+        h = self.hidden_size
+        body = self.vocab_size * h + self.num_layers * self.layer_params() + h  # embeddings, layers, final norm
+        if head == "lm":
+            return body + (0 if self.tie_word_embeddings else self.vocab_size * h)
+        if head == "scalar":
+            return body + h  # score: Linear(h, 1, bias=False) as in LlamaForSequenceClassification
+        raise EstimateError(f"head must be 'lm' or 'scalar'; got {head!r}")
+
+
+# Shapes from the models' published config.json files.
+KNOWN_MODELS: dict[str, ModelShape] = {
+    "llama-2-7b": ModelShape("Llama-2-7b", 4096, 32, 32, 11008, 32000),
+    "llama-2-13b": ModelShape("Llama-2-13b", 5120, 40, 40, 13824, 32000),
+    "mistral-7b": ModelShape("Mistral-7B", 4096, 32, 32, 14336, 32000, num_kv_heads=8),
+    "llama-3-8b": ModelShape("Llama-3-8B", 4096, 32, 32, 14336, 128256, num_kv_heads=8),
+    "qwen2.5-0.5b": ModelShape("Qwen2.5-0.5B", 896, 24, 14, 4864, 151936, num_kv_heads=2,
+                               tie_word_embeddings=True, qkv_bias=True),
+    "qwen2.5-1.5b": ModelShape("Qwen2.5-1.5B", 1536, 28, 12, 8960, 151936, num_kv_heads=2,
+                               tie_word_embeddings=True, qkv_bias=True),
+}
+_KNOWN_SUFFIXES = ("-hf", "-chat", "-instruct", "-v0.1", "-v0.2", "-v0.3", "-base")
+
+
+def _known_key(spec: str) -> str | None:
+    name = spec.strip().lower().split("/")[-1]
+    name = name.replace("meta-llama-3", "llama-3")
+    changed = True
+    while changed:
+        changed = False
+        for suffix in _KNOWN_SUFFIXES:
+            if name.endswith(suffix):
+                name, changed = name[: -len(suffix)], True
+    return name if name in KNOWN_MODELS else None
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([mb])\s*$", re.IGNORECASE)
+
+
+def shape_for_size(n_params: float, vocab_size: int = 32000) -> ModelShape:
+    """A plausible Llama-style shape for a raw size such as ``7b`` or ``125m``.
+
+    Rule: Llama's aspect ratio (hidden / layers = 128, as in Llama-2-7B and -13B), head size 64 below a hidden
+    size of 2048 and 128 from there on, gated MLP of width 8h/3 rounded up to a multiple of 256, untied
+    embeddings with the Llama-2 vocabulary (32000). The hidden size is the one whose parameter count is nearest
+    to the target among multiples of 64 (below 1024), 256 (below 4096) and 512 (from 4096): nominal sizes are
+    loose, so ``7b`` and ``13b`` land on Llama-2-7B's and -13B's shapes (6.74B, 13.0B).
+    """
+    best: tuple[float, ModelShape] | None = None
+    widths = [*range(64, 1024, 64), *range(1024, 4096, 256), *range(4096, 32768 + 1, 512)]
+    for h in widths:
+        head_dim = 64 if h < 2048 else 128
+        shape = ModelShape(
+            name=f"{_format_count(n_params)} (derived)",
+            hidden_size=h,
+            num_layers=max(1, round(h / 128)),
+            num_heads=max(1, h // head_dim),
+            intermediate_size=256 * math.ceil(8 * h / 3 / 256),
+            vocab_size=vocab_size,
+        )
+        error = abs(shape.num_params() - n_params) / n_params
+        if best is None or error < best[0]:
+            best = (error, shape)
+    assert best is not None
+    return best[1]
+
+
+def _format_count(n: float) -> str:
+    return f"{n / 1e9:.3g}B" if n >= 1e9 else f"{n / 1e6:.3g}M"
+
+
+def shape_from_config(config: Any, name: str | None = None) -> ModelShape:
+    """A ModelShape from a transformers config (object or dict)."""
+    get = config.get if isinstance(config, dict) else (lambda k, d=None: getattr(config, k, d))
+    model_type = get("model_type", "") or ""
+    heads = int(get("num_attention_heads"))
+    return ModelShape(
+        name=name or get("_name_or_path", None) or model_type or "model",
+        hidden_size=int(get("hidden_size")),
+        num_layers=int(get("num_hidden_layers")),
+        num_heads=heads,
+        intermediate_size=int(get("intermediate_size")),
+        vocab_size=int(get("vocab_size")),
+        num_kv_heads=int(get("num_key_value_heads", None) or heads),
+        head_dim=get("head_dim", None),
+        tie_word_embeddings=bool(get("tie_word_embeddings", False)),
+        qkv_bias=bool(get("attention_bias", False)) or model_type == "qwen2",
+        o_bias=bool(get("attention_bias", False)),
+        mlp_bias=bool(get("mlp_bias", False)),
+    )
+
+
+def resolve_model(model: Any) -> ModelShape:
+    """A ModelShape from: a ModelShape, a transformers config, a dict, or a string spec.
+
+    String specs: ``tiny:<preset>[,k=v]`` (remax_bench.models.tiny_config), a known name (``Llama-2-7b``,
+    ``meta-llama/Llama-2-7b-hf``, ``Mistral-7B``, ``Qwen2.5-0.5B``, ...), a raw size (``7b``, ``125m``), or a
+    local directory / HF id read with ``AutoConfig.from_pretrained`` (works offline for local directories and
+    cached ids).
+    """
+    if isinstance(model, ModelShape):
+        return model
+    if isinstance(model, dict):
+        return shape_from_config(model)
+    if not isinstance(model, (str, Path)):
+        return shape_from_config(model)
+    spec = str(model)
+    from remax_bench.models import is_tiny_spec
+
+    if is_tiny_spec(spec):
+        from remax_bench.models import ModelSpecError, tiny_config
+
+        try:
+            return shape_from_config(tiny_config(spec), name=spec)
+        except ModelSpecError as err:
+            raise EstimateError(str(err)) from err
+    if Path(spec).is_dir():
+        from transformers import AutoConfig
+
+        return shape_from_config(AutoConfig.from_pretrained(spec), name=spec)
+    key = _known_key(spec)
+    if key is not None:
+        return replace(KNOWN_MODELS[key], name=spec)
+    size = _SIZE.match(spec)
+    if size:
+        return shape_for_size(float(size.group(1)) * (1e9 if size.group(2).lower() == "b" else 1e6))
+    try:
+        from transformers import AutoConfig
+
+        return shape_from_config(AutoConfig.from_pretrained(spec), name=spec)
+    except Exception as err:  # noqa: BLE001 - offline, unknown id, or not a decoder config
+        known = ", ".join(m.name for m in KNOWN_MODELS.values())
+        raise EstimateError(
+            f"cannot get a config for model {spec!r} ({type(err).__name__}: {err}). Give a local model directory, "
+            f"a tiny: spec, a raw size like 7b or 125m, or a known model: {known}"
+        ) from err
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Inputs
+# ---------------------------------------------------------------------------------------------------------
+@dataclass
+class EstimateInputs:
+    """Everything besides the model that sets the memory of a stage. Batch sizes are per GPU."""
+
+    prompt_length: int = 256
+    response_length: int = 256
+    rollout_batch_per_gpu: int = 8  # prompts generated per rank per iteration (PPO, ReMax)
+    train_batch_per_gpu: int = 8  # micro batch of one forward/backward (pairs for DPO and the reward model)
+    precision: str = "bf16"  # bf16 | fp32
+    gradient_checkpointing: bool = True
+    zero_stage: int = 0
+    num_gpus: int = 1
+    offload_optimizer: bool = False
+    offload_params: bool = False
+    frozen_zero3: bool | None = None  # None: shard the frozen models when the trained ones use ZeRO-3
+    offload_frozen: bool = False  # frozen ZeRO-3 partitions in CPU memory
+    engine: str = "deepspeed"  # deepspeed (16-bit params + fp32 master) | torch (fp32 params, autocast)
+    remax_greedy_batched: bool = True  # sample and greedy in one generate pass (2x KV cache)
+    ppo_sequential_updates: bool = True  # actor then critic backward (DeepSpeed-Chat); False: both live at once
+    flash_attention: bool = False  # attention kernels that do not store the s x s score matrix
+    peak: str = "phased"  # phased: states + max over phases; sum: everything at once
+
+    def __post_init__(self):
+        if self.precision not in ("bf16", "fp16", "fp32"):
+            raise EstimateError(f"precision must be bf16, fp16 or fp32; got {self.precision!r}")
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise EstimateError(f"zero_stage must be 0-3; got {self.zero_stage}")
+        if self.engine not in ("deepspeed", "torch"):
+            raise EstimateError(f"engine must be deepspeed or torch; got {self.engine!r}")
+        if self.peak not in ("phased", "sum"):
+            raise EstimateError(f"peak must be phased or sum; got {self.peak!r}")
+        if self.offload_params and self.zero_stage != 3:
+            raise EstimateError("offload_params needs zero_stage 3")
+        if self.offload_optimizer and self.zero_stage == 0:
+            raise EstimateError("offload_optimizer needs zero_stage >= 1")
+        for name in ("prompt_length", "response_length", "rollout_batch_per_gpu", "train_batch_per_gpu", "num_gpus"):
+            if getattr(self, name) < 1:
+                raise EstimateError(f"{name} must be >= 1; got {getattr(self, name)}")
+
+    @property
+    def seq_len(self) -> int:
+        return self.prompt_length + self.response_length
+
+    @property
+    def shard_frozen(self) -> bool:
+        return self.zero_stage == 3 if self.frozen_zero3 is None else self.frozen_zero3
+
+    @classmethod
+    def from_suite(cls, suite: Any, **overrides: Any) -> "EstimateInputs":
+        """From a Suite: ``shared`` lengths, batch sizes (global, split over ``runtime.num_gpus`` ranks), precision,
+        gradient checkpointing; ``runtime.deepspeed`` ZeRO stage and offload. Keyword overrides win."""
+        shared, runtime = suite.shared, suite.runtime
+        ds = getattr(runtime, "deepspeed", None)
+        use_ds = bool(getattr(ds, "enabled", False))
+        gpus = max(1, int(getattr(runtime, "num_gpus", 1) or 1)) * max(1, int(getattr(runtime, "num_nodes", 1) or 1))
+        if not use_ds:
+            gpus = 1  # the torch engine runs one process
+        values = dict(
+            prompt_length=shared.max_prompt_length,
+            response_length=shared.max_response_length,
+            rollout_batch_per_gpu=max(1, math.ceil(shared.rollout_batch_size / gpus)),
+            train_batch_per_gpu=max(1, math.ceil(shared.train_batch_size / gpus)),
+            precision=shared.precision,
+            gradient_checkpointing=bool(shared.gradient_checkpointing),
+            num_gpus=gpus,
+            engine="deepspeed" if use_ds else "torch",
+            zero_stage=int(getattr(ds, "zero_stage", 0) or 0) if use_ds else 0,
+            offload_optimizer=bool(getattr(ds, "offload_optimizer", False)) if use_ds else False,
+            offload_params=bool(getattr(ds, "offload_params", False)) if use_ds else False,
+        )
+        values.update(overrides)
+        return cls(**values)
+
+
+def paper_inputs(**overrides: Any) -> EstimateInputs:
+    """The ReMax paper's Llama-2-7B setup (reference script step3 run_llama2_7b.sh, DeepSpeed-Chat style):
+    4 GPUs, actor (and PPO critic) under ZeRO-2 with bf16 and gradient checkpointing, reward and reference
+    models ZeRO-3 sharded and offloaded, prompts and responses of 256 tokens, 8 sequences per GPU."""
+    values = dict(prompt_length=256, response_length=256, rollout_batch_per_gpu=8, train_batch_per_gpu=8,
+                  precision="bf16", gradient_checkpointing=True, zero_stage=2, num_gpus=4,
+                  frozen_zero3=True, offload_frozen=True)
+    values.update(overrides)
+    return EstimateInputs(**values)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The memory model
+# ---------------------------------------------------------------------------------------------------------
+@dataclass
+class Component:
+    model: str  # policy | reference | reward | critic
+    kind: str  # params | grads | optimizer | activations | logits | kv_cache | forward
+    phase: str  # "states" (resident) or the transient phase it belongs to
+    gpu_bytes: int
+    cpu_bytes: int = 0
+    note: str = ""
+
+
+@dataclass
+class Estimate:
+    algorithm: str
+    model: str
+    inputs: EstimateInputs
+    components: list[Component] = field(default_factory=list)
+    param_counts: dict[str, int] = field(default_factory=dict)
+
+    def phase_bytes(self) -> dict[str, int]:
+        totals: dict[str, int] = {}
+        for c in self.components:
+            if c.phase != "states":
+                totals[c.phase] = totals.get(c.phase, 0) + c.gpu_bytes
+        return totals
+
+    @property
+    def peak_phase(self) -> str | None:
+        phases = self.phase_bytes()
+        return max(phases, key=phases.get) if phases else None
+
+    @property
+    def state_gpu_bytes(self) -> int:
+        return sum(c.gpu_bytes for c in self.components if c.phase == "states")
+
+    @property
+    def gpu_bytes(self) -> int:
+        """Peak GPU bytes per rank."""
+        phases = self.phase_bytes()
+        if self.inputs.peak == "sum":
+            return self.state_gpu_bytes + sum(phases.values())
+        return self.state_gpu_bytes + (max(phases.values()) if phases else 0)
+
+    @property
+    def cpu_bytes(self) -> int:
+        return sum(c.cpu_bytes for c in self.components)
+
+    def in_peak(self, c: Component) -> bool:
+        return c.phase == "states" or self.inputs.peak == "sum" or c.phase == self.peak_phase
+
+    def state_bytes(self) -> dict[str, dict[str, int]]:
+        """Per model: params, grads, optimizer bytes of this rank (GPU and CPU together), like summary.json."""
+        out: dict[str, dict[str, int]] = {}
+        for c in self.components:
+            if c.phase == "states":
+                out.setdefault(c.model, {k: 0 for k in STATE_KINDS})[c.kind] += c.gpu_bytes + c.cpu_bytes
+        return out
+
+    def to_frame(self) -> pd.DataFrame:
+        rows = [{"algorithm": self.algorithm, **asdict(c), "in_peak": self.in_peak(c)} for c in self.components]
+        return pd.DataFrame(rows, columns=["algorithm", "model", "kind", "phase", "gpu_bytes", "cpu_bytes", "note",
+                                           "in_peak"])
+
+
+def _precision_bytes(inputs: EstimateInputs) -> dict[str, int]:
+    """Bytes per parameter (params, grads, optimizer, frozen params) and per activation / KV element."""
+    half = inputs.precision in ("bf16", "fp16")
+    if half and inputs.engine == "deepspeed":
+        states = dict(params=2, grads=2, optimizer=12, frozen=2)  # 16-bit weights + fp32 master + 2 moments
+    else:
+        states = dict(params=4, grads=4, optimizer=8, frozen=4)  # fp32 weights (autocast casts per op)
+    act = 2 if half else 4
+    return {**states, "act": act, "kv": act}
+
+
+def layer_activation_bytes(shape: ModelShape, seq: int, batch: int, inputs: EstimateInputs) -> int:
+    """Korthikanti et al. 2022 eq. 1: s*b*h*(34 + 5*a*s/h) bytes per layer (16-bit), scaled for fp32."""
+    s, b, h, a = seq, batch, shape.hidden_size, shape.num_heads
+    per_layer_16bit = 34 * s * b * h + (0 if inputs.flash_attention else 5 * a * s * s * b)
+    return per_layer_16bit * _precision_bytes(inputs)["act"] // 2
+
+
+def training_activation_bytes(shape: ModelShape, seq: int, batch: int, inputs: EstimateInputs) -> int:
+    """All layers' activations kept for the backward; with full checkpointing, each layer's input (2*s*b*h in
+    16-bit) plus one layer's activations while it is recomputed."""
+    full_layer = layer_activation_bytes(shape, seq, batch, inputs)
+    if not inputs.gradient_checkpointing:
+        return shape.num_layers * full_layer
+    act = _precision_bytes(inputs)["act"]
+    return shape.num_layers * seq * batch * shape.hidden_size * act + full_layer
+
+
+def logits_bytes(shape: ModelShape, seq: int, batch: int, inputs: EstimateInputs) -> int:
+    """LM-head output in the activation dtype plus the fp32 log-softmax (b*s*V*4)."""
+    return batch * seq * shape.vocab_size * (_precision_bytes(inputs)["act"] + 4)
+
+
+def kv_cache_bytes(shape: ModelShape, seq: int, batch: int, inputs: EstimateInputs) -> int:
+    """2 (K and V) * layers * kv_heads * head_dim * tokens * batch * bytes."""
+    return 2 * shape.num_layers * shape.kv_heads * shape.dim_per_head * seq * batch * _precision_bytes(inputs)["kv"]
+
+
+def _trained_states(name: str, n_params: int, inputs: EstimateInputs) -> list[Component]:
+    pb, n, z = _precision_bytes(inputs), inputs.num_gpus, inputs.zero_stage
+    params = pb["params"] * n_params // (n if z == 3 else 1)
+    grads = pb["grads"] * n_params // (n if z >= 2 else 1)
+    optimizer = pb["optimizer"] * n_params // (n if z >= 1 else 1)
+    out = []
+    if inputs.offload_params:
+        out.append(Component(name, "params", "states", 0, params, "ZeRO-3 partition offloaded"))
+    else:
+        out.append(Component(name, "params", "states", params, 0, f"ZeRO-{z}" if z == 3 else ""))
+    if inputs.offload_optimizer:
+        # ZeRO-Offload: gradients are reduced straight into an fp32 partition in CPU memory.
+        out.append(Component(name, "grads", "states", 0, 4 * n_params // n, "fp32 partition offloaded"))
+        out.append(Component(name, "optimizer", "states", 0, optimizer, "offloaded"))
+    else:
+        out.append(Component(name, "grads", "states", grads, 0, "partitioned" if z >= 2 else ""))
+        out.append(Component(name, "optimizer", "states", optimizer, 0, "partitioned" if z >= 1 else ""))
+    return out
+
+
+def _frozen_states(name: str, n_params: int, inputs: EstimateInputs) -> list[Component]:
+    pb = _precision_bytes(inputs)
+    sharded = inputs.shard_frozen and inputs.engine == "deepspeed"
+    params = pb["frozen"] * n_params // (inputs.num_gpus if sharded else 1)
+    note = "ZeRO-3 inference" if sharded else ""
+    if sharded and inputs.offload_frozen:
+        return [Component(name, "params", "states", 0, params, note + ", offloaded")]
+    return [Component(name, "params", "states", params, 0, note)]
+
+
+def _train_phase(name: str, shape: ModelShape, seq: int, batch: int, inputs: EstimateInputs, lm: bool,
+                 phase: str) -> list[Component]:
+    out = [Component(name, "activations", phase, training_activation_bytes(shape, seq, batch, inputs), 0,
+                     "checkpointed" if inputs.gradient_checkpointing else "all layers")]
+    if lm:
+        out.append(Component(name, "logits", phase, logits_bytes(shape, seq, batch, inputs)))
+    return out
+
+
+def _score_phase(name: str, shape: ModelShape, seq: int, batch: int, inputs: EstimateInputs, lm: bool) -> list[Component]:
+    """One no-grad forward: one layer's working set at a time, plus the log-probs of an LM."""
+    out = [Component(name, "forward", f"score:{name}", layer_activation_bytes(shape, seq, batch, inputs), 0,
+                     f"{batch} sequences")]
+    if lm:
+        out.append(Component(name, "logits", f"score:{name}", logits_bytes(shape, seq, batch, inputs)))
+    return out
+
+
+def estimate(model_config: Any, inputs: EstimateInputs, algorithm: str, reward_config: Any = None) -> Estimate:
+    """Per-GPU memory of ``algorithm`` (ppo, remax, dpo, sft, reward_model) for a policy of ``model_config``;
+    the reward model (and PPO's critic) has ``reward_config``'s shape (default: the policy's)."""
+    if algorithm not in ALGORITHMS:
+        raise EstimateError(f"algorithm must be one of {ALGORITHMS}; got {algorithm!r}")
+    policy = resolve_model(model_config)
+    reward = resolve_model(reward_config) if reward_config is not None else policy
+    s, gen_b, train_b = inputs.seq_len, inputs.rollout_batch_per_gpu, inputs.train_batch_per_gpu
+    n_lm, n_rm = policy.num_params("lm"), reward.num_params("scalar")
+    result = Estimate(algorithm, policy.name, inputs)
+    add = result.components.extend
+
+    if algorithm == "sft":
+        result.param_counts = {"policy": n_lm}
+        add(_trained_states("policy", n_lm, inputs))
+        add(_train_phase("policy", policy, s, train_b, inputs, lm=True, phase="train"))
+    elif algorithm == "reward_model":
+        result.param_counts = {"reward": n_rm}
+        add(_trained_states("reward", n_rm, inputs))
+        add(_train_phase("reward", reward, s, 2 * train_b, inputs, lm=False, phase="train"))
+    elif algorithm == "dpo":
+        result.param_counts = {"policy": n_lm, "reference": n_lm}
+        add(_trained_states("policy", n_lm, inputs))
+        add(_frozen_states("reference", n_lm, inputs))
+        add(_score_phase("reference", policy, s, 2 * train_b, inputs, lm=True))
+        add(_train_phase("policy", policy, s, 2 * train_b, inputs, lm=True, phase="train"))
+    else:  # ppo, remax: one rollout engine
+        remax = algorithm == "remax"
+        result.param_counts = {"policy": n_lm, "reference": n_lm, "reward": n_rm}
+        add(_trained_states("policy", n_lm, inputs))
+        if not remax:
+            result.param_counts["critic"] = n_rm
+            add(_trained_states("critic", n_rm, inputs))
+        add(_frozen_states("reference", n_lm, inputs))
+        add(_frozen_states("reward", n_rm, inputs))
+        if remax and inputs.remax_greedy_batched:
+            add([Component("policy", "kv_cache", "generate", kv_cache_bytes(policy, s, 2 * gen_b, inputs), 0,
+                           "sampled + greedy in one pass")])
+        else:
+            add([Component("policy", "kv_cache", "generate", kv_cache_bytes(policy, s, gen_b, inputs), 0,
+                           "sampled" + (", then greedy" if remax else ""))])
+        add(_score_phase("policy", policy, s, gen_b, inputs, lm=True))
+        add(_score_phase("reference", policy, s, gen_b, inputs, lm=True))
+        add(_score_phase("reward", reward, s, (2 if remax else 1) * gen_b, inputs, lm=False))
+        if not remax:
+            add(_score_phase("critic", reward, s, gen_b, inputs, lm=False))
+        sequential = remax or inputs.ppo_sequential_updates
+        add(_train_phase("policy", policy, s, train_b, inputs, lm=True, phase="train:policy" if sequential else "train"))
+        if not remax:
+            add(_train_phase("critic", reward, s, train_b, inputs, lm=False,
+                             phase="train:critic" if sequential else "train"))
+    return result
+
+
+def estimate_table(model: Any, inputs: EstimateInputs, algorithms: Iterable[str] = ("ppo", "remax", "dpo"),
+                   reward: Any = None) -> pd.DataFrame:
+    """Rows: algorithm x component (model, kind, phase) with GPU and CPU bytes and whether it is in the peak."""
+    frames = [estimate(model, inputs, a, reward).to_frame() for a in algorithms]
+    return pd.concat(frames, ignore_index=True)
+
+
+def remax_saving(ppo: Estimate, remax: Estimate) -> dict[str, Any]:
+    """ReMax's GPU saving against PPO, and where it comes from: the difference, component by component, of
+    what each algorithm holds at its peak (positive: PPO holds more)."""
+    if ppo.algorithm != "ppo" or remax.algorithm != "remax":
+        raise EstimateError("remax_saving(ppo_estimate, remax_estimate)")
+
+    def at_peak(est: Estimate) -> dict[tuple[str, str], int]:
+        out: dict[tuple[str, str], int] = {}
+        for c in est.components:
+            if est.in_peak(c):
+                key = (c.model, c.kind if c.phase == "states" else f"{c.kind} ({c.phase})")
+                out[key] = out.get(key, 0) + c.gpu_bytes
+        return out
+
+    p, r = at_peak(ppo), at_peak(remax)
+    parts = {f"{m} {k}": p.get((m, k), 0) - r.get((m, k), 0) for (m, k) in sorted(set(p) | set(r))}
+    parts = {k: v for k, v in parts.items() if v != 0}
+    return {
+        "ppo_gpu_bytes": ppo.gpu_bytes,
+        "remax_gpu_bytes": remax.gpu_bytes,
+        "saving_bytes": ppo.gpu_bytes - remax.gpu_bytes,
+        "saving_fraction": (ppo.gpu_bytes - remax.gpu_bytes) / ppo.gpu_bytes,
+        "ppo_peak_phase": ppo.peak_phase,
+        "remax_peak_phase": remax.peak_phase,
+        "breakdown_bytes": parts,
+    }
+
+
+def _gib(n: float) -> str:
+    return f"{n / GIB:8.2f}"
+
+
+def format_estimate(model: Any, inputs: EstimateInputs, algorithms: Sequence[str] = ("ppo", "remax", "dpo"),
+                    reward: Any = None) -> str:
+    """A table in GiB per GPU (components x algorithms), the totals, and the ReMax-vs-PPO saving explained."""
+    estimates = {a: estimate(model, inputs, a, reward) for a in algorithms}
+    first = next(iter(estimates.values()))
+    policy = resolve_model(model)
+    rm = resolve_model(reward) if reward is not None else policy
+    lines = [
+        f"model {policy.name}: {policy.num_params('lm') / 1e9:.3f}B params (LM); reward/critic {rm.name}: "
+        f"{rm.num_params('scalar') / 1e9:.3f}B (scalar head)",
+        f"per GPU: {inputs.num_gpus} GPU(s), engine {inputs.engine}, ZeRO-{inputs.zero_stage}, {inputs.precision}, "
+        f"gradient checkpointing {'on' if inputs.gradient_checkpointing else 'off'}, offload optimizer "
+        f"{inputs.offload_optimizer} / params {inputs.offload_params}; frozen models "
+        f"{'ZeRO-3 sharded' if first.inputs.shard_frozen and inputs.engine == 'deepspeed' else 'replicated'}"
+        f"{' + offloaded' if inputs.offload_frozen and first.inputs.shard_frozen else ''}",
+        f"prompt {inputs.prompt_length} + response {inputs.response_length} tokens, rollout batch "
+        f"{inputs.rollout_batch_per_gpu}/GPU, train micro batch {inputs.train_batch_per_gpu}/GPU, peak = "
+        f"{'states + largest phase' if inputs.peak == 'phased' else 'sum of everything'}",
+        "",
+    ]
+    keys: list[tuple[str, str, str]] = []
+    for est in estimates.values():
+        for c in est.components:
+            key = (c.model, c.kind, c.phase)
+            if key not in keys:
+                keys.append(key)
+    width = max(len(f"{m} {k} [{p}]") for m, k, p in keys) + 2
+
+    def cell(est: Estimate, key: tuple[str, str, str], cpu: bool) -> str:
+        match = [c for c in est.components if (c.model, c.kind, c.phase) == key]
+        if not match:
+            return "-".rjust(13) + " "
+        value = match[0].cpu_bytes if cpu else match[0].gpu_bytes
+        return _gib(value).strip().rjust(13) + ("*" if not cpu and est.in_peak(match[0]) else " ")
+
+    header = "GPU, GiB per rank".ljust(width) + "".join(a.rjust(13) + " " for a in estimates)
+    lines += [header + "  (* = held at the peak)", "-" * len(header)]
+    for key in keys:
+        lines.append(f"{key[0]} {key[1]} [{key[2]}]".ljust(width) + "".join(cell(e, key, False) for e in estimates.values()))
+    lines.append("-" * len(header))
+    lines.append("peak".ljust(width) + "".join(_gib(e.gpu_bytes).strip().rjust(13) + " " for e in estimates.values()))
+    lines.append("  model states".ljust(width)
+                 + "".join(_gib(e.state_gpu_bytes).strip().rjust(13) + " " for e in estimates.values()))
+    lines.append("  peak phase".ljust(width) + "".join((e.peak_phase or "-").rjust(13) + " " for e in estimates.values()))
+    cpu_keys = [k for k in keys if any(c.cpu_bytes for e in estimates.values() for c in e.components
+                                       if (c.model, c.kind, c.phase) == k)]
+    if cpu_keys:
+        lines += ["", "CPU, GiB per rank (offloaded)".ljust(width) + "".join(a.rjust(13) + " " for a in estimates)]
+        for key in cpu_keys:
+            lines.append(f"{key[0]} {key[1]}".ljust(width) + "".join(cell(e, key, True) for e in estimates.values()))
+        lines.append("total".ljust(width) + "".join(_gib(e.cpu_bytes).strip().rjust(13) + " " for e in estimates.values()))
+    if "ppo" in estimates and "remax" in estimates:
+        saving = remax_saving(estimates["ppo"], estimates["remax"])
+        lines += [
+            "",
+            f"ReMax vs PPO: {100 * saving['saving_fraction']:.1f}% less GPU memory "
+            f"({saving['ppo_gpu_bytes'] / GIB:.2f} -> {saving['remax_gpu_bytes'] / GIB:.2f} GiB per GPU; "
+            f"peaks in {saving['ppo_peak_phase']} / {saving['remax_peak_phase']}). Where it comes from:",
+        ]
+        for name, delta in sorted(saving["breakdown_bytes"].items(), key=lambda kv: -kv[1]):
+            lines.append(f"  {'+' if delta > 0 else '-'} {abs(delta) / GIB:7.2f} GiB  {name}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Estimated vs measured
+# ---------------------------------------------------------------------------------------------------------
+_ALIASES = {"actor": "policy", "ref": "reference", "reward_model": "reward", "rm": "reward", "value": "critic",
+            "value_model": "critic"}
+
+
+def compare_measured(est: Estimate, measured_summary: dict | str | Path) -> pd.DataFrame:
+    """Estimated vs measured bytes: each model's params / grads / optimizer, their total, and the peak.
+
+    ``measured_summary`` is a stage's summary.json (dict or path) with ``model_state_bytes`` and
+    ``peak_memory_bytes``. ``rel_error = (estimated - measured) / measured``. On CPU the measured peak is the
+    RSS above the baseline (``memory_kind``), which also holds allocator slack and the Python heap.
+    """
+    if not isinstance(measured_summary, dict):
+        import json
+
+        measured_summary = json.loads(Path(measured_summary).read_text())
+    measured_states = {_ALIASES.get(k, k): v for k, v in (measured_summary.get("model_state_bytes") or {}).items()}
+    estimated_states = est.state_bytes()
+    rows = []
+    for model in sorted(set(estimated_states) | set(measured_states)):
+        for kind in STATE_KINDS:
+            e = estimated_states.get(model, {}).get(kind, 0)
+            m = (measured_states.get(model) or {}).get(kind)
+            rows.append({"model": model, "kind": kind, "estimated_bytes": e, "measured_bytes": m})
+    rows.append({"model": "all", "kind": "model_states",
+                 "estimated_bytes": sum(sum(v.values()) for v in estimated_states.values()),
+                 "measured_bytes": sum(sum(v.get(k, 0) for k in STATE_KINDS) for v in measured_states.values())
+                 if measured_states else None})
+    rows.append({"model": "all", "kind": f"peak ({measured_summary.get('memory_kind', 'measured')})",
+                 "estimated_bytes": est.gpu_bytes, "measured_bytes": measured_summary.get("peak_memory_bytes")})
+    frame = pd.DataFrame(rows)
+    measured = pd.to_numeric(frame["measured_bytes"], errors="coerce")
+    frame["rel_error"] = (frame["estimated_bytes"] - measured) / measured.where(measured > 0)
+    return frame
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Command line: `remax-bench estimate` (also `python -m remax_bench.estimate`)
+# ---------------------------------------------------------------------------------------------------------
+@click.command("estimate")
+@click.option("--model", help="policy: tiny: spec, known name (Llama-2-7b, Mistral-7B, ...), raw size (7b), "
+              "local dir or HF id; default: the suite's models.policy, else Llama-2-7b")
+@click.option("--reward-model", "reward", help="reward model / critic shape (default: the suite's, else the policy)")
+@click.option("--suite", help="take lengths, batch sizes, precision and ZeRO settings from this suite")
+@click.option("--paper", is_flag=True, help="the ReMax paper's Llama-2-7B setup (see paper_inputs)")
+@click.option("--algorithms", default="ppo,remax,dpo", show_default=True)
+@click.option("--prompt-length", type=int)
+@click.option("--response-length", type=int)
+@click.option("--batch", type=int, help="rollout and train batch per GPU")
+@click.option("--precision", type=click.Choice(["bf16", "fp32"]))
+@click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=None)
+@click.option("--zero-stage", type=click.IntRange(0, 3))
+@click.option("--num-gpus", type=click.IntRange(min=1))
+@click.option("--offload-optimizer/--no-offload-optimizer", default=None)
+@click.option("--offload-params/--no-offload-params", default=None)
+@click.option("--frozen-zero3/--no-frozen-zero3", default=None, help="ZeRO-3 shard the reference and reward models")
+@click.option("--offload-frozen/--no-offload-frozen", default=None)
+@click.option("--greedy-sequential", is_flag=True, help="ReMax: greedy decoding after sampling, not in one batch")
+@click.option("--flash-attention", is_flag=True, help="no s x s attention scores stored")
+@click.option("--peak", type=click.Choice(["phased", "sum"]))
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="also write the component table as CSV")
+def estimate_cli(model, reward, suite, paper, algorithms, prompt_length, response_length, batch, precision,
+                 gradient_checkpointing, zero_stage, num_gpus, offload_optimizer, offload_params, frozen_zero3,
+                 offload_frozen, greedy_sequential, flash_attention, peak, csv_path):
+    """Analytical GPU memory per algorithm and component (bytes per GPU), and ReMax's saving against PPO."""
+    overrides = {k: v for k, v in dict(
+        prompt_length=prompt_length, response_length=response_length, rollout_batch_per_gpu=batch,
+        train_batch_per_gpu=batch, precision=precision, gradient_checkpointing=gradient_checkpointing,
+        zero_stage=zero_stage, num_gpus=num_gpus, offload_optimizer=offload_optimizer, offload_params=offload_params,
+        frozen_zero3=frozen_zero3, offload_frozen=offload_frozen, peak=peak).items() if v is not None}
+    if greedy_sequential:
+        overrides["remax_greedy_batched"] = False
+    if flash_attention:
+        overrides["flash_attention"] = True
+    try:
+        if suite:
+            from remax_bench.config import load_suite
+
+            loaded = load_suite(suite)
+            if any(k in overrides for k in ("zero_stage", "num_gpus", "offload_optimizer", "offload_params")):
+                overrides["engine"] = "deepspeed"  # asking for ZeRO settings means a DeepSpeed run
+            inputs = EstimateInputs.from_suite(loaded, **overrides)
+            model = model or loaded.models.policy
+            reward = reward or getattr(loaded.models, "reward", None)
+        else:
+            inputs = paper_inputs(**overrides) if paper else EstimateInputs(**overrides)
+            model = model or "Llama-2-7b"
+        chosen = [a.strip() for a in algorithms.split(",") if a.strip()]
+        click.echo(format_estimate(model, inputs, chosen, reward))
+        if csv_path:
+            estimate_table(model, inputs, chosen, reward).to_csv(csv_path, index=False)
+            click.echo(f"\ncomponent table written to {csv_path}")
+    except EstimateError as err:
+        raise click.UsageError(str(err)) from err
+
+
+if __name__ == "__main__":
+    estimate_cli()

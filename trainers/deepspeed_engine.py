@@ -1,0 +1,70 @@
+"""DeepSpeed behind the trainers' engine seam: the same ``step`` / ``state_bytes`` / ``save_pretrained``.
+
+Imported only when a suite sets ``runtime.deepspeed.enabled``. The ZeRO JSON comes from the suite's runtime
+block (``remax_bench.deepspeed_config``) and is recorded in the stage manifest. The algorithms call
+``engine.module`` for forward and generate: DeepSpeed's engine passes unknown attributes (``generate``,
+``config``, ``gradient_checkpointing_enable``) through to the wrapped model, and under ZeRO-3 its hooks
+gather the partitioned parameters for every forward.
+
+On a machine without GPUs this runs on DeepSpeed's CPU accelerator in one process (gloo), which is how the
+test suite exercises it; multi-GPU runs are started by the ``deepspeed`` launcher (see the runner).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from remax_bench.metrics import tensor_bytes
+
+
+class DeepSpeedEngine:
+    def __init__(self, model: torch.nn.Module, learning_rate: float, suite, batch_size: int):
+        import deepspeed
+
+        from remax_bench.deepspeed_config import deepspeed_config, init_distributed_single_process
+
+        init_distributed_single_process()  # no-op under the deepspeed launcher, which sets the env
+        self.config = deepspeed_config(suite.runtime, suite.shared, batch_size, stage="train")
+        self.zero_stage = self.config["zero_optimization"]["stage"]
+        params = [p for p in model.parameters() if p.requires_grad]
+        # A torch optimizer keeps the CPU path free of DeepSpeed's compiled Adam ops; DeepSpeed wraps it
+        # in its ZeRO optimizer all the same (states partitioned, optionally offloaded).
+        optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=suite.shared.weight_decay)
+        self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=self.config)
+        self.module = self.engine
+
+    def step(self, loss: torch.Tensor) -> float:
+        self.engine.backward(loss)
+        self.engine.step()
+        norm = self.engine.get_global_grad_norm()
+        return float(norm) if norm is not None else float("nan")
+
+    def state_bytes(self) -> dict[str, int]:
+        """Bytes of this rank's model states: its share of parameters, gradients and optimizer states."""
+        module = self.engine.module
+        params = [p.ds_tensor if hasattr(p, "ds_tensor") else p for p in module.parameters()]
+        trainable = [p for p in module.parameters() if p.requires_grad]
+        inner = getattr(self.optimizer, "optimizer", self.optimizer)
+        optimizer_bytes = sum(tensor_bytes(state.values()) for state in inner.state.values())
+        # Mixed precision keeps fp32 master weights beside the 16-bit ones; each ZeRO stage names them
+        # differently (stages 1-2, stage 0 with bf16, stage 3).
+        for attr in ("single_partition_of_fp32_groups", "fp32_groups", "fp32_partitioned_groups_flat"):
+            groups = getattr(self.optimizer, attr, None) or []
+            optimizer_bytes += sum(tensor_bytes(g if isinstance(g, (list, tuple)) else [g]) for g in groups)
+        grad_divisor = torch.distributed.get_world_size() if self.zero_stage >= 2 else 1
+        grad_bytes = sum(p.numel() * p.element_size() for p in trainable) // grad_divisor
+        return {"params": tensor_bytes(params), "grads": grad_bytes, "optimizer": optimizer_bytes}
+
+    def save_pretrained(self, out_dir, tokenizer=None) -> None:
+        module = self.engine.module
+        if self.zero_stage == 3:
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+                state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+            if torch.distributed.get_rank() == 0:
+                module.save_pretrained(out_dir, state_dict=state)
+        elif torch.distributed.get_rank() == 0:
+            module.save_pretrained(out_dir)
+        if tokenizer is not None and torch.distributed.get_rank() == 0:
+            tokenizer.save_pretrained(out_dir)

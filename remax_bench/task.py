@@ -1,0 +1,207 @@
+"""The synthetic instruction task: string transformations with a programmatic gold reward.
+
+Small enough for a ~1M-parameter model with a byte tokenizer (words of 3-6 letters over a-h, answers of at
+most ~18 characters), varied enough to need real learning (seven tasks, two phrasings each), and graded, so
+that a nearly right answer scores between a wrong one and a right one:
+
+- the gold scorer parses the instruction, recomputes the true answer, and grades closeness
+  (difflib's similarity ratio 2*M/T for strings; 0.5 ** |error| for counts);
+- SFT demonstrations are imperfect on purpose (``demo_noise`` of them corrupted), so the SFT model
+  learns the imperfection and RL has headroom;
+- preference pairs are two answers of different quality, labelled by the gold scorer;
+- evaluation prompts use inputs that never appear in training (split by a hash of the input).
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import random
+import re
+from collections import Counter
+from typing import Callable
+
+ALPHABET = "abcdefgh"
+MIN_LEN, MAX_LEN = 3, 6
+EVAL_BUCKETS = 8  # one input in EVAL_BUCKETS goes to evaluation
+
+# name -> (phrasings, answer). A phrasing's {w} is the word; {k} and {c} are task arguments.
+TASK_SPECS: dict[str, tuple[list[str], Callable[..., str]]] = {
+    "reverse": (["Reverse: {w}", "Write {w} backwards."], lambda w: w[::-1]),
+    "uppercase": (["Uppercase: {w}", "Write {w} in capitals."], lambda w: w.upper()),
+    "sort": (["Sort the letters: {w}", "Put the letters of {w} in order."], lambda w: "".join(sorted(w))),
+    "repeat": (["Repeat {w} {k} times.", "Say {w} {k} times."], lambda w, k: w * k),
+    "count": (["Count the letter {c} in: {w}", "How many {c} are in {w}?"], lambda w, c: str(w.count(c))),
+    "first": (["First {k} letters of: {w}", "Begin {w} with {k} letters."], lambda w, k: w[:k]),
+    "double": (["Double each letter: {w}", "Write {w} with every letter twice."], lambda w: "".join(ch * 2 for ch in w)),
+}
+TASKS = list(TASK_SPECS)
+
+
+def _pattern(template: str) -> re.Pattern:
+    pattern = re.escape(template)
+    pattern = pattern.replace(r"\{w\}", r"(?P<w>[a-z]+)").replace(r"\{k\}", r"(?P<k>\d+)")
+    pattern = pattern.replace(r"\{c\}", r"(?P<c>[a-z])")
+    return re.compile(f"^{pattern}$")
+
+
+PARSERS = [(name, _pattern(t)) for name, (templates, _) in TASK_SPECS.items() for t in templates]
+
+
+def parse_instruction(prompt: str) -> tuple[str, dict]:
+    """(task name, arguments) of an instruction; ValueError when it is not one of the task's phrasings."""
+    text = prompt.strip()
+    for name, pattern in PARSERS:
+        match = pattern.match(text)
+        if match:
+            args = match.groupdict()
+            if "k" in args:
+                args["k"] = int(args["k"])
+            return name, args
+    raise ValueError(f"not an instruction of the synthetic task: {prompt[:80]!r}")
+
+
+def true_answer(prompt: str) -> str:
+    name, args = parse_instruction(prompt)
+    return TASK_SPECS[name][1](**args)
+
+
+def _clean(response: str) -> str:
+    text = response.replace("<|eos|>", "").strip()
+    return text
+
+
+def gold_score(prompt: str, response: str) -> float:
+    """Closeness of ``response`` to the true answer, in [0, 1]; 1 only for the exact answer."""
+    name, _ = parse_instruction(prompt)
+    answer, given = true_answer(prompt), _clean(response)
+    if not given:
+        return 0.0
+    if name == "count":
+        if not given.isdigit():
+            return 0.0
+        return 0.5 ** abs(int(given) - int(answer))
+    return difflib.SequenceMatcher(None, answer, given, autojunk=False).ratio()
+
+
+# -- corruption: the imperfections of demonstrations and rejected answers ---------------------------
+def corrupt(answer: str, rng: random.Random, task: str) -> str:
+    """One random edit that makes the answer worse (never a no-op)."""
+    if task == "count":
+        return str(max(0, int(answer) + rng.choice([-1, 1, 2])))
+    for _ in range(20):
+        ops = ["drop", "substitute", "swap", "duplicate", "truncate"]
+        op = rng.choice(ops)
+        i = rng.randrange(len(answer))
+        if op == "drop" and len(answer) > 1:
+            out = answer[:i] + answer[i + 1 :]
+        elif op == "substitute":
+            pool = ALPHABET.upper() if answer[i].isupper() else ALPHABET
+            out = answer[:i] + rng.choice(pool) + answer[i + 1 :]
+        elif op == "swap" and len(answer) > 1:
+            j = min(i + 1, len(answer) - 1) if i + 1 < len(answer) else i - 1
+            chars = list(answer)
+            chars[i], chars[j] = chars[j], chars[i]
+            out = "".join(chars)
+        elif op == "duplicate":
+            out = answer[: i + 1] + answer[i] + answer[i + 1 :]
+        elif op == "truncate" and len(answer) > 2:
+            out = answer[: rng.randrange(1, len(answer))]
+        else:
+            continue
+        if out != answer:
+            return out
+    return answer + rng.choice(ALPHABET)
+
+
+def _bucket(task: str, word: str) -> int:
+    return int(hashlib.sha256(f"{task}:{word}".encode()).hexdigest(), 16) % EVAL_BUCKETS
+
+
+class SyntheticTask:
+    """A seeded generator of prompts, demonstrations, preference pairs and two-turn questions."""
+
+    def __init__(self, seed: int = 1234, tasks: list[str] | None = None, demo_noise: float = 0.3):
+        unknown = set(tasks or []) - set(TASKS)
+        if unknown:
+            raise ValueError(f"unknown synthetic tasks {sorted(unknown)}; choose from {TASKS}")
+        self.seed = seed
+        self.tasks = list(tasks or TASKS)
+        self.demo_noise = demo_noise
+
+    def _rng(self, purpose: str) -> random.Random:
+        return random.Random(f"{self.seed}:{purpose}")
+
+    def _instance(self, rng: random.Random, split: str, task: str | None = None, word: str | None = None) -> dict:
+        """One instruction whose input lies on the requested side of the train / eval split."""
+        while True:
+            if task is None or word is None:
+                task = rng.choice(self.tasks)
+                word = "".join(rng.choice(ALPHABET) for _ in range(rng.randint(MIN_LEN, MAX_LEN)))
+                if (_bucket(task, word) == 0) != (split == "eval"):
+                    task = word = None
+                    continue
+            templates, _ = TASK_SPECS[task]
+            args = {"w": word}
+            if task == "repeat":
+                args["k"] = rng.randint(2, 3)
+            elif task == "first":
+                args["k"] = rng.randint(1, len(word) - 1)
+            elif task == "count":
+                args["c"] = rng.choice(word) if rng.random() < 0.7 else rng.choice(ALPHABET)
+            prompt = rng.choice(templates).format(**args)
+            return {"prompt": prompt, "task": task, "answer": true_answer(prompt)}
+
+    def prompts(self, n: int, split: str = "train") -> list[dict]:
+        if split not in ("train", "eval"):
+            raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
+        rng = self._rng(f"prompts:{split}")
+        return [self._instance(rng, split) for _ in range(n)]
+
+    def sft_demos(self, n: int) -> list[dict]:
+        rng = self._rng("sft")
+        rows = []
+        for _ in range(n):
+            item = self._instance(rng, "train")
+            noisy = rng.random() < self.demo_noise
+            response = corrupt(item["answer"], rng, item["task"]) if noisy else item["answer"]
+            rows.append({"prompt": item["prompt"], "response": response, "task": item["task"]})
+        return rows
+
+    def preference_pairs(self, n: int) -> list[dict]:
+        """A better and a worse answer; the better is exact or one edit away, the worse one or two more."""
+        rng = self._rng("pairs")
+        rows = []
+        while len(rows) < n:
+            item = self._instance(rng, "train")
+            good = item["answer"] if rng.random() < 0.5 else corrupt(item["answer"], rng, item["task"])
+            bad = corrupt(good, rng, item["task"])
+            if rng.random() < 0.5:
+                bad = corrupt(bad, rng, item["task"])
+            good_score, bad_score = gold_score(item["prompt"], good), gold_score(item["prompt"], bad)
+            if good_score == bad_score:
+                continue  # no ties: the label must mean something
+            chosen, rejected = (good, bad) if good_score > bad_score else (bad, good)
+            rows.append({"prompt": item["prompt"], "chosen": chosen, "rejected": rejected, "task": item["task"]})
+        return rows
+
+    def mt_bench_questions(self, n: int) -> list[dict]:
+        """Two-turn questions in FastChat's question format, on held-out inputs.
+
+        The second turn is a different task on the same word; each turn is a standalone instruction, so the
+        gold scorer grades each answer against its own turn's instruction.
+        """
+        rng = self._rng("mt_bench")
+        questions = []
+        for i in range(n):
+            first = self._instance(rng, "eval")
+            word = parse_instruction(first["prompt"])[1]["w"]
+            others = [t for t in self.tasks if t != first["task"]] or self.tasks
+            second = self._instance(rng, "eval", task=rng.choice(others), word=word)
+            questions.append(
+                {"question_id": i + 1, "category": first["task"], "turns": [first["prompt"], second["prompt"]]}
+            )
+        return questions
+
+    def describe(self, rows: list[dict]) -> dict[str, int]:
+        return dict(Counter(row["task"] for row in rows))

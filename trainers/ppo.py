@@ -1,0 +1,134 @@
+"""PPO for RLHF (InstructGPT / DeepSpeed-Chat recipe): a critic initialised from the reward model, GAE,
+a clipped policy ratio and a clipped value loss, ``ppo_epochs`` passes over each rollout batch.
+
+    delta_t  = rew_t + gamma * V(s_{t+1}) - V(s_t)
+    A_t      = sum_k (gamma * lambda)^k delta_{t+k}                   (GAE),   returns R_t = A_t + V(s_t)
+    L_policy = E[max(-A_t * rho_t, -A_t * clip(rho_t, 1 - eps, 1 + eps))],      rho_t = pi / pi_old
+    L_value  = 1/2 E[max((V - R)^2, (V_old + clip(V - V_old, -eps_v, eps_v) - R)^2)]
+"""
+
+from __future__ import annotations
+
+import torch
+
+from remax_bench.models import load_reward_model
+from trainers.common import StageError, StageRun, stage_main
+from trainers.engine import build_engine
+from trainers.rollout import (
+    frozen_states,
+    generate_responses,
+    kl_penalised_rewards,
+    load_online_models,
+    online_loop,
+    reference_logprobs,
+    reward_scores,
+    sequence_kl,
+)
+from trainers.sequences import SequenceBatch, entropy, forward_logits, masked_mean, position_ids, token_logprobs
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, response_mask: torch.Tensor, gamma: float, lam: float):
+    """Generalised advantage estimation over response tokens. Returns (advantages, returns), both [B, R]."""
+    values = values * response_mask
+    advantages = torch.zeros_like(rewards)
+    running = torch.zeros_like(rewards[:, 0])
+    length = rewards.shape[1]
+    for t in reversed(range(length)):
+        next_value = values[:, t + 1] if t + 1 < length else torch.zeros_like(running)
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        running = delta + gamma * lam * running
+        advantages[:, t] = running
+    advantages = advantages * response_mask
+    return advantages.detach(), (advantages + values).detach()
+
+
+def whiten(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    mean = masked_mean(values, mask)
+    var = masked_mean((values - mean) ** 2, mask)
+    return ((values - mean) * torch.rsqrt(var + 1e-8)) * mask
+
+
+def ppo_policy_loss(logprobs, old_logprobs, advantages, response_mask, clip_range: float) -> torch.Tensor:
+    ratio = torch.exp(logprobs - old_logprobs)
+    unclipped = -advantages * ratio
+    clipped = -advantages * ratio.clamp(1.0 - clip_range, 1.0 + clip_range)
+    return masked_mean(torch.maximum(unclipped, clipped), response_mask)
+
+
+def ppo_value_loss(values, old_values, returns, response_mask, clip_range: float) -> torch.Tensor:
+    clipped_values = old_values + (values - old_values).clamp(-clip_range, clip_range)
+    return 0.5 * masked_mean(torch.maximum((values - returns) ** 2, (clipped_values - returns) ** 2), response_mask)
+
+
+def critic_values(critic, batch: SequenceBatch) -> torch.Tensor:
+    """V(s_t) for each response position: the reward model's scalar head applied to every hidden state."""
+    body = getattr(critic, critic.base_model_prefix)
+    hidden = body(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                  position_ids=position_ids(batch.attention_mask), use_cache=False).last_hidden_state
+    return critic.score(hidden).squeeze(-1)[:, batch.prompt_width - 1 : -1].float()
+
+
+def train(run: StageRun) -> dict:
+    suite, cfg = run.suite, run.suite.ppo
+    models = load_online_models(run)
+    policy = models.policy
+    critic_model = load_reward_model(run.inputs["reward_model"], seed=run.seed).to(run.device)
+    if not hasattr(critic_model, "score"):
+        raise StageError("PPO's critic needs a reward model with a `score` head (a *ForSequenceClassification model)")
+    if suite.shared.gradient_checkpointing:
+        critic_model.gradient_checkpointing_enable()
+    critic = build_engine(critic_model, cfg.critic_learning_rate, suite, suite.shared.train_batch_size)
+    mini_batch = suite.shared.train_batch_size
+
+    def step(iteration: int, prompts: list[str]) -> dict:
+        batch = generate_responses(run, models, prompts)
+        mask = batch.response_mask
+        with run.timer.phase("score"), torch.no_grad(), run.autocast():
+            logits = forward_logits(policy.module, batch)
+            old_logprobs = token_logprobs(logits, batch.response_ids)
+            token_entropy = masked_mean(entropy(logits), mask).item()
+            del logits
+            ref_logprobs = reference_logprobs(run, models, batch)
+            old_values = critic_values(critic.module, batch)
+            scores = reward_scores(run, models, prompts, batch)
+        with run.timer.phase("train"):
+            rewards = kl_penalised_rewards(scores, old_logprobs, ref_logprobs, mask, suite.shared.kl_coef,
+                                           suite.shared.reward_clip)
+            advantages, returns = gae(rewards, old_values, mask, cfg.gamma, cfg.gae_lambda)
+            advantages = whiten(advantages, mask)
+            policy_losses, value_losses = [], []
+            for _ in range(cfg.ppo_epochs):
+                for start in range(0, len(prompts), mini_batch):
+                    rows = slice(start, start + mini_batch)
+                    part, part_mask = batch.select(rows), mask[rows]
+                    with run.autocast():
+                        logprobs = token_logprobs(forward_logits(policy.module, part), part.response_ids)
+                        policy_loss = ppo_policy_loss(logprobs, old_logprobs[rows], advantages[rows], part_mask,
+                                                      cfg.clip_range)
+                    policy.step(policy_loss)
+                    with run.autocast():
+                        values = critic_values(critic.module, part)
+                        value_loss = ppo_value_loss(values, old_values[rows], returns[rows], part_mask,
+                                                    cfg.value_clip_range)
+                    critic.step(value_loss)
+                    policy_losses.append(policy_loss.item())
+                    value_losses.append(value_loss.item())
+        return {
+            "reward_mean": scores.mean().item(),
+            "reward_std": scores.std().item(),
+            "kl": sequence_kl(old_logprobs, ref_logprobs, mask),
+            "policy_loss": sum(policy_losses) / len(policy_losses),
+            "value_loss": sum(value_losses) / len(value_losses),
+            "entropy": token_entropy,
+            "response_length": mask.sum(-1).float().mean().item(),
+            "tokens": int(mask.sum().item()),
+        }
+
+    def states() -> dict:
+        return {"policy": policy.state_bytes(), "critic": critic.state_bytes(), **frozen_states(models)}
+
+    return online_loop(run, models, step, states)
+
+
+if __name__ == "__main__":
+    raise SystemExit(stage_main("ppo", train))

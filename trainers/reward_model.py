@@ -1,0 +1,100 @@
+"""Reward model: a causal LM with a scalar head on the last non-pad token, Bradley-Terry loss.
+
+    L_RM = - log sigmoid(r(x, y_w) - r(x, y_l))
+
+Initialised from the SFT model (InstructGPT's choice) unless the suite names another base in models.reward.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+import torch
+import torch.nn.functional as F
+
+from remax_bench.data import load_preferences
+from remax_bench.models import load_reward_model, load_tokenizer
+from trainers.common import StageError, StageRun, batches, check_finite, split_heldout, stage_main
+from trainers.engine import build_engine
+from trainers.sequences import encode_pairs, sequence_scores
+from trainers.sft import keep_fitting
+
+
+def bradley_terry_loss(chosen_scores: torch.Tensor, rejected_scores: torch.Tensor) -> torch.Tensor:
+    return -F.logsigmoid(chosen_scores - rejected_scores).mean()
+
+
+def score_pairs(model, tokenizer, chunk: list[dict], suite, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scores of chosen and rejected answers, in one forward pass over both."""
+    prompts = [r["prompt"] for r in chunk]
+    batch = encode_pairs(tokenizer, prompts + prompts, [r["chosen"] for r in chunk] + [r["rejected"] for r in chunk],
+                         suite.shared.max_prompt_length, suite.shared.max_response_length).to(device)
+    scores = sequence_scores(model, batch)
+    return scores[: len(chunk)], scores[len(chunk):]
+
+
+@torch.no_grad()
+def pairwise_accuracy(model, tokenizer, rows: list[dict], suite, device, batch_size: int) -> float:
+    model.eval()
+    right = 0
+    for chunk in batches(rows, batch_size):
+        chosen, rejected = score_pairs(model, tokenizer, chunk, suite, device)
+        right += int((chosen > rejected).sum())
+    model.train()
+    return right / len(rows)
+
+
+def train(run: StageRun) -> dict:
+    suite, cfg = run.suite, run.suite.reward_model
+    base = suite.models.reward or run.inputs.get("sft")
+    if not base:
+        raise StageError("the reward model needs models.reward or an SFT checkpoint (inputs.sft)")
+    tokenizer = load_tokenizer(base)
+    rows = load_preferences(suite.data.preferences, suite.data.synthetic)
+    if not rows:
+        raise StageError("data.preferences is empty")
+    rows = keep_fitting(run, tokenizer, rows, "data.preferences")
+    train_rows, eval_rows = split_heldout(rows, cfg.eval_fraction, run.seed)
+    model = load_reward_model(base, seed=run.seed).to(run.device)
+    if suite.shared.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    engine = build_engine(model, cfg.learning_rate, suite, cfg.batch_size)
+    model = engine.module
+    accuracy_before = pairwise_accuracy(model, tokenizer, eval_rows, suite, run.device, cfg.batch_size)
+    steps_per_epoch = -(-len(train_rows) // cfg.batch_size)
+    total_steps = min(cfg.max_steps or cfg.epochs * steps_per_epoch, cfg.epochs * steps_per_epoch)
+    eval_every = max(1, total_steps // 5)
+    rng = random.Random(run.seed)
+    step, start = 0, time.time()
+    while step < total_steps:
+        for chunk in batches(train_rows, cfg.batch_size, rng):
+            if step >= total_steps:
+                break
+            with run.autocast():
+                chosen, rejected = score_pairs(model, tokenizer, chunk, suite, run.device)
+                loss = bradley_terry_loss(chosen, rejected)
+            check_finite("reward-model loss", loss, step)
+            engine.step(loss)
+            if step == 0:
+                run.component_bytes["reward"] = engine.state_bytes()
+            metrics = {"loss": loss.item(), "accuracy": (chosen > rejected).float().mean().item(),
+                       "reward_margin": (chosen - rejected).mean().item()}
+            if (step + 1) % eval_every == 0 or step + 1 == total_steps:
+                metrics["eval_accuracy"] = pairwise_accuracy(model, tokenizer, eval_rows, suite, run.device, cfg.batch_size)
+                engine.save_pretrained(run.checkpoint_dir, tokenizer)
+            run.log(step, **metrics)
+            step += 1
+    engine.save_pretrained(run.checkpoint_dir, tokenizer)
+    return {
+        "iterations": step,
+        "heldout_accuracy_before": accuracy_before,
+        "heldout_accuracy": pairwise_accuracy(model, tokenizer, eval_rows, suite, run.device, cfg.batch_size),
+        "time_per_iteration_s": (time.time() - start) / max(step, 1),
+        "n_train": len(train_rows),
+        "n_heldout": len(eval_rows),
+    }
+
+
+if __name__ == "__main__":
+    raise SystemExit(stage_main("reward_model", train))

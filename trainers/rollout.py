@@ -1,0 +1,224 @@
+"""The rollout engine PPO and ReMax share: prompts, generation, scoring, KL-penalised rewards, the loop.
+
+Per-token reward of a sampled response a = (a_1..a_T) to prompt x:
+
+    rew_t = -beta * (log pi(a_t) - log pi_ref(a_t))  +  [t == T] * clip(r(x, a))
+
+Everything past the first eos is padding and is masked out of every sum.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from remax_bench.data import load_prompts
+from remax_bench.metrics import model_state_bytes
+from remax_bench.models import load_causal_lm, load_reward_model, load_tokenizer
+from trainers.common import StageError, StageRun, check_finite
+from trainers.engine import build_engine, freeze
+from trainers.heldout import gold_reward_of, heldout_prompts, is_synthetic
+from trainers.sequences import (
+    SequenceBatch,
+    decode_responses,
+    encode_pairs,
+    generate,
+    prompt_fits,
+    response_logprobs,
+    sequence_scores,
+)
+
+
+# -- the math -------------------------------------------------------------------------------------
+def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kl_coef: float) -> torch.Tensor:
+    """-beta * (log pi - log pi_ref) per token: the KL term folded into the reward."""
+    return -kl_coef * (logprobs - ref_logprobs)
+
+
+def sequence_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, response_mask: torch.Tensor) -> float:
+    """Mean over responses of the summed log-ratio: the usual sample estimate of KL(pi || pi_ref)."""
+    return ((logprobs - ref_logprobs) * response_mask).sum(-1).mean().item()
+
+
+def last_token_index(response_mask: torch.Tensor) -> torch.Tensor:
+    return (response_mask.sum(-1).long() - 1).clamp(min=0)
+
+
+def kl_penalised_rewards(scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor,
+                         response_mask: torch.Tensor, kl_coef: float, reward_clip: float | None) -> torch.Tensor:
+    """Per-token rewards [B, R]: each token's KL penalty, plus the (clipped) score on its last token."""
+    rewards = kl_penalty(logprobs, ref_logprobs, kl_coef) * response_mask
+    if reward_clip is not None:
+        scores = scores.clamp(-reward_clip, reward_clip)
+    rows = torch.arange(len(scores), device=scores.device)
+    rewards[rows, last_token_index(response_mask)] += scores
+    return rewards
+
+
+class RunningMoments:
+    """Running mean and std of reward-model scores, for optional reward normalisation."""
+
+    def __init__(self):
+        self.count, self.mean, self.m2 = 0, 0.0, 0.0
+
+    def update(self, values: torch.Tensor) -> None:
+        for v in values.tolist():  # Welford's update; batches are small
+            self.count += 1
+            delta = v - self.mean
+            self.mean += delta / self.count
+            self.m2 += delta * (v - self.mean)
+
+    @property
+    def std(self) -> float:
+        return (self.m2 / max(self.count - 1, 1)) ** 0.5 if self.count > 1 else 1.0
+
+    def normalise(self, values: torch.Tensor) -> torch.Tensor:
+        return (values - self.mean) / max(self.std, 1e-6)
+
+
+# -- models and prompts ---------------------------------------------------------------------------
+@dataclass
+class OnlineModels:
+    tokenizer: object
+    policy: object  # engine
+    reference: torch.nn.Module
+    reward: torch.nn.Module
+    reward_tokenizer: object
+    same_tokenizer: bool
+
+
+def load_online_models(run: StageRun) -> OnlineModels:
+    sft, reward_dir = run.inputs.get("sft"), run.inputs.get("reward_model")
+    if not sft or not reward_dir:
+        raise StageError(f"{run.stage} needs an SFT checkpoint and a reward model (inputs.sft, inputs.reward_model)")
+    suite = run.suite
+    tokenizer = load_tokenizer(sft)
+    policy = load_causal_lm(sft, seed=run.seed).to(run.device)
+    if suite.shared.gradient_checkpointing:
+        policy.gradient_checkpointing_enable()
+    engine = build_engine(policy, suite.shared.learning_rate, suite, suite.shared.train_batch_size)
+    # Scoring-only models may run in bf16 outright; the trained ones keep fp32 master weights.
+    frozen_precision = suite.shared.precision
+    reference = freeze(load_causal_lm(sft, seed=run.seed, precision=frozen_precision).to(run.device))
+    reward = freeze(load_reward_model(reward_dir, seed=run.seed, precision=frozen_precision).to(run.device))
+    reward_tokenizer = load_tokenizer(reward_dir)
+    same = reward_tokenizer.get_vocab() == tokenizer.get_vocab()
+    return OnlineModels(tokenizer, engine, reference, reward, reward_tokenizer, same)
+
+
+class PromptSampler:
+    """Shuffled passes over the RL prompts, seeded."""
+
+    def __init__(self, run: StageRun, tokenizer):
+        suite = run.suite
+        rows = load_prompts(suite.data.prompts, suite.data.synthetic, split_kind="train")
+        limit = suite.shared.max_prompt_length
+        self.prompts = [r["prompt"] for r in rows if prompt_fits(tokenizer, r["prompt"], limit)]
+        if len(self.prompts) < len(rows):
+            run.warn(f"{len(rows) - len(self.prompts)} of {len(rows)} prompts exceed shared.max_prompt_length="
+                     f"{limit} tokens and were dropped")
+        if not self.prompts:
+            raise StageError(f"data.prompts has no prompt within shared.max_prompt_length={limit}")
+        self.rng = random.Random(run.seed)
+        self.order: list[str] = []
+
+    def next(self, n: int) -> list[str]:
+        out = []
+        while len(out) < n:
+            if not self.order:
+                self.order = self.prompts[:]
+                self.rng.shuffle(self.order)
+            out.append(self.order.pop())
+        return out
+
+
+# -- one rollout ------------------------------------------------------------------------------------
+def generate_responses(run: StageRun, models: OnlineModels, prompts: list[str], greedy=False) -> SequenceBatch:
+    shared = run.suite.shared
+    with run.timer.phase("generate"):
+        return generate(models.policy.module, models.tokenizer, prompts, shared.max_prompt_length,
+                        shared.max_response_length, temperature=shared.generation.temperature,
+                        top_p=shared.generation.top_p, top_k=shared.generation.top_k, greedy=greedy)
+
+
+@torch.no_grad()
+def reward_scores(run: StageRun, models: OnlineModels, prompts: list[str], batch: SequenceBatch) -> torch.Tensor:
+    """Reward-model scores of whole responses; re-tokenised when the reward model has its own vocabulary."""
+    with run.autocast():
+        if models.same_tokenizer:
+            return sequence_scores(models.reward, batch)
+        shared = run.suite.shared
+        texts = decode_responses(models.tokenizer, batch)
+        rescored = encode_pairs(models.reward_tokenizer, prompts, texts, shared.max_prompt_length,
+                                shared.max_response_length).to(run.device)
+        return sequence_scores(models.reward, rescored)
+
+
+@torch.no_grad()
+def reference_logprobs(run: StageRun, models: OnlineModels, batch: SequenceBatch) -> torch.Tensor:
+    with run.autocast():
+        return response_logprobs(models.reference, batch)
+
+
+# -- the loop ---------------------------------------------------------------------------------------
+def online_loop(run: StageRun, models: OnlineModels, step_fn: Callable[[int, list[str]], dict],
+                extra_states: Callable[[], dict] | None = None) -> dict:
+    """Runs ``suite.iterations`` steps of ``step_fn`` (one rollout batch each), logging, timing and saving.
+
+    step_fn(iteration, prompts) returns the step's metrics (reward_mean, kl, losses, response_length, tokens).
+    """
+    suite = run.suite
+    sampler = PromptSampler(run, models.tokenizer)
+    iterations = suite.iterations
+    synthetic = is_synthetic(suite) and not run.config.get("skip_heldout")
+    eval_prompts = heldout_prompts(suite) if synthetic else []
+    summary: dict = {"iterations": iterations}
+    if synthetic:
+        before = gold_reward_of(models.policy.module, models.tokenizer, suite, eval_prompts)
+        summary["heldout_gold_reward_before"] = before["heldout_gold_reward"]
+    save_every = max(1, iterations // 4)
+    step_times, phase_totals, tokens_total = [], {"generate": 0.0, "score": 0.0, "train": 0.0}, 0
+    rewards = []
+    for step in range(iterations):
+        start = time.perf_counter()
+        metrics = step_fn(step, sampler.next(suite.shared.rollout_batch_size))
+        elapsed = time.perf_counter() - start
+        phases = run.timer.pop()
+        for name in ("reward_mean", "kl", "policy_loss", "value_loss"):
+            if name in metrics:
+                check_finite(name, metrics[name], step)
+        if step == 0:
+            run.component_bytes.update(extra_states() if extra_states else {})
+        if step > 0 or iterations == 1:  # the first step pays one-off warm-up costs
+            step_times.append(elapsed)
+            for name in phase_totals:
+                phase_totals[name] += phases.get(name, 0.0)
+            tokens_total += metrics.get("tokens", 0)
+        rewards.append(metrics["reward_mean"])
+        row = {**metrics, "time_step_s": elapsed, "tokens_per_second": metrics.get("tokens", 0) / elapsed}
+        row.update({f"time_{k}_s": v for k, v in phases.items()})
+        if synthetic and suite.shared.heldout_eval_every and (step + 1) % suite.shared.heldout_eval_every == 0:
+            row.update(gold_reward_of(models.policy.module, models.tokenizer, suite, eval_prompts))
+        run.log(step, **row)
+        if (step + 1) % save_every == 0:
+            models.policy.save_pretrained(run.checkpoint_dir, models.tokenizer)
+    models.policy.save_pretrained(run.checkpoint_dir, models.tokenizer)
+    measured = max(len(step_times), 1)
+    summary.update(
+        final_reward_mean=sum(rewards[-10:]) / len(rewards[-10:]),
+        time_per_iteration_s=sum(step_times) / measured,
+        time_split_s={k: v / measured for k, v in phase_totals.items()},
+        tokens_per_second=tokens_total / max(sum(step_times), 1e-9),
+    )
+    if synthetic:
+        summary.update(gold_reward_of(models.policy.module, models.tokenizer, suite, eval_prompts))
+    return summary
+
+
+def frozen_states(models: OnlineModels) -> dict:
+    """Bytes of the scoring-only models: parameters only (no gradients, no optimizer)."""
+    return {"reference": model_state_bytes(models.reference), "reward": model_state_bytes(models.reward)}

@@ -1,0 +1,109 @@
+"""Supervised fine-tuning: next-token loss on the response tokens only.
+
+    L_SFT = - (1 / |R|) * sum_{t in R} log pi(y_t | x, y_<t)        R = response tokens, eos included
+
+The prompt is context, not a target: its tokens are masked out of the loss.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+import torch
+
+from remax_bench.data import load_sft
+from remax_bench.models import load_causal_lm, load_tokenizer, save_pretrained
+from trainers.common import StageError, StageRun, batches, check_finite, split_heldout, stage_main
+from trainers.engine import build_engine
+from trainers.heldout import gold_reward_of, heldout_prompts, is_synthetic
+from trainers.sequences import encode_pairs, forward_logits, masked_mean, prompt_fits, token_logprobs
+
+
+def sft_loss(logits: torch.Tensor, tokens: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    """Mean negative log-likelihood of the response tokens. logits [B,R,V], tokens/mask [B,R]."""
+    return -masked_mean(token_logprobs(logits, tokens), response_mask)
+
+
+def keep_fitting(run: StageRun, tokenizer, rows: list[dict], field: str) -> list[dict]:
+    """Drop prompts over the length limit (named in a warning); none left is an error."""
+    limit = run.suite.shared.max_prompt_length
+    kept = [r for r in rows if prompt_fits(tokenizer, r["prompt"], limit)]
+    if len(kept) < len(rows):
+        run.warn(f"{len(rows) - len(kept)} of {len(rows)} rows of {field} have prompts over "
+                 f"shared.max_prompt_length={limit} tokens and were dropped")
+    if not kept:
+        raise StageError(f"no row of {field} fits shared.max_prompt_length={limit}")
+    return kept
+
+
+@torch.no_grad()
+def heldout_loss(model, tokenizer, rows: list[dict], suite, batch_size: int) -> float:
+    model.eval()
+    total, count = 0.0, 0.0
+    for chunk in batches(rows, batch_size):
+        batch = encode_pairs(tokenizer, [r["prompt"] for r in chunk], [r["response"] for r in chunk],
+                             suite.shared.max_prompt_length, suite.shared.max_response_length).to(model.device)
+        logp = token_logprobs(forward_logits(model, batch), batch.response_ids)
+        total += -(logp * batch.response_mask).sum().item()
+        count += batch.response_mask.sum().item()
+    model.train()
+    return total / max(count, 1.0)
+
+
+def train(run: StageRun) -> dict:
+    suite, cfg = run.suite, run.suite.sft
+    tokenizer = load_tokenizer(suite.models.policy)
+    rows = load_sft(suite.data.sft, suite.data.synthetic)
+    if not rows:
+        raise StageError("data.sft is empty")
+    rows = keep_fitting(run, tokenizer, rows, "data.sft")
+    train_rows, eval_rows = split_heldout(rows, cfg.eval_fraction, run.seed)
+    model = load_causal_lm(suite.models.policy, seed=run.seed).to(run.device)
+    if suite.shared.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    engine = build_engine(model, cfg.learning_rate, suite, cfg.batch_size)
+    model = engine.module
+    loss_before = heldout_loss(model, tokenizer, eval_rows, suite, cfg.batch_size)
+    steps_per_epoch = -(-len(train_rows) // cfg.batch_size)
+    total_steps = min(cfg.max_steps or cfg.epochs * steps_per_epoch, cfg.epochs * steps_per_epoch)
+    rng = random.Random(run.seed)
+    step, tokens_seen, start = 0, 0, time.time()
+    eval_every = max(1, total_steps // 5)
+    while step < total_steps:
+        for chunk in batches(train_rows, cfg.batch_size, rng):
+            if step >= total_steps:
+                break
+            batch = encode_pairs(tokenizer, [r["prompt"] for r in chunk], [r["response"] for r in chunk],
+                                 suite.shared.max_prompt_length, suite.shared.max_response_length).to(run.device)
+            t0 = time.time()
+            with run.autocast():
+                loss = sft_loss(forward_logits(model, batch), batch.response_ids, batch.response_mask)
+            check_finite("SFT loss", loss, step)
+            grad_norm = engine.step(loss)
+            if step == 0:
+                run.component_bytes["policy"] = engine.state_bytes()  # optimizer states exist from now on
+            tokens = int(batch.attention_mask.sum())
+            tokens_seen += tokens
+            metrics = {"loss": loss.item(), "grad_norm": grad_norm, "tokens_per_second": tokens / (time.time() - t0)}
+            if (step + 1) % eval_every == 0 or step + 1 == total_steps:
+                metrics["eval_loss"] = heldout_loss(model, tokenizer, eval_rows, suite, cfg.batch_size)
+                engine.save_pretrained(run.checkpoint_dir, tokenizer)  # the last good checkpoint
+            run.log(step, **metrics)
+            step += 1
+    engine.save_pretrained(run.checkpoint_dir, tokenizer)
+    summary = {
+        "iterations": step,
+        "heldout_loss_before": loss_before,
+        "heldout_loss": heldout_loss(model, tokenizer, eval_rows, suite, cfg.batch_size),
+        "tokens_per_second": tokens_seen / (time.time() - start),
+        "n_train": len(train_rows),
+        "n_heldout": len(eval_rows),
+    }
+    if is_synthetic(suite):
+        summary.update(gold_reward_of(model, tokenizer, suite, heldout_prompts(suite)))
+    return summary
+
+
+if __name__ == "__main__":
+    raise SystemExit(stage_main("sft", train))

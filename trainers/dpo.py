@@ -1,0 +1,148 @@
+"""DPO: the preference loss on log-probability ratios against the frozen reference (Rafailov et al. 2023).
+
+    h(x, y)  = log pi(y | x) - log pi_ref(y | x)            (sums over response tokens)
+    L_DPO    = - log sigmoid(beta * (h(x, y_w) - h(x, y_l)))
+    implicit reward of y: beta * h(x, y)
+
+The reference log-probs are computed once, before training, and the reference model is then freed: DPO
+never needs it again, which is where its memory advantage over online methods comes from.
+Matched with PPO and ReMax: ``shared.iterations`` optimizer steps of ``shared.train_batch_size`` pairs,
+``shared.learning_rate``, the same length limits.
+"""
+
+from __future__ import annotations
+
+import gc
+import random
+
+import torch
+import torch.nn.functional as F
+
+from remax_bench.data import load_preferences
+from remax_bench.metrics import model_state_bytes
+from remax_bench.models import load_causal_lm, load_tokenizer
+from trainers.common import StageError, StageRun, batches, check_finite, split_heldout, stage_main
+from trainers.engine import build_engine, freeze
+from trainers.heldout import gold_reward_of, heldout_prompts, is_synthetic
+from trainers.sequences import encode_pairs, response_logprobs
+from trainers.sft import keep_fitting
+
+
+def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
+             ref_rejected: torch.Tensor, beta: float):
+    """Returns (loss, implicit reward of chosen, implicit reward of rejected); inputs are summed log-probs [B]."""
+    chosen_rewards = beta * (policy_chosen - ref_chosen)
+    rejected_rewards = beta * (policy_rejected - ref_rejected)
+    loss = -F.logsigmoid(chosen_rewards - rejected_rewards).mean()
+    return loss, chosen_rewards.detach(), rejected_rewards.detach()
+
+
+def pair_logprobs(model, tokenizer, chunk: list[dict], suite, device, with_tokens: bool = False):
+    """Summed response log-probs of chosen and rejected answers, in one forward pass (and its token count)."""
+    prompts = [r["prompt"] for r in chunk]
+    batch = encode_pairs(tokenizer, prompts + prompts, [r["chosen"] for r in chunk] + [r["rejected"] for r in chunk],
+                         suite.shared.max_prompt_length, suite.shared.max_response_length).to(device)
+    summed = (response_logprobs(model, batch) * batch.response_mask).sum(-1)
+    if with_tokens:
+        return summed[: len(chunk)], summed[len(chunk):], int(batch.attention_mask.sum())
+    return summed[: len(chunk)], summed[len(chunk):]
+
+
+@torch.no_grad()
+def reference_pass(model, tokenizer, rows: list[dict], suite, device, batch_size: int) -> None:
+    """Adds ref_chosen / ref_rejected to every row, once."""
+    for chunk in batches(rows, batch_size):
+        chosen, rejected = pair_logprobs(model, tokenizer, chunk, suite, device)
+        for row, c, r in zip(chunk, chosen.tolist(), rejected.tolist()):
+            row["ref_chosen"], row["ref_rejected"] = c, r
+
+
+@torch.no_grad()
+def implicit_accuracy(model, tokenizer, rows: list[dict], suite, device, beta: float, batch_size: int) -> dict:
+    model.eval()
+    right, margins = 0, []
+    for chunk in batches(rows, batch_size):
+        chosen, rejected = pair_logprobs(model, tokenizer, chunk, suite, device)
+        ref_c = torch.tensor([r["ref_chosen"] for r in chunk], device=device)
+        ref_r = torch.tensor([r["ref_rejected"] for r in chunk], device=device)
+        _, rc, rr = dpo_loss(chosen, rejected, ref_c, ref_r, beta)
+        right += int((rc > rr).sum())
+        margins.extend((rc - rr).tolist())
+    model.train()
+    return {"reward_accuracy": right / len(rows), "reward_margin": sum(margins) / len(margins)}
+
+
+def train(run: StageRun) -> dict:
+    suite, beta = run.suite, run.suite.dpo.beta
+    sft = run.inputs.get("sft")
+    if not sft:
+        raise StageError("DPO needs an SFT checkpoint (inputs.sft)")
+    tokenizer = load_tokenizer(sft)
+    rows = load_preferences(suite.data.preferences, suite.data.synthetic)
+    if not rows:
+        raise StageError("data.preferences is empty")
+    rows = keep_fitting(run, tokenizer, rows, "data.preferences")
+    train_rows, eval_rows = split_heldout(rows, suite.reward_model.eval_fraction, run.seed)
+    batch_size = suite.shared.train_batch_size
+
+    with run.timer.phase("score"):
+        reference = freeze(load_causal_lm(sft, seed=run.seed, precision=suite.shared.precision).to(run.device))
+        run.component_bytes["reference"] = model_state_bytes(reference)
+        with run.autocast():
+            reference_pass(reference, tokenizer, train_rows + eval_rows, suite, run.device, batch_size)
+        del reference  # never needed again
+        gc.collect()
+    reference_seconds = run.timer.pop().get("score", 0.0)
+
+    model = load_causal_lm(sft, seed=run.seed).to(run.device)
+    if suite.shared.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    engine = build_engine(model, suite.shared.learning_rate, suite, batch_size)
+    before = implicit_accuracy(engine.module, tokenizer, eval_rows, suite, run.device, beta, batch_size)
+    rng = random.Random(run.seed)
+    stream = iter(())
+    step_times, tokens_total = [], 0
+    for step in range(suite.iterations):
+        chunk = next(stream, None)
+        if chunk is None:  # cycle over the pairs in fresh shuffled passes
+            stream = batches(train_rows, batch_size, rng, drop_last=len(train_rows) >= batch_size)
+            chunk = next(stream)
+        with run.timer.phase("train"), run.autocast():
+            chosen, rejected, tokens = pair_logprobs(engine.module, tokenizer, chunk, suite, run.device, True)
+            ref_c = torch.tensor([r["ref_chosen"] for r in chunk], device=run.device)
+            ref_r = torch.tensor([r["ref_rejected"] for r in chunk], device=run.device)
+            loss, rc, rr = dpo_loss(chosen, rejected, ref_c, ref_r, beta)
+            check_finite("DPO loss", loss, step)
+            engine.step(loss)
+        elapsed = run.timer.pop()["train"]
+        if step == 0:
+            run.component_bytes["policy"] = engine.state_bytes()
+        if step > 0:
+            step_times.append(elapsed)
+            tokens_total += tokens
+        run.log(step, loss=loss.item(), accuracy=(rc > rr).float().mean().item(), reward_margin=(rc - rr).mean().item(),
+                chosen_reward=rc.mean().item(), rejected_reward=rr.mean().item(), time_train_s=elapsed,
+                time_step_s=elapsed, tokens_per_second=tokens / max(elapsed, 1e-9))
+        if (step + 1) % max(1, suite.iterations // 4) == 0:
+            engine.save_pretrained(run.checkpoint_dir, tokenizer)
+    engine.save_pretrained(run.checkpoint_dir, tokenizer)
+    after = implicit_accuracy(engine.module, tokenizer, eval_rows, suite, run.device, beta, batch_size)
+    per_step = sum(step_times) / max(len(step_times), 1)
+    summary = {
+        "iterations": suite.iterations,
+        "reward_accuracy_before": before["reward_accuracy"],
+        "reward_margin_before": before["reward_margin"],
+        **after,
+        "time_per_iteration_s": per_step,
+        # The one reference pass, spread over the iterations, is DPO's only scoring cost.
+        "time_split_s": {"generate": 0.0, "score": reference_seconds / suite.iterations, "train": per_step},
+        "reference_pass_s": reference_seconds,
+        "tokens_per_second": tokens_total / max(sum(step_times), 1e-9),
+    }
+    if is_synthetic(suite) and not run.config.get("skip_heldout"):
+        summary.update(gold_reward_of(engine.module, tokenizer, suite, heldout_prompts(suite)))
+    return summary
+
+
+if __name__ == "__main__":
+    raise SystemExit(stage_main("dpo", train))

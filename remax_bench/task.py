@@ -24,6 +24,7 @@ from typing import Callable
 ALPHABET = "abcdefgh"
 MIN_LEN, MAX_LEN = 3, 6
 EVAL_BUCKETS = 8  # one input in EVAL_BUCKETS goes to evaluation
+PAIR_EXACT = 0.8  # share of preference pairs whose chosen answer is exactly right
 
 # name -> (phrasings, answer). A phrasing's {w} is the word; {k} and {c} are task arguments.
 TASK_SPECS: dict[str, tuple[list[str], Callable[..., str]]] = {
@@ -169,15 +170,17 @@ class SyntheticTask:
         return rows
 
     def preference_pairs(self, n: int) -> list[dict]:
-        """A better and a worse answer; the better is exact or one edit away, the worse one or two more."""
+        """A better and a worse answer, labelled by the gold scorer.
+
+        The better one is usually exact (``PAIR_EXACT``) else one edit away; the worse two edits further.
+        Mostly exact winners mirror real preference data, where the chosen answer is usually acceptable.
+        """
         rng = self._rng("pairs")
         rows = []
         while len(rows) < n:
             item = self._instance(rng, "train")
-            good = item["answer"] if rng.random() < 0.5 else corrupt(item["answer"], rng, item["task"])
-            bad = corrupt(good, rng, item["task"])
-            if rng.random() < 0.5:
-                bad = corrupt(bad, rng, item["task"])
+            good = item["answer"] if rng.random() < PAIR_EXACT else corrupt(item["answer"], rng, item["task"])
+            bad = corrupt(corrupt(good, rng, item["task"]), rng, item["task"])
             good_score, bad_score = gold_score(item["prompt"], good), gold_score(item["prompt"], bad)
             if good_score == bad_score:
                 continue  # no ties: the label must mean something

@@ -1,0 +1,191 @@
+"""The `remax-bench` command line."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from remax_bench import __version__
+
+USAGE_ERROR = 2
+
+
+def _fail(message: str, code: int = USAGE_ERROR):
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def _load(suite_arg: str):
+    from remax_bench.config import SuiteError, load_suite
+
+    try:
+        return load_suite(suite_arg)
+    except SuiteError as err:
+        _fail(f"invalid suite {suite_arg}:\n{err}")
+
+
+def _int_list(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        _fail(f"--seeds expects comma-separated integers like 0,1,2; got {text!r}")
+
+
+class LiveLine:
+    """Progress on one line that rewrites itself on a terminal; throttled plain lines in logs."""
+
+    def __init__(self):
+        self.tty = sys.stdout.isatty()
+        self.last_plain = 0.0
+        self.open_line = False
+
+    def __call__(self, text: str) -> None:
+        progress = text.startswith("    ") and " step " in text
+        if progress and self.tty:
+            click.echo("\r" + text[:150].ljust(150), nl=False)
+            self.open_line = True
+            return
+        if progress and time.time() - self.last_plain < 15:
+            return
+        if self.open_line:
+            click.echo()
+            self.open_line = False
+        if progress:
+            self.last_plain = time.time()
+        click.echo(text)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="remax-bench")
+def main():
+    """Matched PPO, DPO and ReMax trainings: what each RLHF algorithm costs and what it buys."""
+
+
+@main.command()
+@click.argument("suite")
+def validate(suite):
+    """Check SUITE (a YAML path or a name in suites/) and print the resolved config."""
+    from remax_bench.config import to_yaml
+
+    loaded = _load(suite)
+    click.echo(to_yaml(loaded))
+    click.echo(f"# suite {loaded.name!r} is valid (config hash {loaded.config_hash()})", err=True)
+
+
+@main.command()
+@click.argument("suite", default="tiny")
+@click.option("--only", help="comma-separated stages to run (sft, reward_model, ppo, remax, dpo, eval)")
+@click.option("--seeds", help="comma-separated seeds, overriding the suite's")
+@click.option("--results-dir", default="results", show_default=True, type=click.Path(file_okay=False))
+@click.option("--dry-run", is_flag=True, help="print the plan and the command of each stage, run nothing")
+def run(suite, only, seeds, results_dir, dry_run):
+    """Run SUITE end to end: train, evaluate, and record every stage under RESULTS_DIR."""
+    from remax_bench.runner import Runner, failed, outcome_table, plan
+
+    loaded = _load(suite)
+    try:
+        stages = plan(loaded, _int_list(seeds), only.split(",") if only else None)
+    except ValueError as err:
+        _fail(str(err))
+    runner = Runner(loaded, results_dir, echo=LiveLine())
+    click.echo(f"suite {loaded.name!r}: {len(stages)} stages, results in {runner.root}")
+    outcomes = runner.run(stages, dry_run=dry_run)
+    click.echo("\n" + outcome_table(outcomes))
+    if failed(outcomes):
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("results_dir", default="results", type=click.Path(file_okay=False))
+@click.option("--suite", "suite_name", help="which suite under RESULTS_DIR (default: every suite found)")
+@click.option("--out", "reports_dir", default="reports", show_default=True, type=click.Path(file_okay=False))
+def report(results_dir, suite_name, reports_dir):
+    """Turn RESULTS_DIR into reports/<suite>/: summary tables, plots and index.html."""
+    from remax_bench.report import ReportError, write_report
+
+    root = Path(results_dir)
+    names = [suite_name] if suite_name else sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    if not names:
+        _fail(f"no results found in {root}/ (run `remax-bench run SUITE` first)")
+    for name in names:
+        try:
+            index = write_report(root, reports_dir, name)
+        except ReportError as err:
+            _fail(f"{name}: {err}", code=1)
+        click.echo(f"report for {name}: {index}")
+
+
+@main.command()
+@click.option("--model", default="tiny:25m", show_default=True,
+              help="a tiny: spec (CPU: up to tiny:100m) or any HF id / local path (GPU)")
+@click.option("--iterations", "-n", default=5, show_default=True, type=click.IntRange(min=2))
+@click.option("--suite", "suite_arg", default="tiny", show_default=True, help="suite whose shared block is used")
+@click.option("--algorithms", default="ppo,remax,dpo", show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="override the suite's runtime.device")
+@click.option("--results-dir", default="results", show_default=True, type=click.Path(file_okay=False))
+def bench(model, iterations, suite_arg, algorithms, device, results_dir):
+    """PPO, ReMax and DPO on the same model and shared settings: peak memory, time per iteration, tokens/s."""
+    from remax_bench.bench import BENCH_ALGORITHMS, format_bench, run_bench
+
+    chosen = [a.strip() for a in algorithms.split(",") if a.strip()]
+    unknown = set(chosen) - set(BENCH_ALGORITHMS)
+    if unknown:
+        _fail(f"--algorithms: unknown {sorted(unknown)}; choose from {list(BENCH_ALGORITHMS)}")
+    table = run_bench(_load(suite_arg), model, iterations, results_dir, chosen, device, echo=LiveLine())
+    click.echo()
+    click.echo(format_bench(table, model))
+    if len(table) < len(chosen):
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("results_dir", default="results/tiny", type=click.Path(file_okay=False))
+@click.option("--baseline", "baseline_path", default="suites/baselines/tiny.json", show_default=True,
+              type=click.Path(dir_okay=False))
+@click.option("--update-baseline", is_flag=True, help="rewrite the baseline's values from these results")
+@click.option("--reproduce/--no-reproduce", default=True, show_default=True,
+              help="re-run the first ReMax iterations and require identical figures")
+def check(results_dir, baseline_path, update_baseline, reproduce):
+    """Compare a finished suite (RESULTS_DIR = results/<suite>) with a baseline; exit 1 on any regression."""
+    from remax_bench import check as checks
+
+    suite_dir = Path(results_dir)
+    if not suite_dir.is_dir():
+        _fail(f"{suite_dir} is not a results directory (expected results/<suite>)")
+    metrics = checks.collect_metrics(suite_dir)
+    if not metrics:
+        _fail(f"no complete stages with figures under {suite_dir}", code=1)
+    if update_baseline:
+        old = checks.load_baseline(baseline_path) if Path(baseline_path).is_file() else None
+        checks.update_baseline(baseline_path, metrics, old, suite_dir.name)
+        click.echo(f"baseline {baseline_path} updated from {suite_dir}")
+    try:
+        baseline = checks.load_baseline(baseline_path)
+    except FileNotFoundError as err:
+        _fail(str(err))
+    rows = checks.compare(metrics, baseline) + checks.rules(suite_dir, metrics)
+    if reproduce:
+        rows.append(checks.reproduce(suite_dir))
+    click.echo(checks.format_rows(rows))
+    failed = [r.name for r in rows if not r.passed]
+    click.echo(f"\n{len(rows) - len(failed)} of {len(rows)} checks passed" + (f"; failing: {failed}" if failed else ""))
+    if failed:
+        sys.exit(1)
+
+
+
+def _add_estimate():
+    from remax_bench.estimate import estimate_cli
+
+    main.add_command(estimate_cli, name="estimate")
+
+
+_add_estimate()
+
+if __name__ == "__main__":
+    main()

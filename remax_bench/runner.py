@@ -1,0 +1,259 @@
+"""`remax-bench run`: plan the stage graph of a suite and run each stage in its own process.
+
+```
+sft ──> reward_model ──┬──> ppo   ─┐
+   └───────────────────┼──> remax ─┼──> eval
+                       └──> dpo   ─┘   (dpo needs the SFT model and preference data only)
+```
+
+SFT and the reward model are trained once (with the first seed): every algorithm then starts from the very
+same policy and optimises the very same reward, which is what makes the comparison matched. PPO, ReMax, DPO
+and eval run once per seed.
+
+Each stage is a subprocess (``python -m trainers.<stage>``, or the ``deepspeed`` launcher when the suite asks
+for several GPUs), so its peak memory is its own and a crash takes down one stage only. A stage writes into
+a partial directory and renames it when done; a re-run skips complete stages whose config is unchanged and
+redoes everything else.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from remax_bench import results
+from remax_bench.config import Suite
+
+ALGORITHMS = ("ppo", "remax", "dpo")
+PROGRESS = re.compile(r"^\[progress\] stage=(\S+) step=(\d+) (.*)$")
+
+
+@dataclass
+class StagePlan:
+    stage: str
+    seed: int
+    needs: list[str] = field(default_factory=list)  # keys of the stages this one reads
+    given: str | None = None  # a checkpoint given in the suite instead of training this stage
+
+    @property
+    def key(self) -> str:
+        return f"{self.stage}/seed{self.seed}"
+
+    @property
+    def module(self) -> str:
+        return "remax_bench.evaluation.stage" if self.stage == "eval" else f"trainers.{self.stage}"
+
+
+@dataclass
+class Outcome:
+    key: str
+    status: str  # completed | skipped (already complete) | given | failed | blocked | interrupted | planned
+    seconds: float = 0.0
+    detail: str = ""
+
+
+def plan(suite: Suite, seeds: list[int] | None = None, only: list[str] | None = None) -> list[StagePlan]:
+    """The stages to run, in dependency order."""
+    seeds = list(seeds if seeds is not None else suite.seeds)
+    prep_seed = seeds[0]
+    algorithms = [a for a in ALGORITHMS if a in suite.enabled_algorithms()]
+    stages = [StagePlan("sft", prep_seed, given=suite.sft.path)]
+    if {"ppo", "remax"} & set(algorithms) or (suite.eval.enabled and suite.eval.judge.type == "reward_model"):
+        stages.append(StagePlan("reward_model", prep_seed, needs=[f"sft/seed{prep_seed}"], given=suite.reward_model.path))
+    for seed in seeds:
+        for algo in algorithms:
+            needs = [f"sft/seed{prep_seed}"] + ([f"reward_model/seed{prep_seed}"] if algo != "dpo" else [])
+            stages.append(StagePlan(algo, seed, needs=needs))
+        if suite.eval.enabled:
+            needs = [f"sft/seed{prep_seed}"] + [f"{a}/seed{seed}" for a in algorithms]
+            if suite.eval.judge.type == "reward_model":
+                needs.append(f"reward_model/seed{prep_seed}")
+            stages.append(StagePlan("eval", seed, needs=needs))
+    if only:
+        unknown = set(only) - {s.stage for s in stages}
+        if unknown:
+            raise ValueError(f"--only names stages not in this suite's plan: {sorted(unknown)}; "
+                             f"the plan has {sorted({s.stage for s in stages})}")
+        stages = [s for s in stages if s.stage in only]
+    return stages
+
+
+class Runner:
+    def __init__(self, suite: Suite, results_dir: str | Path = "results", echo=print):
+        self.suite = suite
+        self.root = Path(results_dir) / suite.name
+        self.echo = echo
+        self.python = sys.executable
+
+    # -- paths and configs ----------------------------------------------------------------------
+    def final_dir(self, key: str) -> Path:
+        stage, seed = key.split("/seed")
+        return results.stage_dir(self.root.parent, self.suite.name, stage, int(seed))
+
+    def checkpoint_of(self, key: str, plans: dict[str, StagePlan]) -> str:
+        plan_ = plans.get(key)
+        if plan_ is not None and plan_.given:
+            return plan_.given
+        return str(self.final_dir(key) / "checkpoint")
+
+    def stage_config(self, item: StagePlan, plans: dict[str, StagePlan]) -> dict:
+        inputs: dict = {}
+        for need in item.needs:
+            stage = need.split("/")[0]
+            if item.stage == "eval":
+                inputs.setdefault("checkpoints", {})
+                if stage == "reward_model":
+                    inputs["reward_model"] = self.checkpoint_of(need, plans)
+                else:
+                    inputs["checkpoints"][stage] = self.checkpoint_of(need, plans)
+            else:
+                inputs[stage] = self.checkpoint_of(need, plans)
+        return {"stage": item.stage, "seed": item.seed, "suite": self.suite.resolved(), "inputs": inputs}
+
+    def config_path(self, item: StagePlan) -> Path:
+        return self.root / ".configs" / f"{item.stage}-seed{item.seed}.json"
+
+    def log_path(self, item: StagePlan) -> Path:
+        return self.root / "logs" / f"{item.stage}-seed{item.seed}.log"
+
+    def command(self, item: StagePlan) -> list[str]:
+        out = str(self.final_dir(item.key))
+        runtime = self.suite.runtime
+        if runtime.deepspeed.enabled and (runtime.num_gpus > 1 or runtime.num_nodes > 1) and item.stage != "eval":
+            from remax_bench.deepspeed_config import launch_command
+
+            return launch_command(item.module, str(self.config_path(item)), out, runtime)
+        return [self.python, "-m", item.module, "--config", str(self.config_path(item)), "--out", out]
+
+    # -- running ---------------------------------------------------------------------------------
+    def is_done(self, item: StagePlan, config: dict) -> bool:
+        final = self.final_dir(item.key)
+        if not results.is_complete(final):
+            return False
+        manifest = results.read_json(final / "manifest.json")
+        from trainers.common import config_hash
+
+        return manifest.get("config_hash") == config_hash(config)
+
+    def run(self, stages: list[StagePlan], dry_run: bool = False) -> list[Outcome]:
+        plans = {s.key: s for s in stages}
+        outcomes: dict[str, Outcome] = {}
+        total = len(stages)
+        for index, item in enumerate(stages, 1):
+            label = f"[{index}/{total}] {item.key}"
+            if item.given:
+                outcomes[item.key] = Outcome(item.key, "given", detail=item.given)
+                self.echo(f"{label}: using the given checkpoint {item.given}")
+                continue
+            config = self.stage_config(item, plans)
+            if dry_run:
+                self.echo(f"{label}: needs {item.needs or '-'}\n    {' '.join(self.command(item))}")
+                outcomes[item.key] = Outcome(item.key, "planned")
+                continue
+            blocked = [n for n in item.needs if n in outcomes and outcomes[n].status not in ("completed", "skipped", "given")]
+            missing = [n for n in item.needs if n not in outcomes and not results.is_complete(self.final_dir(n))]
+            if blocked or missing:
+                why = ", ".join(blocked + [f"{m} (no result; run it first)" for m in missing])
+                outcomes[item.key] = Outcome(item.key, "blocked", detail=f"needs {why}")
+                self.echo(f"{label}: blocked, needs {why}")
+                continue
+            if self.is_done(item, config):
+                outcomes[item.key] = Outcome(item.key, "skipped", detail="already complete")
+                self.echo(f"{label}: already complete, skipped")
+                continue
+            outcome = self.run_stage(item, config, label)
+            outcomes[item.key] = outcome
+            if outcome.status == "interrupted":
+                self.echo("interrupted: stopping here; run the same command again to resume")
+                break
+        return [outcomes.get(s.key, Outcome(s.key, "not run")) for s in stages]
+
+    def run_stage(self, item: StagePlan, config: dict, label: str) -> Outcome:
+        config_path = self.config_path(item)
+        config_path.parent.mkdir(parents=True, exist_ok=True)
+        results.write_json(config_path, config)
+        log_path = self.log_path(item)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        expected = self.expected_steps(item)
+        start = time.time()
+        self.echo(f"{label}: running (log: {log_path})")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
+        with open(log_path, "w") as log:
+            process = subprocess.Popen(
+                self.command(item), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, bufsize=1
+            )
+            try:
+                for line in process.stdout:
+                    log.write(line)
+                    match = PROGRESS.match(line.strip())
+                    if match:
+                        self.show_progress(label, int(match.group(2)), expected, match.group(3), time.time() - start)
+                    elif line.startswith("[error]") or line.startswith("[warning]"):
+                        self.echo(f"    {line.rstrip()}")
+                code = process.wait()
+            except KeyboardInterrupt:
+                process.send_signal(signal.SIGINT)
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                return Outcome(item.key, "interrupted", time.time() - start, "Ctrl-C")
+        seconds = time.time() - start
+        final = self.final_dir(item.key)
+        if code == 0 and results.is_complete(final):
+            (final / "stage.log").write_text(log_path.read_text())
+            self.echo(f"{label}: completed in {seconds:.1f}s")
+            return Outcome(item.key, "completed", seconds)
+        detail = self.failure_reason(log_path, code)
+        self.echo(f"{label}: FAILED after {seconds:.1f}s: {detail} (log: {log_path})")
+        return Outcome(item.key, "failed", seconds, detail)
+
+    def expected_steps(self, item: StagePlan) -> int | None:
+        if item.stage in ALGORITHMS:
+            return self.suite.iterations
+        return None
+
+    def show_progress(self, label: str, step: int, expected: int | None, figures: str, elapsed: float) -> None:
+        try:
+            shown = json.loads(figures)
+        except json.JSONDecodeError:
+            shown = {}
+        keys = [k for k in ("reward_mean", "kl", "loss", "accuracy", "eval_loss") if k in shown]
+        text = " ".join(f"{k}={shown[k]:.3f}" for k in keys)
+        eta = ""
+        if expected and step > 0:
+            eta = f" ETA {max(0.0, elapsed / step * (expected - step)):.0f}s"
+            step_text = f"step {step}/{expected}"
+        else:
+            step_text = f"step {step}"
+        self.echo(f"    {label} {step_text} {text}{eta}")
+
+    @staticmethod
+    def failure_reason(log_path: Path, code: int) -> str:
+        errors = [l.strip() for l in log_path.read_text().splitlines() if l.startswith("[error]")]
+        if errors:
+            return errors[0].removeprefix("[error]").strip()
+        if code < 0:
+            return f"killed by signal {-code}"
+        tail = log_path.read_text().strip().splitlines()[-1:] or ["no output"]
+        return f"exit code {code}: {tail[0][:200]}"
+
+
+def outcome_table(outcomes: list[Outcome]) -> str:
+    width = max([len(o.key) for o in outcomes] + [5])
+    lines = [f"{'stage':<{width}}  {'outcome':<11}  {'time':>8}  detail", "-" * (width + 40)]
+    for o in outcomes:
+        seconds = f"{o.seconds:.1f}s" if o.seconds else "-"
+        lines.append(f"{o.key:<{width}}  {o.status:<11}  {seconds:>8}  {o.detail}")
+    return "\n".join(lines)
+
+
+def failed(outcomes: list[Outcome]) -> bool:
+    return any(o.status in ("failed", "blocked", "interrupted") for o in outcomes)

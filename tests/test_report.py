@@ -1,0 +1,251 @@
+import copy
+import json
+import re
+
+import pandas as pd
+import pytest
+
+from remax_bench import report
+from remax_bench.config import load_suite
+
+MIB = 2**20
+SUITE = load_suite("tiny").resolved()
+
+# Hand numbers. Seed 1 is seed 0 scaled by 1.1 (memory and time), so the ratios are the same on both seeds:
+# ReMax saves 1 - 110/200 = 45.0% of PPO's peak and 1 - 60/100 = 40.0% of its model states, and is
+# 2.0 / 1.25 = 1.6x faster per iteration.
+STATES = {
+    "ppo": {"policy": (10, 10, 20), "reference": (10, 0, 0), "reward": (10, 0, 0), "critic": (10, 10, 20)},  # 100
+    "remax": {"policy": (10, 10, 20), "reference": (10, 0, 0), "reward": (10, 0, 0)},  # 60
+    "dpo": {"policy": (10, 10, 20), "reference": (10, 0, 0)},  # 50
+    "sft": {"policy": (10, 10, 20)},
+}
+PEAK = {"ppo": 200, "remax": 110, "dpo": 90, "sft": 60}
+TIME = {"ppo": 2.0, "remax": 1.25, "dpo": 0.5, "sft": 0.1}
+SPLIT = {"ppo": (0.8, 0.4, 0.6), "remax": (0.6, 0.3, 0.3), "dpo": (0.0, 0.0, 0.5)}
+GOLD = {"sft": (0.50, 0.52), "ppo": (0.60, 0.62), "remax": (0.70, 0.66), "dpo": (0.55, 0.57)}
+
+
+def _write(path, data):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data))
+
+
+def _manifest(stage, seed, suite=SUITE, status="completed", **extra):
+    return {"stage": stage, "seed": seed, "status": status, "config": {"stage": stage, "seed": seed, "suite": suite},
+            "config_hash": f"{stage}{seed}", "suite_hash": "abc123def456", "device": "cpu",
+            "device_name": "x86_64", "torch_threads": 2, **extra}
+
+
+def _stage(root, stage, seed, summary, metrics=(), suite=SUITE):
+    d = root / stage / f"seed{seed}"
+    _write(d / "manifest.json", _manifest(stage, seed, suite))
+    _write(d / "summary.json", {"stage": stage, "algorithm": stage, "seed": seed, "status": "completed", **summary})
+    (d / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
+
+
+def _algo_summary(algo, seed):
+    scale = 1.1 if seed == 1 else 1.0
+    states = {c: {"params": p * MIB, "grads": g * MIB, "optimizer": o * MIB} for c, (p, g, o) in STATES[algo].items()}
+    summary = {
+        "wall_time_s": 40.0 * scale, "iterations": 4, "peak_memory_bytes": int(PEAK[algo] * scale * MIB),
+        "memory_kind": "rss_above_baseline", "model_state_bytes": states,
+        "model_state_total_bytes": sum(sum(v.values()) for v in states.values()),
+        "time_per_iteration_s": TIME[algo] * scale, "tokens_per_second": 100.0 / (TIME[algo] * scale),
+        "heldout_gold_reward": GOLD[algo][seed],
+    }
+    if algo in SPLIT:
+        summary["time_split_s"] = dict(zip(("generate", "score", "train"), (t * scale for t in SPLIT[algo])))
+    if algo in ("ppo", "remax"):
+        summary["final_reward_mean"] = 0.4 + 0.1 * seed
+    return summary
+
+
+def _metrics(algo, seed):
+    rows = []
+    for step in range(4):
+        row = {"step": step, "wall_time_s": 10.0 * (step + 1) + seed, "loss": 1.0 - 0.1 * step}
+        if algo in ("ppo", "remax"):
+            row.update(reward_mean=(0.1 if algo == "ppo" else 0.13) * step + 0.05 * seed, kl=(0.01 if algo == "ppo" else 0.008) * step, time_generate_s=0.5,
+                       time_score_s=0.2, time_train_s=0.3)
+        if algo == "dpo":
+            row.update(accuracy=0.5 + 0.1 * step, reward_margin=0.1 * step)
+        rows.append(row)
+    return rows
+
+
+def _eval_summary(seed):
+    if seed == 0:  # win rates as fractions: the report turns them into percent
+        rows = [
+            {"name": "sft", "win_rate": 0.5, "win_rate_ci": [0.45, 0.55], "mt_bench_score": 4.0, "mt_bench_ci": [3.5, 4.5]},
+            {"name": "ppo", "win_rate": 0.70, "win_rate_se": 0.02, "win_rate_ci": [0.66, 0.74], "lc_win_rate": None,
+             "n": 128, "n_unjudged": 0, "mt_bench_score": 5.0, "mt_bench_ci": [4.5, 5.5]},
+            {"name": "remax", "win_rate": 0.80, "win_rate_ci": [0.75, 0.85], "mt_bench_score": 6.0,
+             "mt_bench_ci": [5.5, 6.5], "mt_bench_turn1": 6.2, "mt_bench_turn2": 5.8},
+            {"name": "dpo", "win_rate": 0.60, "win_rate_ci": [0.55, 0.65], "mt_bench_score": 4.5},
+        ]
+    else:  # already percent
+        rows = [
+            {"name": "sft", "win_rate": 50.0, "mt_bench_score": 4.2},
+            {"name": "ppo", "win_rate": 72.0, "win_rate_ci": [68.0, 76.0], "mt_bench_score": 5.2, "mt_bench_ci": [4.7, 5.7]},
+            {"name": "remax", "win_rate": 76.0, "win_rate_ci": [71.0, 81.0], "mt_bench_score": 6.4, "mt_bench_ci": [5.9, 6.9]},
+            {"name": "dpo", "win_rate": 58.0, "win_rate_ci": [53.0, 63.0], "mt_bench_score": 4.7},
+        ]
+    return {"n_prompts": 128, "rows": rows}
+
+
+def build_tree(results, algorithms=("ppo", "remax", "dpo"), seeds=(0, 1), with_eval=True):
+    root = results / "tiny"
+    for seed in seeds:
+        _stage(root, "sft", seed, _algo_summary("sft", seed), [{"step": 0, "wall_time_s": 1.0, "loss": 2.0}])
+    _stage(root, "reward_model", 0, {"heldout_accuracy": 0.8, "heldout_accuracy_before": 0.5, "peak_memory_bytes": MIB})
+    for seed in seeds:
+        for algo in algorithms:
+            _stage(root, algo, seed, _algo_summary(algo, seed), _metrics(algo, seed))
+        if with_eval:
+            _stage(root, "eval", seed, _eval_summary(seed))
+    return root
+
+
+@pytest.fixture(scope="module")
+def full(tmp_path_factory):
+    base = tmp_path_factory.mktemp("full")
+    build_tree(base / "results")
+    index = report.write_report(base / "results", base / "reports", "tiny", dpi=40)
+    return index
+
+
+def test_writes_every_file(full):
+    out = full.parent
+    assert full.name == "index.html" and out.name == "tiny"
+    for name in ("summary.csv", "summary.md", *report.PLOT_FILES):
+        assert (out / name).is_file(), name
+
+
+def test_summary_csv_hand_numbers(full):
+    table = pd.read_csv(full.parent / "summary.csv")
+    assert sorted(set(table.algorithm)) == ["dpo", "ppo", "remax", "sft"]
+    by = table.set_index(["algorithm", "seed"])
+    for seed in (0, 1):
+        remax = by.loc[("remax", seed)]
+        assert remax.peak_memory_saving_vs_ppo_pct == pytest.approx(45.0)
+        assert remax.model_state_saving_vs_ppo_pct == pytest.approx(40.0)
+        assert remax.speedup_vs_ppo_x == pytest.approx(1.6)
+        assert by.loc[("ppo", seed)].speedup_vs_ppo_x == pytest.approx(1.0)
+    assert by.loc[("remax", 0)].peak_memory_mib == pytest.approx(110.0)
+    assert by.loc[("ppo", 1)].time_per_iteration_s == pytest.approx(2.2)
+    assert by.loc[("ppo", 0)].model_state_critic_mib == pytest.approx(40.0)
+    assert by.loc[("dpo", 0)].peak_memory_saving_vs_ppo_pct == pytest.approx(55.0)
+    assert pd.isna(by.loc[("sft", 0)].speedup_vs_ppo_x)
+    # Win rates: fractions on seed 0 and percent on seed 1 both come out in percent.
+    assert by.loc[("remax", 0)].win_rate_pct == pytest.approx(80.0)
+    assert by.loc[("remax", 0)].win_rate_ci_lo_pct == pytest.approx(75.0)
+    assert by.loc[("remax", 1)].win_rate_pct == pytest.approx(76.0)
+    assert by.loc[("ppo", 0)].mt_bench_score == pytest.approx(5.0)
+    # Final KL falls back to the last 10% of logged steps (here the last of 4): 0.03.
+    assert by.loc[("ppo", 0)].final_kl == pytest.approx(0.03)
+    assert by.loc[("remax", 1)].final_reward_mean == pytest.approx(0.5)
+    assert by.loc[("ppo", 0)].time_generate_s == pytest.approx(0.8)
+
+
+def test_summary_md_aggregates_and_quotes_the_paper(full):
+    md = (full.parent / "summary.md").read_text()
+    # ReMax gold reward: mean of 0.70 and 0.66, std 0.0283 (shown with the mean's 3 decimals).
+    assert re.search(r"\| ReMax \| 2 \| 0\.680 ± 0\.028 \|", md)
+    assert "45.0% (per seed: 45.0%, 45.0%)" in md and "1.60x (per seed: 1.60x, 1.60x)" in md and "40.0%" in md
+    assert "~46% less GPU memory" in md and "~1.6x faster training" in md
+    assert "94.78%" in md and "7.739" in md and "Li et al. 2023" in md
+    assert "shared, runtime blocks of ppo / remax / dpo): none" in md
+    assert "peak memory: rss_above_baseline" in md
+    assert "reward model (seed 0): held-out pairwise accuracy 0.800 (0.500 before training)" in md
+    assert "none" in md.split("## Failed or missing stages")[1].split("##")[0]
+
+
+def test_html_references_every_png(full):
+    out = full.parent
+    page = full.read_text()
+    srcs = set(re.findall(r"<img src='([^']+)'", page))
+    assert srcs == {p.name for p in out.glob("*.png")}
+    assert "abc123def456" in page and "<table" in page and "tiny" in page
+    assert "paper" in page.lower() and "94.78" in page
+
+
+def test_memory_and_time_breakdowns_add_up(tmp_path):
+    res = report.load_results(build_tree(tmp_path / "results").parent, "tiny")
+    mem = report.memory_breakdown(res)
+    # PPO: measured peak 200 and 220 MiB -> 210; model states 100 MiB -> other 110.
+    assert mem.loc["ppo", "measured peak"] == pytest.approx(210.0)
+    assert mem.loc["ppo", report.OTHER_MEMORY] == pytest.approx(110.0)
+    assert mem.loc["ppo", "critic optimizer"] == pytest.approx(20.0)
+    assert "critic params" not in mem.columns or mem.loc["remax", "critic params"] == 0
+    times = report.time_breakdown(report.summary_table(res))
+    # PPO: total (2.0 + 2.2) / 2 = 2.1, phases 1.8 * 1.05 = 1.89 -> other 0.21.
+    assert times.loc["ppo", "total"] == pytest.approx(2.1)
+    assert times.loc["ppo", "other"] == pytest.approx(0.21)
+    assert times.loc["dpo", "generate"] == 0.0
+
+
+def test_what_differed_names_the_field_and_runs(tmp_path):
+    root = build_tree(tmp_path / "results", with_eval=False)
+    res = report.load_results(root.parent, "tiny")
+    assert report.what_differed(res.manifests) == []
+    changed = copy.deepcopy(SUITE)
+    changed["shared"]["learning_rate"] = 2e-4
+    _write(root / "remax" / "seed1" / "manifest.json", _manifest("remax", 1, changed))
+    lines = report.what_differed(report.load_results(root.parent, "tiny").manifests)
+    assert len(lines) == 1
+    assert lines[0].startswith("shared.learning_rate: 0.0001 (")
+    assert "0.0002 (remax/seed1)" in lines[0]
+
+
+def test_partial_results_still_report(tmp_path):
+    root = build_tree(tmp_path / "results", algorithms=("ppo", "remax"), with_eval=False)
+    failed = root / "remax" / "seed2.failed"
+    _write(failed / "manifest.json", _manifest("remax", 2, status="failed", error="NonFiniteError: loss is not finite\ntrace"))
+    (root / "ppo" / ".seed2.partial").mkdir()
+    stale = tmp_path / "reports" / "tiny" / "win_rate.png"  # from an older report that had eval results
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"old")
+    index = report.write_report(tmp_path / "results", tmp_path / "reports", "tiny", dpi=30)
+    out = index.parent
+    assert not (out / "win_rate.png").exists() and not (out / "mt_bench.png").exists()
+    assert (out / "memory_by_component.png").is_file() and (out / "reward_vs_step.png").is_file()
+    page = index.read_text()
+    assert "eval stage did not run" in page
+    assert "remax/seed2: failed — NonFiniteError: loss is not finite" in page
+    assert "ppo/seed2: partial" in page
+    # The suite plans dpo and eval for seeds 0 and 1: they are listed as missing.
+    assert "dpo/seed0: missing" in page and "eval/seed1: missing" in page
+    assert "algorithms without a result: DPO" in page
+    assert set(re.findall(r"<img src='([^']+)'", page)) == {p.name for p in out.glob("*.png")}
+    assert "45.0%" in (out / "summary.md").read_text()
+
+
+def test_no_complete_stage_is_a_clear_error(tmp_path):
+    failed = tmp_path / "results" / "tiny" / "ppo" / "seed0.failed"
+    _write(failed / "manifest.json", _manifest("ppo", 0, status="failed", error="boom"))
+    with pytest.raises(report.ReportError, match=r"no complete stage .*ppo/seed0 \(failed\)"):
+        report.write_report(tmp_path / "results", tmp_path / "reports", "tiny")
+    with pytest.raises(report.ReportError, match="suites found: tiny"):
+        report.write_report(tmp_path / "results", tmp_path / "reports", "nope")
+
+
+def test_suite_name_is_found_when_not_given(tmp_path):
+    build_tree(tmp_path / "results", algorithms=("remax",), seeds=(0,), with_eval=False)
+    assert report.resolve_suite_name(tmp_path / "results", None) == (tmp_path / "results", "tiny")
+    assert report.resolve_suite_name(tmp_path / "results" / "tiny", None) == (tmp_path / "results", "tiny")
+
+
+def test_win_rates_as_fractions_become_percent():
+    rows = report.eval_rows({"rows": [{"name": "remax", "win_rate": 0.25, "win_rate_se": 0.05, "lc_win_rate": 0.3}]}, 0, "sft")
+    assert rows[0]["win_rate_pct"] == pytest.approx(25.0)
+    assert rows[0]["lc_win_rate_pct"] == pytest.approx(30.0)
+    # No CI given: centre ± 1.96 standard errors.
+    assert rows[0]["win_rate_ci_lo_pct"] == pytest.approx(25.0 - 1.96 * 5.0)
+    assert rows[0]["reference"] == "sft"
+
+
+def test_ratio_against_a_zero_or_missing_baseline_is_nan():
+    assert report._div(1.0, 0.0) != report._div(1.0, 0.0)  # NaN
+    assert report._div(float("nan"), 2.0) != report._div(float("nan"), 2.0)
+    assert report._div(3.0, 2.0) == 1.5

@@ -3,6 +3,11 @@ specific to each algorithm. Validated with pydantic; every problem becomes one c
 
 "Matched" means PPO, DPO and ReMax read the same ``shared:`` block unchanged. An algorithm block may only
 add what is specific to that algorithm; one that sets a key of ``shared:`` is rejected.
+
+Types are strict: a YAML value must already have the right type (``"24"`` is not an integer, ``yes`` is not a
+number), so a quoted or mistyped value is reported instead of silently converted. The YAML reader accepts
+``1e-4`` as a number (plain YAML 1.1 would read it as a string) and rejects duplicate keys (plain YAML keeps
+the last one silently, which would hide one of two settings).
 """
 
 from __future__ import annotations
@@ -11,8 +16,10 @@ import difflib
 import hashlib
 import json
 import math
+import re
+import types
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -27,7 +34,7 @@ class SuiteError(ValueError):
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True)
 
 
 PositiveInt = Field(gt=0)
@@ -44,7 +51,7 @@ class Models(Strict):
     @classmethod
     def _not_empty(cls, v: str) -> str:
         if not v.strip():
-            raise ValueError("a model is required (a tiny: spec, a Hugging Face id or a local path)")
+            raise ValueError("a model is required (a tiny: spec, a Hugging Face id or a local path), got ''")
         return v
 
 
@@ -58,12 +65,13 @@ class DataSource(Strict):
     @model_validator(mode="before")
     @classmethod
     def _shorthand(cls, value: Any) -> Any:
+        # `sft: synthetic` is short for `sft: {source: synthetic}`
         return {"source": value} if isinstance(value, str) else value
 
 
 class SyntheticData(Strict):
     seed: int = 1234
-    tasks: Optional[list[str]] = None
+    tasks: Optional[list[str]] = None  # None: every task of remax_bench.task.TASKS
     n_sft: int = Field(default=4000, gt=0)
     n_pairs: int = Field(default=3000, gt=0)
     n_prompts: int = Field(default=2000, gt=0)
@@ -73,9 +81,10 @@ class SyntheticData(Strict):
 
 class Data(Strict):
     synthetic: SyntheticData = SyntheticData()
-    sft: DataSource = DataSource(source="synthetic")
-    preferences: DataSource = DataSource(source="synthetic")
-    prompts: DataSource = DataSource(source="synthetic")
+    # sft, preferences and prompts may be null when no planned stage reads them (checked in Suite).
+    sft: Optional[DataSource] = DataSource(source="synthetic")
+    preferences: Optional[DataSource] = DataSource(source="synthetic")
+    prompts: Optional[DataSource] = DataSource(source="synthetic")
     eval_prompts: DataSource = DataSource(source="synthetic")
 
 
@@ -83,7 +92,7 @@ class Data(Strict):
 class Generation(Strict):
     temperature: float = Field(default=1.0, gt=0)
     top_p: float = Field(default=1.0, gt=0, le=1)
-    top_k: int = Field(default=0, ge=0)
+    top_k: int = Field(default=0, ge=0)  # 0: no top-k filtering
 
 
 class Shared(Strict):
@@ -102,16 +111,22 @@ class Shared(Strict):
     reward_normalize: bool = False
     weight_decay: float = Field(default=0.0, ge=0)
     max_grad_norm: Optional[float] = Field(default=1.0, gt=0)
-    heldout_eval_every: int = Field(default=0, ge=0)
+    heldout_eval_every: int = Field(default=0, ge=0)  # 0: only at the end
 
     @model_validator(mode="after")
     def _one_budget(self) -> "Shared":
-        if (self.iterations is None) == (self.token_budget is None):
-            raise ValueError("set exactly one of shared.iterations and shared.token_budget")
+        if self.iterations is None and self.token_budget is None:
+            raise ValueError("iterations: set exactly one of shared.iterations and shared.token_budget (got neither)")
+        if self.iterations is not None and self.token_budget is not None:
+            raise ValueError(
+                "iterations: set exactly one of shared.iterations and shared.token_budget "
+                f"(got both: iterations={self.iterations}, token_budget={self.token_budget})"
+            )
         return self
 
     def resolved_iterations(self) -> int:
-        """Iterations every algorithm runs; a token budget counts generated tokens at the length limit."""
+        """Iterations every algorithm runs. A token budget counts generated tokens at the length limit:
+        ceil(token_budget / (rollout_batch_size * max_response_length)), the same for every algorithm."""
         if self.iterations is not None:
             return self.iterations
         return math.ceil(self.token_budget / (self.rollout_batch_size * self.max_response_length))
@@ -155,7 +170,7 @@ class ReMax(Strict):
 # -- evaluation ------------------------------------------------------------------------------------
 class EvalGeneration(Strict):
     max_new_tokens: int = Field(default=64, gt=0)
-    temperature: float = Field(default=0.0, ge=0)
+    temperature: float = Field(default=0.0, ge=0)  # 0: greedy
     top_p: float = Field(default=1.0, gt=0, le=1)
     batch_size: int = Field(default=16, gt=0)
 
@@ -169,7 +184,7 @@ class AlpacaEvalConfig(Strict):
 class MTBenchConfig(Strict):
     enabled: bool = True
     questions: str = "synthetic"  # "synthetic" | "default" (the public 80 questions) | a local path
-    judge_prompts: str = "default"
+    judge_prompts: str = "default"  # "default" (FastChat's judge prompts) | a local .jsonl path
     max_questions: Optional[int] = Field(default=None, gt=0)
 
 
@@ -177,28 +192,30 @@ class Judge(Strict):
     type: Literal["gold", "openai", "vllm_local", "reward_model"] = "gold"
     model: Optional[str] = None
     base_url: Optional[str] = None
-    api_key_env: str = "OPENAI_API_KEY"  # the key itself is never part of a config
+    api_key_env: str = "OPENAI_API_KEY"  # the name of the variable; the key itself is never part of a suite
     max_retries: int = Field(default=3, ge=0)
     timeout_s: float = Field(default=60.0, gt=0)
-    port: int = Field(default=8011, gt=0, lt=65536)
+    port: int = Field(default=8011, gt=0, lt=65536)  # vllm_local: `vllm serve` listens on 127.0.0.1:port
     serve_args: list[str] = []
 
     @model_validator(mode="after")
     def _needs_model(self) -> "Judge":
         if self.type in ("openai", "vllm_local") and not self.model:
-            raise ValueError(f"a judge of type {self.type!r} needs eval.judge.model")
+            raise ValueError(
+                f"model: a judge of type {self.type!r} needs eval.judge.model (the judge model's name), got null"
+            )
         return self
 
 
 class Eval(Strict):
     enabled: bool = True
     backend: Literal["auto", "vllm", "hf"] = "auto"
-    reference: str = "sft"
+    reference: str = "sft"  # the stage (or checkpoint path) every policy is compared against
     generation: EvalGeneration = EvalGeneration()
     alpaca_eval: AlpacaEvalConfig = AlpacaEvalConfig()
     mt_bench: MTBenchConfig = MTBenchConfig()
     judge: Judge = Judge()
-    conversation_template: Optional[str] = None
+    conversation_template: Optional[str] = None  # FastChat template name; None: the tokenizer's chat template
     bootstrap_samples: int = Field(default=1000, gt=0)
 
 
@@ -212,10 +229,18 @@ class DeepSpeed(Strict):
 
     @model_validator(mode="after")
     def _offload(self) -> "DeepSpeed":
+        # DeepSpeed's own config says optimizer offload is valid with ZeRO stages 1, 2 and 3
+        # (deepspeed/runtime/zero/offload_config.py); only ZeRO-3 partitions parameters, so only it offloads them.
         if self.offload_optimizer and (not self.enabled or self.zero_stage < 1):
-            raise ValueError("offload_optimizer needs deepspeed.enabled and zero_stage >= 1")
+            raise ValueError(
+                "offload_optimizer: needs runtime.deepspeed.enabled and zero_stage >= 1 "
+                f"(got enabled={_yaml_scalar(self.enabled)}, zero_stage={self.zero_stage})"
+            )
         if self.offload_params and (not self.enabled or self.zero_stage != 3):
-            raise ValueError("offload_params needs deepspeed.enabled and zero_stage 3")
+            raise ValueError(
+                "offload_params: needs runtime.deepspeed.enabled and zero_stage 3 "
+                f"(got enabled={_yaml_scalar(self.enabled)}, zero_stage={self.zero_stage})"
+            )
         return self
 
 
@@ -230,9 +255,13 @@ class Runtime(Strict):
     @model_validator(mode="after")
     def _multi_node(self) -> "Runtime":
         if self.num_nodes > 1 and not self.hostfile:
-            raise ValueError("runtime.num_nodes > 1 needs runtime.hostfile")
+            raise ValueError(f"hostfile: runtime.num_nodes > 1 needs runtime.hostfile (got num_nodes={self.num_nodes}, "
+                             "hostfile null)")
         if (self.num_nodes > 1 or self.num_gpus > 1) and not self.deepspeed.enabled:
-            raise ValueError("several GPUs or nodes run through DeepSpeed: set runtime.deepspeed.enabled")
+            raise ValueError(
+                "deepspeed.enabled: several GPUs or nodes run through the DeepSpeed launcher; set "
+                f"runtime.deepspeed.enabled: true (got num_gpus={self.num_gpus}, num_nodes={self.num_nodes})"
+            )
         return self
 
 
@@ -256,33 +285,63 @@ class Suite(Strict):
     @classmethod
     def _seeds(cls, seeds: list[int]) -> list[int]:
         if not seeds:
-            raise ValueError("give at least one seed")
+            raise ValueError("expected at least one seed, got []")
         if any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
-            raise ValueError(f"seeds must be distinct non-negative integers, got {seeds}")
+            raise ValueError(f"expected distinct integers >= 0, got {seeds}")
         return seeds
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "Suite":
-        if self.eval.enabled and self.eval.judge.type == "gold" and self.data.eval_prompts.source != "synthetic":
-            raise ValueError("eval.judge.type 'gold' scores the synthetic task only: set data.eval_prompts to synthetic")
-        if not self.enabled_algorithms():
-            raise ValueError("enable at least one of ppo, dpo, remax")
+        errors = []
+        algorithms = self.enabled_algorithms()
+        if not algorithms:
+            errors.append("ppo.enabled: enable at least one of ppo, dpo, remax (got all three disabled)")
+        judge = self.eval.judge.type
+        if self.eval.enabled and judge == "gold":
+            # The gold scorer recomputes the synthetic task's answer; it cannot grade any other instruction.
+            gold_only = "eval.judge.type 'gold' scores the synthetic task only"
+            if self.data.eval_prompts.source != "synthetic":
+                errors.append(f"data.eval_prompts: {gold_only}: set data.eval_prompts to synthetic or choose "
+                              f"another judge (got {self.data.eval_prompts.source!r})")
+            if self.eval.alpaca_eval.enabled and self.eval.alpaca_eval.prompts != "synthetic":
+                errors.append(f"eval.alpaca_eval.prompts: {gold_only}: expected 'synthetic' "
+                              f"(got {self.eval.alpaca_eval.prompts!r})")
+            if self.eval.mt_bench.enabled and self.eval.mt_bench.questions != "synthetic":
+                errors.append(f"eval.mt_bench.questions: {gold_only}: expected 'synthetic' "
+                              f"(got {self.eval.mt_bench.questions!r})")
+        # Each data source that a planned stage trains on must be given (the plan is runner.plan's).
+        needs_reward_model = bool({"ppo", "remax"} & set(algorithms)) or (self.eval.enabled and judge == "reward_model")
+        readers = {
+            "sft": ["the sft stage"] if self.sft.path is None else [],
+            "preferences": (["dpo"] if "dpo" in algorithms else [])
+            + (["the reward_model stage"] if needs_reward_model and self.reward_model.path is None else []),
+            "prompts": [a for a in ("ppo", "remax") if a in algorithms],
+        }
+        for source, users in readers.items():
+            if users and getattr(self.data, source) is None:
+                errors.append(f"data.{source}: needed by {' and '.join(users)}; expected a data source, got null")
+        if errors:
+            raise ValueError("\n".join(errors))
         return self
 
     @property
     def iterations(self) -> int:
+        """Iterations of every matched algorithm (resolved from shared.token_budget when that is set)."""
         return self.shared.resolved_iterations()
 
     def enabled_algorithms(self) -> list[str]:
         return [name for name in MATCHED_ALGORITHMS if getattr(self, name).enabled]
 
     def algorithm_config(self, name: str) -> dict:
-        """The merged view one algorithm trains with: shared settings plus its own."""
+        """The merged view one algorithm trains with: shared settings plus its own (the two never overlap)."""
         if name not in MATCHED_ALGORITHMS:
             raise KeyError(f"{name!r} is not one of {MATCHED_ALGORITHMS}")
-        return {**self.shared.model_dump(mode="json"), **getattr(self, name).model_dump(mode="json")}
+        merged = {**self.shared.model_dump(mode="json"), **getattr(self, name).model_dump(mode="json")}
+        merged["iterations"] = self.iterations
+        return merged
 
     def resolved(self) -> dict:
+        """Plain JSON-able dict; ``Suite.model_validate(suite.resolved())`` gives the same suite back."""
         return self.model_dump(mode="json")
 
     def config_hash(self) -> str:
@@ -290,31 +349,143 @@ class Suite(Strict):
         return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 
-# -- loading and errors ----------------------------------------------------------------------------
-def _allowed_keys(model: type[BaseModel]) -> list[str]:
-    return list(model.model_fields)
+# -- error messages --------------------------------------------------------------------------------
+def _yaml_scalar(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value)
 
 
-def _submodel(model: type[BaseModel], key: str) -> type[BaseModel] | None:
-    field = model.model_fields.get(key)
-    if field is None:
-        return None
-    annotation = field.annotation
-    for candidate in (annotation, *getattr(annotation, "__args__", ())):
+def _given(value: Any) -> str:
+    """What the suite gave, in YAML terms, with its type where that explains a type error."""
+    if isinstance(value, bool) or value is None:
+        return f"{_yaml_scalar(value)}" + (" (a boolean)" if isinstance(value, bool) else "")
+    if isinstance(value, str):
+        return f"{value!r} (a string)"
+    if isinstance(value, dict):
+        keys = ", ".join(str(k) for k in list(value)[:6])
+        return f"a mapping with keys {keys}" if value else "an empty mapping"
+    if isinstance(value, list):
+        text = repr(value)
+        return f"a list {text}" if len(text) <= 60 else f"a list of {len(value)} items"
+    return repr(value)
+
+
+def _submodel(annotation: Any) -> type[BaseModel] | None:
+    for candidate in (annotation, *get_args(annotation)):
         if isinstance(candidate, type) and issubclass(candidate, BaseModel):
             return candidate
     return None
 
 
+def _bounds(metadata: list) -> str:
+    lower = upper = None
+    for m in metadata:
+        if getattr(m, "gt", None) is not None:
+            lower = f"> {m.gt}", f"({m.gt}"
+        if getattr(m, "ge", None) is not None:
+            lower = f">= {m.ge}", f"[{m.ge}"
+        if getattr(m, "lt", None) is not None:
+            upper = f"< {m.lt}", f"{m.lt})"
+        if getattr(m, "le", None) is not None:
+            upper = f"<= {m.le}", f"{m.le}]"
+    if lower and upper:
+        return f" in {lower[1]}, {upper[1]}"
+    if lower or upper:
+        return " " + (lower or upper)[0]
+    return ""
+
+
+def _expected(annotation: Any, metadata: list) -> str:
+    """Plain-words description of what a field accepts, from its type and constraints."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin in (Union, types.UnionType):
+        options = [a for a in args if a is not type(None)]
+        text = " or ".join(_expected(a, metadata) for a in options)
+        return text + (" or null" if len(options) < len(args) else "")
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin is list:
+        return "a list of " + {int: "integers", str: "strings"}.get(args[0], _expected(args[0], []))
+    if annotation is DataSource:
+        return ("a data source ('synthetic', a local .jsonl/.json/.parquet path or a Hugging Face dataset id, "
+                "or a mapping with keys " + ", ".join(DataSource.model_fields) + ")")
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return "a mapping with keys " + ", ".join(annotation.model_fields)
+    base = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(annotation)
+    if base is None:
+        return str(annotation)
+    return base + ("" if annotation is bool else _bounds(metadata))
+
+
+def _field_at(loc: tuple) -> tuple[Any, list] | None:
+    """(annotation, constraints) of the field an error location points at; list items give the item type."""
+    model: type[BaseModel] | None = Suite
+    annotation, metadata = None, []
+    for part in loc:
+        if isinstance(part, int):
+            args = [a for a in get_args(annotation) if a is not type(None)]
+            if get_origin(annotation) in (Union, types.UnionType) and args:
+                args = get_args(args[0])
+            annotation, metadata = (args[0] if args else None), []
+            continue
+        if model is None or part not in model.model_fields:
+            return None
+        info = model.model_fields[part]
+        annotation, metadata = info.annotation, info.metadata
+        model = _submodel(annotation)
+    return (annotation, metadata) if annotation is not None else None
+
+
+def _path(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif not str(part).startswith("function-"):
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _describe(err: dict) -> list[str]:
+    loc = tuple(p for p in err["loc"] if not str(p).startswith("function-"))
+    where, kind, given = _path(loc), err["type"], err.get("input")
+    field = _field_at(loc)
+    expected = _expected(*field) if field else None
+    if kind == "missing":
+        if where == "models.policy":
+            return [f"{where}: a model is required (a tiny: spec, a Hugging Face id or a local path)"]
+        return [f"{where}: required; expected {expected}" if expected else f"{where}: required"]
+    if kind == "value_error":
+        # Our validators write "relative.path: message"; the path is relative to the model that raised it.
+        lines = []
+        for line in str(err["msg"]).removeprefix("Value error, ").splitlines():
+            rel, sep, text = line.partition(": ")
+            if sep and re.fullmatch(r"[A-Za-z_][\w.]*", rel):
+                lines.append(f"{where + '.' if where else ''}{rel}: {text}")
+            else:
+                lines.append(f"{where}: {line}" if where else line)
+        return lines
+    if kind == "extra_forbidden":
+        return [f"{where}: unknown key"]
+    if kind == "string_pattern_mismatch" and where == "name":
+        return [f"name: expected a name of letters, digits, '_', '.' and '-' (it names the results folder), "
+                f"got {given!r}"]
+    if expected is None:
+        return [f"{where}: {err['msg']}, got {_given(given)}"]
+    return [f"{where}: expected {expected}, got {_given(given)}"]
+
+
 def _check_matched(raw: dict) -> list[str]:
     """An algorithm block that sets a shared key would break the matched comparison."""
     errors = []
-    shared_keys = set(Shared.model_fields)
     for algo in MATCHED_ALGORITHMS:
         block = raw.get(algo)
         if isinstance(block, dict):
             for key in block:
-                if key in shared_keys:
+                if key in Shared.model_fields:
                     errors.append(
                         f"{algo}.{key}: cannot override shared.{key} in an algorithm block; that would break the "
                         f"matched comparison (set it in shared: for all algorithms)"
@@ -323,69 +494,105 @@ def _check_matched(raw: dict) -> list[str]:
 
 
 def _unknown_keys(raw: Any, model: type[BaseModel], path: str) -> list[str]:
-    """Unknown keys at every level, each with a did-you-mean."""
+    """Unknown keys at every level, each with a did-you-mean (or the list of allowed keys)."""
     if not isinstance(raw, dict):
         return []
     errors = []
-    allowed = _allowed_keys(model)
+    allowed = list(model.model_fields)
     for key, value in raw.items():
         where = f"{path}.{key}" if path else str(key)
-        if key not in allowed:
-            if path in MATCHED_ALGORITHMS and key in Shared.model_fields:
-                continue  # reported by _check_matched with the clearer message
-            close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
-            hint = f"; did you mean '{close[0]}'?" if close else f"; allowed here: {', '.join(allowed)}"
-            errors.append(f"{where}: unknown key{hint}")
+        if key in allowed:
+            sub = _submodel(model.model_fields[key].annotation)
+            if sub is not None:
+                errors.extend(_unknown_keys(value, sub, where))
             continue
-        sub = _submodel(model, key)
-        if sub is not None and sub is not DataSource:
-            errors.extend(_unknown_keys(value, sub, where))
-        elif sub is DataSource and isinstance(value, dict):
-            errors.extend(_unknown_keys(value, DataSource, where))
+        if path in MATCHED_ALGORITHMS and key in Shared.model_fields:
+            continue  # reported by _check_matched with the clearer message
+        if model is Judge and str(key) in ("api_key", "key", "openai_api_key"):
+            errors.append(f"{where}: a key is never part of a suite (suites are recorded in every manifest); "
+                          f"put it in an environment variable and name that variable in {path}.api_key_env")
+            continue
+        close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
+        hint = f"; did you mean '{close[0]}'?" if close else f"; expected one of: {', '.join(allowed)}"
+        errors.append(f"{where}: unknown key{hint}")
     return errors
 
 
-def _describe(err: dict) -> str:
-    where = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
-    kind, message = err["type"], err["msg"]
-    given = err.get("input")
-    if kind == "missing":
-        if where == "models.policy" or where == "models":
-            return f"{where}: a model is required (a tiny: spec, a Hugging Face id or a local path)"
-        return f"{where}: required field is missing"
-    message = message.removeprefix("Value error, ")
-    shown = repr(given) if not isinstance(given, (dict, list)) else type(given).__name__
-    if where:
-        return f"{where}: {message} (got {shown})"
-    return message
+def _empty_blocks_to_defaults(raw: Any, model: type[BaseModel]) -> Any:
+    """`remax:` with every line below it commented out is YAML null; read it as an empty block (defaults)."""
+    if not isinstance(raw, dict):
+        return raw
+    out = {}
+    for key, value in raw.items():
+        info = model.model_fields.get(key) if isinstance(key, str) else None
+        sub = _submodel(info.annotation) if info else None
+        if sub is not None and sub is not DataSource:
+            nullable = type(None) in get_args(info.annotation)
+            value = {} if value is None and not nullable else _empty_blocks_to_defaults(value, sub)
+        out[key] = value
+    return out
+
+
+# -- loading ---------------------------------------------------------------------------------------
+class _SuiteLoader(yaml.SafeLoader):
+    """Safe YAML with two fixes for configs: `1e-4` is a number, and a key given twice is an error."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # `<<: *anchor` merges are meant to be overridden
+                key = self.construct_object(key_node, deep=deep)
+                try:
+                    if key in seen:
+                        raise yaml.constructor.ConstructorError(
+                            None, None, f"duplicate key {key!r} (first given at line {seen[key] + 1})",
+                            key_node.start_mark,
+                        )
+                    seen[key] = key_node.start_mark.line
+                except TypeError:  # an unhashable key: the base class reports it
+                    continue
+        return super().construct_mapping(node, deep=deep)
+
+
+_SuiteLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
 
 
 def validate_suite(raw: Any, source: str = "<suite>") -> Suite:
+    """A Suite from already-parsed data (a dict), with every problem reported as one SuiteError."""
     if not isinstance(raw, dict):
         raise SuiteError(f"{source}: the top level must be a mapping of keys (name, models, shared, ...), "
-                         f"got {type(raw).__name__}")
+                         f"got {_given(raw)}")
     errors = _check_matched(raw) + _unknown_keys(raw, Suite, "")
     if errors:
         raise SuiteError("\n".join(errors))
     try:
-        return Suite.model_validate(raw)
+        return Suite.model_validate(_empty_blocks_to_defaults(raw, Suite))
     except ValidationError as err:
-        raise SuiteError("\n".join(dict.fromkeys(_describe(e) for e in err.errors()))) from None
+        lines = [line for e in err.errors() for line in _describe(e)]
+        raise SuiteError("\n".join(dict.fromkeys(lines))) from None
 
 
 def load_suite_text(text: str, source: str = "<suite>") -> Suite:
+    """A Suite from YAML text; ``source`` names it in messages."""
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_SuiteLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise SuiteError(f"{source}: not valid YAML{where}: {getattr(err, 'problem', err)}") from None
+        raise SuiteError(f"{source}: not valid YAML{where}: {getattr(err, 'problem', None) or err}") from None
     return validate_suite(raw, source)
 
 
 def resolve_suite_path(path_or_name: str | Path) -> Path:
+    """A YAML path as given, or a bare name (``tiny``) as <repo>/suites/<name>.yaml."""
     path = Path(path_or_name)
-    if path.suffix in (".yaml", ".yml") or path.exists():
+    if path.suffix in (".yaml", ".yml") or path.is_file() or len(path.parts) > 1:
         return path
     return SUITES_DIR / f"{path_or_name}.yaml"
 
@@ -395,9 +602,14 @@ def load_suite(path_or_name: str | Path) -> Suite:
     path = resolve_suite_path(path_or_name)
     if not path.is_file():
         known = sorted(p.stem for p in SUITES_DIR.glob("*.yaml"))
-        raise SuiteError(f"suite file {path} not found; give a YAML path or one of {known}")
-    return load_suite_text(path.read_text(), str(path))
+        raise SuiteError(f"suite file {path} not found; expected a YAML path or one of the names {known}")
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise SuiteError(f"suite file {path} cannot be read: {err}") from None
+    return load_suite_text(text, str(path))
 
 
 def to_yaml(suite: Suite) -> str:
-    return yaml.safe_dump(suite.resolved(), sort_keys=False, default_flow_style=False)
+    """The resolved suite (every default filled in) as YAML, in the schema's key order."""
+    return yaml.safe_dump(suite.resolved(), sort_keys=False, default_flow_style=False, width=120)

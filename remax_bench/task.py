@@ -6,8 +6,10 @@ that a nearly right answer scores between a wrong one and a right one:
 
 - the gold scorer parses the instruction, recomputes the true answer, and grades closeness
   (difflib's similarity ratio 2*M/T for strings; 0.5 ** |error| for counts);
-- SFT demonstrations are imperfect on purpose (``demo_noise`` of them corrupted), so the SFT model
-  learns the imperfection and RL has headroom;
+- SFT demonstrations are imperfect on purpose: ``demo_noise`` of them are *lazy* (they stop one or two
+  characters early and trail off with "...") and a few have typos. With demo_noise above one half the SFT model learns to stop early,
+  the gold-labelled preference pairs say that complete answers are better, and RL has something true to
+  find -- the way real preference data corrects systematic flaws of demonstrations;
 - preference pairs are two answers of different quality, labelled by the gold scorer;
 - evaluation prompts use inputs that never appear in training (split by a hash of the input).
 """
@@ -25,6 +27,7 @@ ALPHABET = "abcdefgh"
 MIN_LEN, MAX_LEN = 3, 6
 EVAL_BUCKETS = 8  # one input in EVAL_BUCKETS goes to evaluation
 PAIR_EXACT = 0.8  # share of preference pairs whose chosen answer is exactly right
+TYPO_RATE = 0.1  # share of the other demonstrations that have a random typo
 
 # name -> (phrasings, answer). A phrasing's {w} is the word; {k} and {c} are task arguments.
 TASK_SPECS: dict[str, tuple[list[str], Callable[..., str]]] = {
@@ -88,8 +91,10 @@ def gold_score(prompt: str, response: str) -> float:
 # -- corruption: the imperfections of demonstrations and rejected answers ---------------------------
 def corrupt(answer: str, rng: random.Random, task: str) -> str:
     """One random edit that makes the answer worse (never a no-op)."""
-    if task == "count":
+    if task == "count" and answer.isdigit():
         return str(max(0, int(answer) + rng.choice([-1, 1, 2])))
+    if task == "count":
+        return answer + rng.choice("0123456789")
     for _ in range(20):
         ops = ["drop", "substitute", "swap", "duplicate", "truncate"]
         op = rng.choice(ops)
@@ -113,6 +118,23 @@ def corrupt(answer: str, rng: random.Random, task: str) -> str:
         if out != answer:
             return out
     return answer + rng.choice(ALPHABET)
+
+
+LAZY_MARK = "..."
+
+
+def lazy(answer: str, rng: random.Random, task: str) -> str:
+    """The demonstrators' systematic flaw: they give up one or two characters early and trail off."""
+    if task == "count" or len(answer) <= 1:
+        return LAZY_MARK
+    return answer[: max(1, len(answer) - rng.randint(1, 2))] + LAZY_MARK
+
+
+def overlong(answer: str, rng: random.Random, task: str) -> str:
+    """Running on past the answer: one or two of its own characters repeated (counts: one too high)."""
+    if task == "count":
+        return str(int(answer) + 1)
+    return answer + answer[-rng.randint(1, min(2, len(answer))):]
 
 
 def _bucket(task: str, word: str) -> int:
@@ -164,8 +186,11 @@ class SyntheticTask:
         rows = []
         for _ in range(n):
             item = self._instance(rng, "train")
-            noisy = rng.random() < self.demo_noise
-            response = corrupt(item["answer"], rng, item["task"]) if noisy else item["answer"]
+            response = item["answer"]
+            if rng.random() < self.demo_noise:
+                response = lazy(response, rng, item["task"])
+            elif rng.random() < TYPO_RATE:
+                response = corrupt(response, rng, item["task"])
             rows.append({"prompt": item["prompt"], "response": response, "task": item["task"]})
         return rows
 
@@ -180,7 +205,13 @@ class SyntheticTask:
         while len(rows) < n:
             item = self._instance(rng, "train")
             good = item["answer"] if rng.random() < PAIR_EXACT else corrupt(item["answer"], rng, item["task"])
-            bad = corrupt(corrupt(good, rng, item["task"]), rng, item["task"])
+            kind = rng.random()
+            if kind < 0.35:
+                bad = lazy(good, rng, item["task"])  # the demonstrations' systematic flaw
+            elif kind < 0.65:
+                bad = overlong(good, rng, item["task"])  # so that "longer" alone is never "better"
+            else:
+                bad = corrupt(corrupt(good, rng, item["task"]), rng, item["task"])
             good_score, bad_score = gold_score(item["prompt"], good), gold_score(item["prompt"], bad)
             if good_score == bad_score:
                 continue  # no ties: the label must mean something

@@ -1,6 +1,16 @@
 import pytest
 
-from remax_bench.task import TASKS, SyntheticTask, corrupt, gold_score, parse_instruction, true_answer
+from remax_bench.task import (
+    LAZY_MARK,
+    TASKS,
+    SyntheticTask,
+    corrupt,
+    gold_score,
+    lazy,
+    overlong,
+    parse_instruction,
+    true_answer,
+)
 
 
 def test_generator_is_deterministic_per_seed():
@@ -49,10 +59,26 @@ def test_gold_score_rejects_unknown_prompts():
 
 
 def test_demonstrations_are_imperfect_at_the_chosen_rate():
-    demos = SyntheticTask(0, demo_noise=0.3).sft_demos(2000)
-    wrong = sum(gold_score(d["prompt"], d["response"]) < 1.0 for d in demos) / len(demos)
-    assert 0.25 < wrong < 0.35
-    assert all(gold_score(d["prompt"], d["response"]) == 1.0 for d in SyntheticTask(0, demo_noise=0.0).sft_demos(200))
+    demos = SyntheticTask(0, demo_noise=0.3).sft_demos(4000)
+    lazy = [d for d in demos if d["response"].endswith(LAZY_MARK)]
+    assert 0.27 < len(lazy) / len(demos) < 0.33
+    assert all(gold_score(d["prompt"], d["response"]) < 1.0 for d in lazy)
+    others = [d for d in demos if not d["response"].endswith(LAZY_MARK)]
+    typos = sum(gold_score(d["prompt"], d["response"]) < 1.0 for d in others) / len(others)
+    assert 0.07 < typos < 0.13  # TYPO_RATE of the rest
+    assert not any(d["response"].endswith(LAZY_MARK) for d in SyntheticTask(0, demo_noise=0.0).sft_demos(200))
+
+
+def test_lazy_and_overlong_answers_score_below_the_answer():
+    import random
+
+    rng = random.Random(0)
+    # "abcde" reversed is "edcba"; lazy keeps 3-4 chars and trails off, overlong repeats 1-2 of its own chars.
+    assert gold_score("Reverse: abcde", "edcb...") == pytest.approx(2 * 4 / (5 + 7))
+    assert lazy("7", rng, "count") == LAZY_MARK and overlong("2", rng, "count") == "3"
+    for _ in range(20):
+        assert gold_score("Reverse: abcde", lazy("edcba", rng, "reverse")) < 1.0
+        assert gold_score("Reverse: abcde", overlong("edcba", rng, "reverse")) < 1.0
 
 
 def test_preference_pairs_are_gold_labelled():

@@ -1,0 +1,212 @@
+"""`remax-bench check`: a finished suite against a committed baseline, and the paper's claims as rules.
+
+Numbers are ratios or task scores, never absolute times: CI machines are noisy, ratios within one run are not.
+Each baseline metric has a direction: ``higher`` (may not fall more than the tolerance below the baseline),
+``lower`` (may not rise more than the tolerance above it) or ``both``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from statistics import mean
+
+from remax_bench import results
+
+ALGORITHMS = ("ppo", "remax", "dpo")
+
+
+@dataclass
+class CheckRow:
+    name: str
+    baseline: float | None
+    now: float | None
+    tolerance: float | None
+    passed: bool
+    note: str = ""
+
+
+def _complete_summaries(suite_dir: Path, stage: str) -> list[dict]:
+    stage_root = suite_dir / stage
+    if not stage_root.is_dir():
+        return []
+    found = []
+    for seed_dir in sorted(stage_root.glob("seed*")):
+        if seed_dir.is_dir() and results.is_complete(seed_dir):
+            found.append(results.read_json(seed_dir / "summary.json"))
+    return found
+
+
+def _mean(values) -> float | None:
+    values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    return mean(values) if values else None
+
+
+def collect_metrics(suite_dir: str | Path) -> dict[str, float]:
+    """The figures a baseline can pin, averaged over seeds: ``<algorithm>.<metric>``."""
+    suite_dir = Path(suite_dir)
+    metrics: dict[str, float] = {}
+    summaries = {stage: _complete_summaries(suite_dir, stage) for stage in ("sft", *ALGORITHMS)}
+    for stage, rows in summaries.items():
+        value = _mean(r.get("heldout_gold_reward") for r in rows)
+        if value is not None:
+            metrics[f"{stage}.heldout_gold_reward"] = value
+    ppo = summaries["ppo"]
+    for algo in ("remax", "dpo"):
+        rows = summaries[algo]
+        if not (rows and ppo):
+            continue
+        metrics[f"{algo}.peak_memory_ratio_vs_ppo"] = _mean(r["peak_memory_bytes"] for r in rows) / _mean(
+            r["peak_memory_bytes"] for r in ppo
+        )
+        metrics[f"{algo}.model_states_ratio_vs_ppo"] = _mean(r["model_state_total_bytes"] for r in rows) / _mean(
+            r["model_state_total_bytes"] for r in ppo
+        )
+        algo_time = _mean(r.get("time_per_iteration_s") for r in rows)
+        ppo_time = _mean(r.get("time_per_iteration_s") for r in ppo)
+        if algo_time and ppo_time:
+            metrics[f"{algo}.iteration_time_ratio_vs_ppo"] = algo_time / ppo_time
+    for summary in _complete_summaries(suite_dir, "eval"):
+        for row in summary.get("rows", []):
+            for key in ("win_rate", "mt_bench_score"):
+                if row.get(key) is not None:
+                    metrics.setdefault(f"{row['name']}.{key}", []).append(float(row[key]))  # type: ignore[union-attr]
+    return {k: (mean(v) if isinstance(v, list) else v) for k, v in metrics.items()}
+
+
+def compare(metrics: dict[str, float], baseline: dict) -> list[CheckRow]:
+    rows = []
+    for name, spec in sorted(baseline.get("metrics", {}).items()):
+        value, tolerance, direction = spec["value"], spec["tolerance"], spec.get("direction", "both")
+        now = metrics.get(name)
+        if now is None:
+            rows.append(CheckRow(name, value, None, tolerance, False, "missing in results"))
+            continue
+        if direction == "higher":
+            passed = now >= value - tolerance
+        elif direction == "lower":
+            passed = now <= value + tolerance
+        else:
+            passed = abs(now - value) <= tolerance
+        rows.append(CheckRow(name, value, now, tolerance, passed, direction))
+    return rows
+
+
+def rules(suite_dir: str | Path, metrics: dict[str, float]) -> list[CheckRow]:
+    """The paper's qualitative claims, checked on this run."""
+    suite_dir = Path(suite_dir)
+    out = []
+    remax = _complete_summaries(suite_dir, "remax")
+    if remax:
+        critic = [r for r in remax if "critic" in r.get("model_state_bytes", {})]
+        out.append(CheckRow("rule: ReMax builds no value model", None, None, None, not critic,
+                            "no critic states recorded" if not critic else "a critic was recorded"))
+    ratio = metrics.get("remax.peak_memory_ratio_vs_ppo")
+    if ratio is not None:
+        out.append(CheckRow("rule: ReMax peak memory below PPO's", 1.0, ratio, None, ratio < 1.0, "ratio < 1"))
+    sft = metrics.get("sft.heldout_gold_reward")
+    for algo in ("ppo", "remax"):
+        gold = metrics.get(f"{algo}.heldout_gold_reward")
+        if sft is not None and gold is not None:
+            out.append(CheckRow(f"rule: {algo} beats SFT on gold reward", sft, gold, None, gold > sft, "now > SFT"))
+    return out
+
+
+def load_baseline(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"baseline {path} not found (create it with --update-baseline)")
+    return json.loads(path.read_text())
+
+
+def update_baseline(path: str | Path, metrics: dict[str, float], old: dict | None, suite: str) -> dict:
+    """Rewrite the baseline's values from this run, keeping each metric's tolerance and direction."""
+    old_metrics = (old or {}).get("metrics", {})
+    new = {"suite": suite, "metrics": {}}
+    for name, value in sorted(metrics.items()):
+        spec = old_metrics.get(name, {"tolerance": default_tolerance(name, value), "direction": default_direction(name)})
+        new["metrics"][name] = {**spec, "value": round(value, 4)}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(new, indent=2, sort_keys=True) + "\n")
+    return new
+
+
+def default_direction(name: str) -> str:
+    if name.endswith("_ratio_vs_ppo"):
+        return "lower"  # smaller memory / time than PPO is never a regression
+    return "higher"
+
+
+def default_tolerance(name: str, value: float) -> float:
+    if name.endswith("iteration_time_ratio_vs_ppo"):
+        return round(0.5 * value, 3)  # timing ratios on a shared 2-core machine are noisy
+    if name.endswith("_ratio_vs_ppo"):
+        return round(0.15 * value, 3)
+    if name.endswith("win_rate") and value > 1.5:
+        return 15.0  # percent
+    if name.endswith("mt_bench_score"):
+        return 1.0
+    return 0.1
+
+
+def format_rows(rows: list[CheckRow]) -> str:
+    def show(x):
+        return "-" if x is None else f"{x:.4g}"
+
+    width = max([len(r.name) for r in rows] + [6])
+    lines = [f"{'metric':<{width}}  {'baseline':>9}  {'now':>9}  {'tol':>7}  result  note"]
+    for r in rows:
+        lines.append(
+            f"{r.name:<{width}}  {show(r.baseline):>9}  {show(r.now):>9}  {show(r.tolerance):>7}  "
+            f"{'pass' if r.passed else 'FAIL':<6}  {r.note}"
+        )
+    return "\n".join(lines)
+
+
+REPRODUCED_KEYS = ("reward_mean", "kl", "policy_loss", "loss")
+
+
+def reproduce(suite_dir: str | Path, stage: str = "remax", seed: int | None = None, steps: int = 3,
+              workdir: str | Path | None = None) -> CheckRow:
+    """Re-run the first ``steps`` iterations of a finished stage from its own config and compare them.
+
+    On one machine a fixed seed must give the same numbers: the rerun's per-step figures have to match
+    the recorded ones (to float tolerance).
+    """
+    import subprocess
+    import sys
+    import tempfile
+
+    suite_dir = Path(suite_dir)
+    seeds = sorted(p for p in (suite_dir / stage).glob("seed*") if p.is_dir() and results.is_complete(p))
+    if seed is not None:
+        seeds = [p for p in seeds if p.name == f"seed{seed}"]
+    name = f"rule: {stage} reproducible with a fixed seed"
+    if not seeds:
+        return CheckRow(name, None, None, None, False, f"no complete {stage} result to reproduce")
+    original = seeds[0]
+    config = results.read_json(original / "manifest.json")["config"]
+    recorded = results.read_jsonl(original / "metrics.jsonl")[:steps]
+    config = json.loads(json.dumps(config))
+    config["suite"]["shared"].update(iterations=steps, token_budget=None)
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        config_path = Path(tmp) / "config.json"
+        config_path.write_text(json.dumps(config))
+        out = Path(tmp) / "rerun"
+        proc = subprocess.run(
+            [sys.executable, "-m", f"trainers.{stage}", "--config", str(config_path), "--out", str(out)],
+            capture_output=True, text=True,
+        )
+        if proc.returncode != 0:
+            return CheckRow(name, None, None, None, False, f"rerun failed: {proc.stderr.strip()[-300:]}")
+        rerun = results.read_jsonl(out / "metrics.jsonl")[:steps]
+    worst = 0.0
+    for old, new in zip(recorded, rerun):
+        for key in REPRODUCED_KEYS:
+            if key in old and key in new:
+                worst = max(worst, abs(float(old[key]) - float(new[key])))
+    same_length = len(recorded) == len(rerun) == steps
+    passed = same_length and worst <= 1e-5
+    return CheckRow(name, 0.0, worst, 1e-5, passed, f"max |difference| over the first {steps} steps")

@@ -1,0 +1,95 @@
+import json
+
+import pytest
+
+from remax_bench import check
+
+
+def _stage(root, stage, seed, summary):
+    d = root / stage / f"seed{seed}"
+    d.mkdir(parents=True)
+    (d / "manifest.json").write_text(json.dumps({"status": "completed"}))
+    (d / "summary.json").write_text(json.dumps(summary))
+
+
+def _states(policy, critic=None):
+    states = {"policy": {"params": policy, "grads": policy, "optimizer": 2 * policy}}
+    if critic:
+        states["critic"] = {"params": critic, "grads": critic, "optimizer": 2 * critic}
+    return states
+
+
+@pytest.fixture
+def suite_dir(tmp_path):
+    root = tmp_path / "tiny"
+    _stage(root, "sft", 0, {"heldout_gold_reward": 0.5})
+    for seed, (ppo_gold, remax_gold) in enumerate([(0.6, 0.7), (0.62, 0.66)]):
+        _stage(root, "ppo", seed, {"heldout_gold_reward": ppo_gold, "peak_memory_bytes": 200, "model_state_total_bytes": 100,
+                                   "time_per_iteration_s": 2.0, "model_state_bytes": _states(10, 15)})
+        _stage(root, "remax", seed, {"heldout_gold_reward": remax_gold, "peak_memory_bytes": 110, "model_state_total_bytes": 40,
+                                     "time_per_iteration_s": 1.25, "model_state_bytes": _states(10)})
+    _stage(root, "eval", 0, {"rows": [{"name": "remax", "win_rate": 80.0}, {"name": "ppo", "win_rate": 70.0}]})
+    # Incomplete stages are not results.
+    (root / "dpo" / ".seed0.partial").mkdir(parents=True)
+    return root
+
+
+def test_collect_metrics_averages_seeds_and_forms_ratios(suite_dir):
+    m = check.collect_metrics(suite_dir)
+    assert m["sft.heldout_gold_reward"] == 0.5
+    assert m["ppo.heldout_gold_reward"] == pytest.approx(0.61)
+    assert m["remax.heldout_gold_reward"] == pytest.approx(0.68)
+    assert m["remax.peak_memory_ratio_vs_ppo"] == pytest.approx(0.55)
+    assert m["remax.model_states_ratio_vs_ppo"] == pytest.approx(0.4)
+    assert m["remax.iteration_time_ratio_vs_ppo"] == pytest.approx(0.625)
+    assert m["remax.win_rate"] == 80.0
+    assert not any(k.startswith("dpo.") for k in m)
+
+
+def test_compare_directions_and_tolerances():
+    metrics = {"a": 0.50, "b": 0.80, "c": 1.0}
+    baseline = {"metrics": {
+        "a": {"value": 0.55, "tolerance": 0.1, "direction": "higher"},  # 0.50 >= 0.45: pass
+        "b": {"value": 0.60, "tolerance": 0.1, "direction": "lower"},   # 0.80 > 0.70: fail
+        "c": {"value": 1.0, "tolerance": 0.0, "direction": "both"},
+        "d": {"value": 1.0, "tolerance": 0.1},                           # missing: fail
+    }}
+    rows = {r.name: r for r in check.compare(metrics, baseline)}
+    assert rows["a"].passed and not rows["b"].passed and rows["c"].passed
+    assert not rows["d"].passed and rows["d"].note == "missing in results"
+
+
+def test_rules_hold_on_a_good_run(suite_dir):
+    rows = check.rules(suite_dir, check.collect_metrics(suite_dir))
+    assert [r.passed for r in rows] == [True] * len(rows)
+    assert {r.name for r in rows} == {
+        "rule: ReMax builds no value model",
+        "rule: ReMax peak memory below PPO's",
+        "rule: ppo beats SFT on gold reward",
+        "rule: remax beats SFT on gold reward",
+    }
+
+
+def test_rules_catch_a_critic_and_rl_below_sft(tmp_path):
+    root = tmp_path / "tiny"
+    _stage(root, "sft", 0, {"heldout_gold_reward": 0.5})
+    _stage(root, "ppo", 0, {"heldout_gold_reward": 0.6, "peak_memory_bytes": 100, "model_state_total_bytes": 10,
+                            "model_state_bytes": _states(1, 1)})
+    _stage(root, "remax", 0, {"heldout_gold_reward": 0.4, "peak_memory_bytes": 150, "model_state_total_bytes": 10,
+                              "model_state_bytes": _states(1, 1)})
+    rows = {r.name: r.passed for r in check.rules(root, check.collect_metrics(root))}
+    assert rows == {
+        "rule: ReMax builds no value model": False,
+        "rule: ReMax peak memory below PPO's": False,
+        "rule: ppo beats SFT on gold reward": True,
+        "rule: remax beats SFT on gold reward": False,
+    }
+
+
+def test_update_baseline_keeps_tolerances_and_sets_defaults(tmp_path):
+    path = tmp_path / "b.json"
+    old = {"metrics": {"remax.heldout_gold_reward": {"value": 0.1, "tolerance": 0.05, "direction": "higher"}}}
+    new = check.update_baseline(path, {"remax.heldout_gold_reward": 0.66666, "remax.peak_memory_ratio_vs_ppo": 0.5}, old, "tiny")
+    assert new["metrics"]["remax.heldout_gold_reward"] == {"value": 0.6667, "tolerance": 0.05, "direction": "higher"}
+    assert new["metrics"]["remax.peak_memory_ratio_vs_ppo"] == {"value": 0.5, "tolerance": 0.075, "direction": "lower"}
+    assert json.loads(path.read_text()) == new

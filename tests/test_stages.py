@@ -1,0 +1,71 @@
+"""Stages run on their own (python -m trainers.<stage>) and fail cleanly on bad input."""
+
+import json
+from pathlib import Path
+
+import yaml
+
+from remax_bench.config import load_suite_text
+from remax_bench.models import load_causal_lm
+from trainers import sft
+from trainers.common import stage_main
+
+NANO = Path(__file__).parent / "fixtures" / "nano.yaml"
+
+
+def _config(tmp_path, stage="sft", **shared_edits):
+    data = yaml.safe_load(NANO.read_text())
+    data["shared"].update(shared_edits)
+    suite = load_suite_text(yaml.safe_dump(data))
+    path = tmp_path / f"{stage}.json"
+    path.write_text(json.dumps({"stage": stage, "seed": 0, "suite": suite.resolved(), "inputs": {}}))
+    return path, suite
+
+
+def test_sft_stage_alone_writes_the_results_layout(tmp_path):
+    config, _ = _config(tmp_path)
+    out = tmp_path / "sft" / "seed0"
+    assert stage_main("sft", sft.train, ["--config", str(config), "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["heldout_loss"] < summary["heldout_loss_before"]
+    policy = summary["model_state_bytes"]["policy"]
+    # AdamW: two fp32 moments per parameter, plus one fp32 step counter per parameter tensor.
+    n_tensors = len(list(load_causal_lm("tiny:nano").parameters()))
+    assert policy["optimizer"] == 2 * policy["params"] + 4 * n_tensors and policy["grads"] == policy["params"]
+    assert not (out.parent / ".seed0.partial").exists()
+    rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["step"] == 0 and "loss" in rows[0]
+
+
+def test_empty_dataset_fails_with_the_cause_and_no_result(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    data = yaml.safe_load(NANO.read_text())
+    data["data"]["sft"] = str(empty)
+    suite = load_suite_text(yaml.safe_dump(data))
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"stage": "sft", "seed": 0, "suite": suite.resolved(), "inputs": {}}))
+    out = tmp_path / "sft" / "seed0"
+    assert stage_main("sft", sft.train, ["--config", str(config), "--out", str(out)]) == 1
+    assert not out.exists()
+    manifest = json.loads((tmp_path / "sft" / "seed0.failed" / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and "empty.jsonl" in manifest["error"]
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    config, _ = _config(tmp_path)
+    calls = {"n": 0}
+    real = sft.sft_loss
+
+    def poisoned(*args):
+        calls["n"] += 1
+        loss = real(*args)
+        return loss * float("nan") if calls["n"] == 3 else loss
+
+    monkeypatch.setattr(sft, "sft_loss", poisoned)
+    out = tmp_path / "sft" / "seed0"
+    assert stage_main("sft", sft.train, ["--config", str(config), "--out", str(out)]) == 1
+    failed = tmp_path / "sft" / "seed0.failed"
+    manifest = json.loads((failed / "manifest.json").read_text())
+    assert "NonFiniteError" in manifest["error"] and "step 2" in manifest["error"]
+    assert (failed / "checkpoint" / "config.json").is_file()  # saved after steps 0 and 1

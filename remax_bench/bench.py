@@ -21,11 +21,17 @@ BENCH_ALGORITHMS = ("ppo", "remax", "dpo")
 MIB = 2**20
 
 
-def bench_suite(base: Suite, model: str, iterations: int, device: str | None = None) -> Suite:
+def bench_suite(base: Suite, model: str, iterations: int, device: str | None = None,
+                gradient_checkpointing: bool | None = None) -> Suite:
     data = base.resolved()
     data["name"] = "bench-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", model)
     data["models"] = {**data["models"], "policy": model, "reward": None}
     data["shared"] = {**data["shared"], "iterations": iterations, "token_budget": None, "heldout_eval_every": 0}
+    if gradient_checkpointing is not None:
+        data["shared"]["gradient_checkpointing"] = gradient_checkpointing
+    # Only what N iterations consume: DPO's one reference pass should not dominate its timing.
+    pairs = max(64, 2 * iterations * data["shared"]["train_batch_size"])
+    data["data"]["synthetic"] = {**data["data"]["synthetic"], "n_pairs": pairs, "n_eval": 16}
     data["sft"] = {**data["sft"], "path": None}
     data["reward_model"] = {**data["reward_model"], "path": None}
     data["eval"] = {**data["eval"], "enabled": False}
@@ -51,10 +57,10 @@ def prepare_initial_models(suite: Suite, out: Path) -> tuple[str, str]:
 
 
 def run_bench(base: Suite, model: str, iterations: int, results_dir: str | Path, algorithms=BENCH_ALGORITHMS,
-              device: str | None = None, echo=print) -> pd.DataFrame:
+              device: str | None = None, echo=print, gradient_checkpointing: bool | None = None) -> pd.DataFrame:
     from remax_bench.runner import Runner, StagePlan, outcome_table
 
-    suite = bench_suite(base, model, iterations, device)
+    suite = bench_suite(base, model, iterations, device, gradient_checkpointing)
     runner = Runner(suite, results_dir, echo=echo)
     echo(f"bench: {model}, {iterations} iterations of {', '.join(algorithms)}; results in {runner.root}")
     policy_dir, reward_dir = prepare_initial_models(suite, runner.root / "initial")
@@ -107,7 +113,7 @@ def format_bench(table: pd.DataFrame, model: str) -> str:
         return "no algorithm finished; see the logs above"
     shown = table.drop(columns=["memory_kind"]).round(3).to_string(index=False)
     kind = table.memory_kind.iloc[0]
-    lines = [f"model {model}; peak memory is {kind.replace('_', ' ')}", shown]
+    lines = [f"model {model}; peak memory is {kind.replace('_', ' ')}; times are per iteration (s)", shown]
     r = ratios(table)
     if r:
         lines += [

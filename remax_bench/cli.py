@@ -127,16 +127,24 @@ def report(results_dir, suite_name, reports_dir):
 @click.option("--suite", "suite_arg", default="tiny", show_default=True, help="suite whose shared block is used")
 @click.option("--algorithms", default="ppo,remax,dpo", show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="override the suite's runtime.device")
+@click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=None,
+              help="override shared.gradient_checkpointing (the paper trains with it on)")
 @click.option("--results-dir", default="results", show_default=True, type=click.Path(file_okay=False))
-def bench(model, iterations, suite_arg, algorithms, device, results_dir):
+def bench(model, iterations, suite_arg, algorithms, device, gradient_checkpointing, results_dir):
     """PPO, ReMax and DPO on the same model and shared settings: peak memory, time per iteration, tokens/s."""
+    from transformers.utils import logging as hf_logging
+
     from remax_bench.bench import BENCH_ALGORITHMS, format_bench, run_bench
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
 
     chosen = [a.strip() for a in algorithms.split(",") if a.strip()]
     unknown = set(chosen) - set(BENCH_ALGORITHMS)
     if unknown:
         _fail(f"--algorithms: unknown {sorted(unknown)}; choose from {list(BENCH_ALGORITHMS)}")
-    table = run_bench(_load(suite_arg), model, iterations, results_dir, chosen, device, echo=LiveLine())
+    table = run_bench(_load(suite_arg), model, iterations, results_dir, chosen, device, echo=LiveLine(),
+                      gradient_checkpointing=gradient_checkpointing)
     click.echo()
     click.echo(format_bench(table, model))
     if len(table) < len(chosen):

@@ -67,8 +67,12 @@ def test_errors_name_the_problem(tmp_path):
         load_sft(_jsonl(tmp_path / "c.jsonl", [{"text": "x"}]), SYN)
 
 
-def test_hub_id_offline_is_a_clear_error(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    with pytest.raises(DataError, match="Give a local .jsonl or .parquet file"):
-        load_sft(DataSource(source="someone/not-cached-dataset"), SYN)
+def test_hub_id_that_cannot_be_fetched_is_a_clear_error(monkeypatch):
+    import datasets
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("Couldn't reach the Hugging Face Hub")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(DataError, match="could not load dataset 'someone/some-dataset'.*Give a local .jsonl"):
+        load_sft(DataSource(source="someone/some-dataset"), SYN)

@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 
 from remax_bench.config import load_suite_text
@@ -69,3 +70,38 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, monkeypat
     manifest = json.loads((failed / "manifest.json").read_text())
     assert "NonFiniteError" in manifest["error"] and "step 2" in manifest["error"]
     assert (failed / "checkpoint" / "config.json").is_file()  # saved after steps 0 and 1
+
+
+@pytest.mark.deepspeed
+@pytest.mark.parametrize("zero_stage", [2, 3])
+def test_deepspeed_zero_path_trains_sft_and_remax_in_one_cpu_process(tmp_path, zero_stage):
+    """The same trainers under DeepSpeed (CPU accelerator, one process, gloo), each stage in its own process."""
+    pytest.importorskip("deepspeed")
+    import subprocess
+    import sys
+
+    data = yaml.safe_load(NANO.read_text())
+    data["runtime"]["deepspeed"] = {"enabled": True, "zero_stage": zero_stage}
+    suite = load_suite_text(yaml.safe_dump(data))
+    sft_out, rm_dir = tmp_path / "sft" / "seed0", tmp_path / "rm"
+    configs = {
+        "sft": {"stage": "sft", "seed": 0, "suite": suite.resolved(), "inputs": {}},
+        "remax": {"stage": "remax", "seed": 0, "suite": suite.resolved(),
+                  "inputs": {"sft": str(sft_out / "checkpoint"), "reward_model": str(rm_dir)}},
+    }
+    for stage, out in (("sft", sft_out), ("remax", tmp_path / "remax" / "seed0")):
+        path = tmp_path / f"{stage}.json"
+        path.write_text(json.dumps(configs[stage]))
+        proc = subprocess.run([sys.executable, "-m", f"trainers.{stage}", "--config", str(path), "--out", str(out)],
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        if stage == "sft":
+            from remax_bench.models import load_reward_model, load_tokenizer, save_pretrained
+
+            ckpt = str(sft_out / "checkpoint")
+            save_pretrained(load_reward_model(ckpt), load_tokenizer(ckpt), rm_dir)
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert manifest["status"] == "completed"
+        assert manifest["deepspeed_configs"][0]["zero_optimization"]["stage"] == zero_stage
+    summary = json.loads((tmp_path / "remax" / "seed0" / "summary.json").read_text())
+    assert "critic" not in summary["model_state_bytes"] and summary["iterations"] == 2

@@ -29,6 +29,7 @@ import torch
 from remax_bench import results
 from remax_bench.config import Suite
 from remax_bench.metrics import MemoryTracker, PhaseTimer
+from trainers.engine import ENGINE_CONFIGS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -132,6 +133,7 @@ class StageRun:
             "start": datetime.fromtimestamp(self.start_time, timezone.utc).isoformat(),
             "end": datetime.now(timezone.utc).isoformat() if status != "running" else None,
             "warnings": self.warnings,
+            "deepspeed_configs": ENGINE_CONFIGS,
             **extra,
         }
 

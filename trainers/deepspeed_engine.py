@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from remax_bench.metrics import tensor_bytes
+from trainers.engine import ENGINE_CONFIGS
 
 
 class DeepSpeedEngine:
@@ -25,6 +26,7 @@ class DeepSpeedEngine:
 
         init_distributed_single_process()  # no-op under the deepspeed launcher, which sets the env
         self.config = deepspeed_config(suite.runtime, suite.shared, batch_size, stage="train")
+        ENGINE_CONFIGS.append(self.config)
         self.zero_stage = self.config["zero_optimization"]["stage"]
         params = [p for p in model.parameters() if p.requires_grad]
         # A torch optimizer keeps the CPU path free of DeepSpeed's compiled Adam ops; DeepSpeed wraps it

@@ -11,6 +11,9 @@ import torch
 
 from remax_bench.metrics import model_state_bytes
 
+# DeepSpeed configs generated in this process, one per engine; the stage manifest records them.
+ENGINE_CONFIGS: list[dict] = []
+
 
 class TorchEngine:
     def __init__(self, model: torch.nn.Module, learning_rate: float, weight_decay: float = 0.0,

@@ -1,0 +1,73 @@
+"""Judgments cached on disk, so a re-run never pays a judge twice for the same question.
+
+One JSON line per judged item, keyed by a hash of the judge's identity (type, model, endpoint; never a
+key), the kind of judgment and the exact payload (for an LLM judge: the messages it is sent, so a changed
+prompt is a new item). Only successful verdicts are stored: an unjudged item is asked again next time.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+from remax_bench.evaluation.common import stable_hash
+
+
+def judgment_key(identity: dict, kind: str, payload: dict) -> str:
+    return stable_hash({"judge": identity, "kind": kind, "payload": payload}, length=32)
+
+
+class JudgmentCache:
+    def __init__(self, path: str | Path | None):
+        self.path = Path(path) if path else None
+        self.entries: dict[str, dict] = {}
+        self.hits = 0
+        self._lock = threading.Lock()
+        if self.path and self.path.is_file():
+            for line in self.path.read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut short by a crash
+                self.entries[row["key"]] = row
+
+    def get(self, key: str) -> dict | None:
+        row = self.entries.get(key)
+        if row is not None:
+            self.hits += 1
+        return row
+
+    def put(self, key: str, row: dict) -> None:
+        row = {"key": key, **row}
+        with self._lock:
+            self.entries[key] = row
+            if self.path:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                with open(self.path, "a") as f:
+                    f.write(json.dumps(row, default=str) + "\n")
+
+
+def judge_items(judge, kind: str, items: list, cache: JudgmentCache | None) -> list[tuple]:
+    """(verdict, key, cached) per item: cached verdicts reused, the rest judged in one batch and stored."""
+    from remax_bench.evaluation.judges import Verdict
+
+    identity = judge.identity()
+    use_cache = cache is not None and judge.cacheable
+    keys = [judgment_key(identity, kind, judge.payload(kind, item)) if use_cache else None for item in items]
+    results: list = [None] * len(items)
+    todo = []
+    for i, key in enumerate(keys):
+        row = cache.get(key) if use_cache else None
+        if row is not None:
+            results[i] = (Verdict(row["value"], raw=row.get("raw"), attempts=0, extra=row.get("extra") or {}), key, True)
+        else:
+            todo.append(i)
+    method = judge.pairwise if kind == "pairwise" else judge.single
+    verdicts = method([items[i] for i in todo]) if todo else []
+    for i, verdict in zip(todo, verdicts):
+        if use_cache and verdict.judged:
+            cache.put(keys[i], {"value": verdict.value, "raw": verdict.raw, "extra": verdict.extra, "kind": kind,
+                                "judge": identity})
+        results[i] = (verdict, keys[i], False)
+    return results

@@ -1,0 +1,346 @@
+"""Answers of one checkpoint to AlpacaEval instructions and MT-bench questions.
+
+Two backends with one interface (``generate(conversations) -> answers``):
+- ``vllm``: one ``vllm.LLM`` engine per checkpoint, sampling settings from the suite; the exact ``LLM(...)``
+  and ``SamplingParams(...)`` arguments are kept in ``record`` for the manifest. Imported only here, only
+  when chosen;
+- ``hf``: transformers' batched ``generate`` with left padding (the layout the trainers use).
+``auto`` picks vLLM when it is installed and a GPU is present, else hf.
+
+Prompts go through the tokenizer's chat template, or FastChat's conversation template by name
+(``eval.conversation_template``). MT-bench's second turn is generated after the first: its prompt holds
+turn 1, the model's own answer 1, and turn 2.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import importlib.util
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from remax_bench.evaluation.common import EvalConfigError
+
+Conversation = list[dict[str, str]]  # [{"role": "user"|"assistant", "content": str}, ...]
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    max_new_tokens: int = 64
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0
+    batch_size: int = 16
+
+    @classmethod
+    def from_config(cls, generation: Any) -> "GenerationSettings":
+        if isinstance(generation, dict):
+            return cls(**generation)
+        return cls(generation.max_new_tokens, generation.temperature, generation.top_p, generation.batch_size)
+
+
+# -- backends --------------------------------------------------------------------------------------
+def vllm_available() -> bool:
+    return importlib.util.find_spec("vllm") is not None
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def resolve_backend(requested: str) -> tuple[str, str]:
+    """(backend, why) for eval.backend auto | vllm | hf."""
+    if requested == "hf":
+        return "hf", "eval.backend is 'hf'"
+    has_vllm, has_gpu = vllm_available(), cuda_available()
+    if requested == "vllm":
+        if not (has_vllm and has_gpu):
+            missing = " and ".join(m for m, ok in (("the vllm package", has_vllm), ("a CUDA GPU", has_gpu)) if not ok)
+            raise EvalConfigError(f"eval.backend is 'vllm' but {missing} is missing here; install the 'gpu' extra on a "
+                                  "GPU machine, or set eval.backend to 'auto' or 'hf'")
+        return "vllm", "eval.backend is 'vllm'"
+    if requested != "auto":
+        raise EvalConfigError(f"eval.backend: expected one of 'auto', 'vllm', 'hf', got {requested!r}")
+    if has_vllm and has_gpu:
+        return "vllm", "auto: vllm is installed and a GPU is present"
+    return "hf", f"auto: {'no vllm package' if not has_vllm else 'no CUDA GPU'}, so transformers' generate"
+
+
+# -- chat formatting -------------------------------------------------------------------------------
+def chat_prompt(tokenizer, messages: Conversation, conversation_template: str | None = None) -> str:
+    """The prompt text for the assistant's next answer."""
+    if conversation_template:
+        from fastchat.conversation import get_conv_template
+
+        conv = get_conv_template(conversation_template)
+        for message in messages:
+            if message["role"] == "system":
+                conv.set_system_message(message["content"])
+            else:
+                conv.append_message(conv.roles[0] if message["role"] == "user" else conv.roles[1], message["content"])
+        conv.append_message(conv.roles[1], None)
+        return conv.get_prompt()
+    from remax_bench.models import format_conversation
+
+    return format_conversation(tokenizer, messages)
+
+
+def stop_strings(conversation_template: str | None) -> list[str]:
+    """Text a FastChat template says ends an answer (its stop_str); the tokenizer's eos ends it otherwise."""
+    if not conversation_template:
+        return []
+    from fastchat.conversation import get_conv_template
+
+    stop = get_conv_template(conversation_template).stop_str
+    if not stop:
+        return []
+    return [stop] if isinstance(stop, str) else list(stop)
+
+
+def cut_at_stop(text: str, stops: list[str]) -> str:
+    for stop in stops:
+        at = text.find(stop)
+        if at >= 0:
+            text = text[:at]
+    return text.strip()
+
+
+# -- vLLM ------------------------------------------------------------------------------------------
+def vllm_engine_kwargs(checkpoint: str, seed: int = 0, precision: str | None = None,
+                       tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.85) -> dict:
+    """The exact ``vllm.LLM(**kwargs)`` arguments for one checkpoint."""
+    return {
+        "model": str(checkpoint),
+        "tokenizer": str(checkpoint),
+        "dtype": "bfloat16" if precision == "bf16" else "auto",
+        "seed": seed,
+        "tensor_parallel_size": tensor_parallel_size,
+        "gpu_memory_utilization": gpu_memory_utilization,
+        "trust_remote_code": False,
+    }
+
+
+def vllm_sampling_kwargs(settings: GenerationSettings, seed: int = 0, stop: list[str] | None = None) -> dict:
+    """The exact ``vllm.SamplingParams(**kwargs)``: the suite's settings (temperature 0 is greedy in vLLM)."""
+    kwargs = {
+        "n": 1,
+        "temperature": settings.temperature,
+        "top_p": settings.top_p if settings.temperature > 0 else 1.0,
+        "max_tokens": settings.max_new_tokens,
+        "seed": seed,
+        "skip_special_tokens": True,
+    }
+    if stop:
+        kwargs["stop"] = list(stop)
+    return kwargs
+
+
+class Generator:
+    """The interface of both backends."""
+
+    backend = "none"
+
+    def __init__(self, checkpoint: str, settings: GenerationSettings, conversation_template: str | None, seed: int):
+        self.checkpoint = str(checkpoint)
+        self.settings = settings
+        self.conversation_template = conversation_template
+        self.seed = seed
+        self.stops = stop_strings(conversation_template)
+        self.record: dict[str, Any] = {
+            "backend": self.backend,
+            "checkpoint": self.checkpoint,
+            "settings": asdict(settings),
+            "conversation_template": conversation_template,
+            "seed": seed,
+            "generate_time_s": 0.0,
+            "n_generated": 0,
+        }
+        self.last_prompts: list[str] = []
+        self._calls = 0
+
+    def prompts(self, conversations: list[Conversation]) -> list[str]:
+        self.last_prompts = [chat_prompt(self.tokenizer, c, self.conversation_template) for c in conversations]
+        return self.last_prompts
+
+    def generate(self, conversations: list[Conversation]) -> list[str]:
+        start = time.time()
+        answers = [cut_at_stop(a, self.stops) for a in self._generate(self.prompts(conversations))]
+        self.record["generate_time_s"] += time.time() - start
+        self.record["n_generated"] += len(answers)
+        return answers
+
+    def _generate(self, prompts: list[str]) -> list[str]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class HFGenerator(Generator):
+    backend = "hf"
+
+    def __init__(self, checkpoint: str, settings: GenerationSettings, conversation_template: str | None = None,
+                 seed: int = 0, device: str | None = None, precision: str | None = None, model=None, tokenizer=None):
+        super().__init__(checkpoint, settings, conversation_template, seed)
+        import torch
+
+        from remax_bench.models import load_causal_lm, load_tokenizer, prepare_tokenizer
+
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.tokenizer = prepare_tokenizer(tokenizer) if tokenizer is not None else load_tokenizer(self.checkpoint)
+        # bf16 only where it is fast (GPU); the CPU path stays in fp32.
+        dtype = precision if self.device.type == "cuda" else None
+        self.model = model if model is not None else load_causal_lm(self.checkpoint, seed=seed, precision=dtype)
+        self.model.to(self.device).eval()
+        self.max_positions = getattr(self.model.config, "max_position_embeddings", None)
+        self.record.update({"device": str(self.device), "dtype": str(next(self.model.parameters()).dtype),
+                            "padding_side": "left", "n_prompts_truncated": 0})
+
+    def _encode(self, prompts: list[str]) -> list[list[int]]:
+        # The template already holds any bos / role tokens (as in trainers.sequences.encode_prompts).
+        ids = self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
+        if self.max_positions:
+            room = self.max_positions - self.settings.max_new_tokens
+            for i, row in enumerate(ids):
+                if len(row) > room:  # keep the end: the latest turn and the assistant marker
+                    ids[i] = row[-room:]
+                    self.record["n_prompts_truncated"] += 1
+        return ids
+
+    def _generate(self, prompts: list[str]) -> list[str]:
+        import torch
+        from tqdm.auto import tqdm
+
+        s = self.settings
+        ids = self._encode(prompts)
+        # Similar lengths share a batch (less padding); answers go back to the caller's order.
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        answers: list[str] = [""] * len(ids)
+        kwargs = dict(max_new_tokens=s.max_new_tokens, pad_token_id=self.tokenizer.pad_token_id,
+                      eos_token_id=self.tokenizer.eos_token_id)
+        if s.temperature > 0:
+            kwargs.update(do_sample=True, temperature=s.temperature, top_p=s.top_p, top_k=None)
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        # Sampling is seeded per call (the seed and the call's number), so a re-run samples the same answers.
+        self._calls += 1
+        torch.manual_seed(self.seed * 1000 + self._calls)
+        starts = range(0, len(order), s.batch_size)
+        for start in tqdm(starts, desc=f"generate ({Path(self.checkpoint).name or self.checkpoint})", disable=None,
+                          leave=False):
+            rows = order[start : start + s.batch_size]
+            batch = self.tokenizer.pad({"input_ids": [ids[i] for i in rows]}, padding=True, return_tensors="pt")
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+            with torch.no_grad():
+                out = self.model.generate(**batch, **kwargs)
+            width = batch["input_ids"].shape[1]
+            for i, seq in zip(rows, out[:, width:].tolist()):
+                if self.tokenizer.eos_token_id in seq:
+                    seq = seq[: seq.index(self.tokenizer.eos_token_id)]
+                answers[i] = self.tokenizer.decode(seq, skip_special_tokens=True).strip()
+        return answers
+
+    def close(self) -> None:
+        self.model = None
+        gc.collect()
+
+
+class VLLMGenerator(Generator):
+    backend = "vllm"
+
+    def __init__(self, checkpoint: str, settings: GenerationSettings, conversation_template: str | None = None,
+                 seed: int = 0, precision: str | None = None, tensor_parallel_size: int = 1):
+        super().__init__(checkpoint, settings, conversation_template, seed)
+        from vllm import LLM, SamplingParams  # only here: the CPU path never imports vllm
+
+        from remax_bench.models import load_tokenizer
+
+        self.tokenizer = load_tokenizer(self.checkpoint)
+        self.engine_kwargs = vllm_engine_kwargs(self.checkpoint, seed, precision, tensor_parallel_size)
+        self.sampling_kwargs = vllm_sampling_kwargs(settings, seed, self.stops)
+        self.record.update({"vllm_llm_kwargs": self.engine_kwargs, "vllm_sampling_kwargs": self.sampling_kwargs})
+        self.llm = LLM(**self.engine_kwargs)
+        self.sampling_params = SamplingParams(**self.sampling_kwargs)
+
+    def _generate(self, prompts: list[str]) -> list[str]:
+        # Token ids, not text: vLLM would add a second bos to templates that already hold one.
+        ids = self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
+        outputs = self.llm.generate([{"prompt_token_ids": row} for row in ids], self.sampling_params)
+        return [o.outputs[0].text.strip() for o in outputs]
+
+    def close(self) -> None:
+        self.llm = None
+        gc.collect()
+        try:
+            import torch
+            from vllm.distributed.parallel_state import destroy_distributed_environment, destroy_model_parallel
+
+            destroy_model_parallel()
+            destroy_distributed_environment()
+            torch.cuda.empty_cache()
+        except Exception:  # noqa: BLE001 - best effort: the next engine or the judge server needs the memory
+            pass
+
+
+def open_generator(checkpoint: str, eval_cfg: Any, seed: int = 0, precision: str | None = None,
+                   device: str | None = None, tensor_parallel_size: int = 1) -> Generator:
+    """One generator (one engine) for one checkpoint, from the suite's eval block."""
+    backend, why = resolve_backend(eval_cfg.backend)
+    settings = GenerationSettings.from_config(eval_cfg.generation)
+    if backend == "vllm":
+        gen: Generator = VLLMGenerator(checkpoint, settings, eval_cfg.conversation_template, seed, precision,
+                                       tensor_parallel_size)
+    else:
+        gen = HFGenerator(checkpoint, settings, eval_cfg.conversation_template, seed, device, precision)
+    gen.record["backend_reason"] = why
+    return gen
+
+
+# -- the two formats -------------------------------------------------------------------------------
+def alpaca_eval_outputs(generator: Generator, instructions: list[dict], generator_name: str) -> list[dict]:
+    """AlpacaEval's model-outputs format: [{instruction, output, generator, dataset}]."""
+    answers = generator.generate([[{"role": "user", "content": row["instruction"]}] for row in instructions])
+    return [{"instruction": row["instruction"], "output": answer, "generator": generator_name,
+             "dataset": row.get("dataset", "")} for row, answer in zip(instructions, answers)]
+
+
+def mt_bench_turns(generator: Generator, questions: list[dict]) -> list[list[str]]:
+    """Answers per question, turn by turn: turn k's prompt holds every earlier turn and the model's answers."""
+    answers: list[list[str]] = [[] for _ in questions]
+    n_turns = max(len(q["turns"]) for q in questions)
+    for turn in range(n_turns):
+        rows = [i for i, q in enumerate(questions) if len(q["turns"]) > turn]
+        conversations = []
+        for i in rows:
+            messages: Conversation = []
+            for k in range(turn):
+                messages += [{"role": "user", "content": questions[i]["turns"][k]},
+                             {"role": "assistant", "content": answers[i][k]}]
+            messages.append({"role": "user", "content": questions[i]["turns"][turn]})
+            conversations.append(messages)
+        for i, answer in zip(rows, generator.generate(conversations)):
+            answers[i].append(answer)
+    return answers
+
+
+def mt_bench_answer_records(questions: list[dict], answers: list[list[str]], model_id: str) -> list[dict]:
+    """FastChat's model-answer JSONL rows: {question_id, answer_id, model_id, choices: [{index, turns}], tstamp}."""
+    now = time.time()
+    return [{
+        "question_id": q["question_id"],
+        # Deterministic (FastChat draws a shortuuid): the same answers get the same id on a re-run.
+        "answer_id": hashlib.sha256(f"{model_id}:{q['question_id']}:{turns}".encode()).hexdigest()[:22],
+        "model_id": model_id,
+        "choices": [{"index": 0, "turns": turns}],
+        "tstamp": now,
+    } for q, turns in zip(questions, answers)]

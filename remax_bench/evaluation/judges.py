@@ -1,0 +1,520 @@
+"""Judges, configured in the suite (``eval.judge``), never hard-wired.
+
+Two kinds of verdict, in the conventions of the tools whose metrics we use:
+- pairwise (AlpacaEval): a preference in alpaca_eval's encoding -- 1 when ``output_1`` (the reference
+  generator) wins, 2 when ``output_2`` (the evaluated model) wins, 1.5 for a tie;
+- single (MT-bench): a score from 1 to 10 for one turn's answer, as FastChat's single-answer grading.
+
+Judges:
+- ``gold``: the synthetic task's gold scorer. Pairwise: the higher gold score wins (equal: 1.5).
+  Single: 1 + 9 * gold, so gold 0 -> 1 and gold 1 -> 10.
+- ``reward_model``: a Bradley-Terry reward model (``models.load_reward_model``; ``eval.judge.model`` when set,
+  else the suite's reward model). Pairwise: the higher score
+  wins. Single: 1 + 9 * sigmoid(score). The sigmoid is the Bradley-Terry probability of beating an answer of
+  score 0, so the mapping is fixed per answer (unlike a min-max over a batch, which would make one answer's
+  grade depend on the others and could not be cached).
+- ``openai``: any OpenAI-compatible endpoint through the openai>=1 client; the key comes from the
+  environment variable named in ``eval.judge.api_key_env`` and is never written anywhere. Pairwise verdicts
+  use this project's short comparison prompt in alpaca_eval's style (outputs named ``m`` and ``M``, shown in
+  a random but fixed order against position bias); single verdicts use FastChat's judge prompts (reference-
+  guided for math, reasoning and coding) and its ``[[rating]]`` parsing.
+- ``vllm_local``: starts ``vllm serve`` on 127.0.0.1, then is the ``openai`` judge against it; the server is
+  always stopped.
+
+A call that fails, or whose answer cannot be parsed, is retried (``max_retries``); then the item is
+unjudged: its verdict has ``value=None`` and an ``error``, and it is counted, never dropped.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+import os
+import re
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from remax_bench.evaluation.common import EvalConfigError, dir_fingerprint, stable_hash
+from remax_bench.evaluation.server import LOCAL_HOST, ManagedServer, vllm_serve_command
+
+# alpaca_eval's preference encoding (alpaca_eval.metrics.winrate.get_winrate)
+REFERENCE_WINS, MODEL_WINS, TIE = 1.0, 2.0, 1.5
+
+
+@dataclass
+class PairwiseItem:
+    instruction: str
+    output_1: str  # the reference generator's output (alpaca_eval's output_1)
+    output_2: str  # the evaluated model's output (alpaca_eval's output_2)
+
+
+@dataclass
+class SingleItem:
+    question: dict  # FastChat question: question_id, category, turns
+    answers: list[str]  # the model's answers, one per turn
+    turn: int  # 1-based: the answer being graded
+    reference: list[str] | None = None  # reference answers per turn (reference-guided grading)
+
+
+@dataclass
+class Verdict:
+    value: float | None  # preference (1 / 1.5 / 2) or score (1-10); None: unjudged
+    raw: str | None = None  # the judge's own text, or its scores
+    error: str | None = None
+    attempts: int = 1
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def judged(self) -> bool:
+        return self.value is not None
+
+
+def preference_from_scores(reference_score: float, model_score: float) -> float:
+    """Higher score wins, in alpaca_eval's encoding."""
+    if model_score > reference_score:
+        return MODEL_WINS
+    if model_score < reference_score:
+        return REFERENCE_WINS
+    return TIE
+
+
+class Judge:
+    type = "base"
+    cacheable = False  # worth caching: costs money or GPU time
+
+    def identity(self) -> dict:
+        """What makes this judge's verdicts what they are (cache key, records); never a secret."""
+        return {"type": self.type}
+
+    def payload(self, kind: str, item) -> dict:
+        return asdict(item)
+
+    def pairwise(self, items: list[PairwiseItem]) -> list[Verdict]:
+        raise NotImplementedError
+
+    def single(self, items: list[SingleItem]) -> list[Verdict]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def judge_label(judge: Judge) -> str:
+    """A short name for records: the type, and the judge model's name where there is one."""
+    model = getattr(judge, "model", None)
+    return f"{judge.type}:{model}" if isinstance(model, str) else judge.type
+
+
+# -- gold ------------------------------------------------------------------------------------------
+class GoldJudge(Judge):
+    type = "gold"
+
+    @staticmethod
+    def _score(instruction: str, answer: str) -> tuple[float | None, str | None]:
+        from remax_bench.task import gold_score
+
+        try:
+            return gold_score(instruction, answer), None
+        except ValueError as err:  # not an instruction of the synthetic task
+            return None, f"gold scorer: {err}"
+
+    def pairwise(self, items):
+        verdicts = []
+        for item in items:
+            g1, err1 = self._score(item.instruction, item.output_1)
+            g2, err2 = self._score(item.instruction, item.output_2)
+            if err1 or err2:
+                verdicts.append(Verdict(None, error=err1 or err2))
+            else:
+                verdicts.append(Verdict(preference_from_scores(g1, g2), raw=f"gold {g1:.4f} vs {g2:.4f}",
+                                        extra={"score_1": g1, "score_2": g2}))
+        return verdicts
+
+    def single(self, items):
+        verdicts = []
+        for item in items:
+            gold, err = self._score(item.question["turns"][item.turn - 1], item.answers[item.turn - 1])
+            verdicts.append(Verdict(None, error=err) if err else
+                            Verdict(1.0 + 9.0 * gold, raw=f"gold {gold:.4f}", extra={"gold": gold}))
+        return verdicts
+
+
+# -- reward model ----------------------------------------------------------------------------------
+def reward_to_rating(score: float) -> float:
+    """1 + 9 * sigmoid(score): the Bradley-Terry probability of beating a score-0 answer, on FastChat's 1-10."""
+    return 1.0 + 9.0 / (1.0 + math.exp(-score))
+
+
+class RewardModelJudge(Judge):
+    type = "reward_model"
+    cacheable = True
+
+    def __init__(self, checkpoint: str, batch_size: int = 16, device: str | None = None, model=None, tokenizer=None):
+        self.checkpoint = str(checkpoint)
+        self.batch_size = batch_size
+        self.device = device
+        self.model, self.tokenizer = model, tokenizer
+        self._fingerprint = dir_fingerprint(checkpoint)
+
+    def identity(self):
+        return {"type": self.type, "model": self._fingerprint}
+
+    def _load(self):
+        if self.model is None:
+            import torch
+
+            from remax_bench.models import load_reward_model, load_tokenizer
+
+            self.tokenizer = load_tokenizer(self.checkpoint)
+            self.model = load_reward_model(self.checkpoint)
+            self.device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.model.to(self.device or "cpu").eval()
+
+    def scores(self, conversations: list[list[dict]], answers: list[str]) -> list[float]:
+        """Reward of each answer after its conversation, in the layout the trainers score:
+        chat-formatted prompt + answer + eos, left-padded, position ids from the mask."""
+        import torch
+
+        from remax_bench.models import format_conversation
+
+        self._load()
+        tok = self.tokenizer
+        out: list[float] = []
+        for start in range(0, len(answers), self.batch_size):
+            ids = []
+            for messages, answer in zip(conversations[start : start + self.batch_size],
+                                        answers[start : start + self.batch_size]):
+                prompt = tok(format_conversation(tok, messages), add_special_tokens=False)["input_ids"]
+                ids.append(prompt + tok(answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id])
+            batch = tok.pad({"input_ids": ids}, padding=True, return_tensors="pt")
+            mask = batch["attention_mask"].to(self.device)
+            with torch.no_grad():
+                logits = self.model(input_ids=batch["input_ids"].to(self.device), attention_mask=mask,
+                                    position_ids=(mask.long().cumsum(-1) - 1).clamp(min=0), use_cache=False).logits
+            out.extend(logits.squeeze(-1).float().tolist())
+        return out
+
+    def pairwise(self, items):
+        convs = [[{"role": "user", "content": it.instruction}] for it in items]
+        s1 = self.scores(convs, [it.output_1 for it in items])
+        s2 = self.scores(convs, [it.output_2 for it in items])
+        return [Verdict(preference_from_scores(a, b), raw=f"reward {a:.4f} vs {b:.4f}", extra={"score_1": a, "score_2": b})
+                for a, b in zip(s1, s2)]
+
+    def single(self, items):
+        convs, answers = [], []
+        for it in items:
+            messages = []
+            for k in range(it.turn - 1):
+                messages += [{"role": "user", "content": it.question["turns"][k]},
+                             {"role": "assistant", "content": it.answers[k]}]
+            messages.append({"role": "user", "content": it.question["turns"][it.turn - 1]})
+            convs.append(messages)
+            answers.append(it.answers[it.turn - 1])
+        return [Verdict(reward_to_rating(s), raw=f"reward {s:.4f}", extra={"reward": s})
+                for s in self.scores(convs, answers)]
+
+    def close(self):
+        self.model = None
+
+
+# -- LLM judges through an OpenAI-compatible API --------------------------------------------------
+PAIRWISE_SYSTEM = (
+    "You compare two answers to the same instruction and say which one serves the user better. "
+    "You answer with one identifier and nothing else."
+)
+PAIRWISE_TEMPLATE = """Which output answers the instruction better? Judge correctness, helpfulness and completeness; \
+do not reward length, style or the order in which the outputs appear.
+
+## Instruction
+{instruction}
+
+## Output m
+{output_m}
+
+## Output M
+{output_M}
+
+Reply with exactly one identifier: m if Output m is better, M if Output M is better."""
+PAIRWISE_PATTERN = re.compile(r"(?:[Oo]utput\s*)?\(?([mM])\)?")
+
+
+def parse_pairwise(text: str) -> str | None:
+    """'m' or 'M' from the judge's reply (case matters: the two outputs differ only in case), else None."""
+    cleaned = text.strip().strip("`'\"*.:[] \n\t")
+    match = PAIRWISE_PATTERN.fullmatch(cleaned)
+    return match.group(1) if match else None
+
+
+def _fastchat_patterns():
+    """FastChat's [[rating]] pattern and its [rating] fallback (fastchat.llm_judge.common)."""
+    try:
+        from fastchat.llm_judge.common import one_score_pattern, one_score_pattern_backup
+
+        return one_score_pattern, one_score_pattern_backup
+    except ImportError:  # the same expressions, should fastchat's judge module fail to import
+        return re.compile(r"\[\[(\d+\.?\d*)\]\]"), re.compile(r"\[(\d+\.?\d*)\]")
+
+
+def parse_rating(text: str) -> float | None:
+    """A 1-10 rating the way FastChat reads it (run_judge_single); None when absent or out of range."""
+    primary, backup = _fastchat_patterns()
+    match = re.search(primary, text) or re.search(backup, text)
+    if not match:
+        return None
+    rating = float(ast.literal_eval(match.groups()[0]))
+    return rating if 1.0 <= rating <= 10.0 else None
+
+
+def single_prompt_name(item: SingleItem, has_reference: bool) -> str:
+    """FastChat's choice (gen_judgment.make_judge_single): math prompt for reference-guided categories."""
+    name = "single-math-v1" if has_reference else "single-v1"
+    return name + ("-multi-turn" if item.turn == 2 else "")
+
+
+def needs_reference(category: str) -> bool:
+    try:
+        from fastchat.llm_judge.common import NEED_REF_CATS
+    except ImportError:
+        NEED_REF_CATS = ["math", "reasoning", "coding", "arena-hard-200"]
+    return category in NEED_REF_CATS
+
+
+def render_single(prompts: dict[str, dict], item: SingleItem) -> tuple[list[dict], str, bool]:
+    """(messages, prompt name, reference missing) as FastChat's run_judge_single builds them."""
+    wants_ref = needs_reference(item.question.get("category", ""))
+    has_ref = wants_ref and bool(item.reference) and len(item.reference) >= item.turn
+    name = single_prompt_name(item, has_ref)
+    template = prompts[name]
+    q, a = item.question["turns"], item.answers
+    kwargs = {}
+    if has_ref:
+        kwargs["ref_answer_1"] = item.reference[0]
+        if item.turn == 2:
+            kwargs["ref_answer_2"] = item.reference[1]
+    if item.turn == 2:
+        user = template["prompt_template"].format(question_1=q[0], question_2=q[1], answer_1=a[0], answer_2=a[1], **kwargs)
+    else:
+        user = template["prompt_template"].format(question=q[0], answer=a[0], **kwargs)
+    messages = [{"role": "system", "content": template["system_prompt"]}, {"role": "user", "content": user}]
+    return messages, name, wants_ref and not has_ref
+
+
+class OpenAIJudge(Judge):
+    type = "openai"
+    cacheable = True
+    max_tokens_pairwise = 16
+    max_tokens_single = 1024
+
+    def __init__(self, model: str, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
+                 max_retries: int = 3, timeout_s: float = 60.0,
+                 judge_prompts: dict | Callable[[], dict] | None = None, workers: int = 8,
+                 backoff_s: float = 2.0, max_backoff_s: float = 60.0):
+        if not model:
+            raise EvalConfigError(f"eval.judge.model: a judge of type {self.type!r} needs the judge model's name")
+        self.model = model
+        self.base_url = base_url
+        self.api_key_env = api_key_env
+        self.max_retries = max_retries
+        self.timeout_s = timeout_s
+        self._judge_prompts = judge_prompts
+        self.workers = workers
+        self.backoff_s = backoff_s
+        self.max_backoff_s = max_backoff_s
+        self._client = None
+        self._secret: str | None = None
+        self._lock = threading.Lock()
+        self.requests = 0
+
+    # -- identity, prompts -------------------------------------------------------------------------
+    def identity(self):
+        return {"type": self.type, "model": self.model, "base_url": self.base_url or "https://api.openai.com/v1"}
+
+    @property
+    def request_model(self) -> str:
+        return self.model
+
+    def judge_prompts(self) -> dict:
+        if callable(self._judge_prompts):
+            self._judge_prompts = self._judge_prompts()
+        if not self._judge_prompts:
+            raise EvalConfigError("single-answer grading needs FastChat's judge prompts (eval.mt_bench.judge_prompts)")
+        return self._judge_prompts
+
+    @staticmethod
+    def pairwise_messages(item: PairwiseItem) -> tuple[list[dict], bool]:
+        """Messages and whether the model's output is shown first; the order is a fixed coin flip per item."""
+        swapped = int(stable_hash([item.instruction, item.output_1, item.output_2]), 16) % 2 == 1
+        first, second = (item.output_2, item.output_1) if swapped else (item.output_1, item.output_2)
+        user = PAIRWISE_TEMPLATE.format(instruction=item.instruction, output_m=first, output_M=second)
+        return [{"role": "system", "content": PAIRWISE_SYSTEM}, {"role": "user", "content": user}], swapped
+
+    def payload(self, kind, item):
+        if kind == "pairwise":
+            messages, swapped = self.pairwise_messages(item)
+            return {"messages": messages, "swapped": swapped}
+        messages, name, _ = render_single(self.judge_prompts(), item)
+        return {"messages": messages, "prompt": name}
+
+    # -- the API -----------------------------------------------------------------------------------
+    def api_key(self) -> str:
+        key = os.environ.get(self.api_key_env)
+        if not key:
+            raise EvalConfigError(f"eval.judge: the environment variable {self.api_key_env} (named in "
+                                  "eval.judge.api_key_env) is not set; export the judge's API key in it")
+        return key
+
+    @property
+    def client(self):
+        with self._lock:
+            if self._client is None:
+                import openai
+
+                self._secret = self.api_key()
+                # Retries are ours (below), so that a failure is counted and an unparseable answer retried too.
+                self._client = openai.OpenAI(base_url=self.base_url, api_key=self._secret, timeout=self.timeout_s,
+                                             max_retries=0)
+            return self._client
+
+    def scrub(self, text: str | None) -> str | None:
+        """Text with the key removed, should an error message or a server echo it."""
+        if text and self._secret:
+            text = text.replace(self._secret, "***")
+        return text
+
+    def ask(self, messages: list[dict], parse: Callable[[str], Any], max_tokens: int) -> tuple[Any, str | None, str | None, int]:
+        """(parsed value or None, last reply, error, attempts): 1 + max_retries tries with exponential backoff."""
+        client = self.client
+        errors: list[str] = []
+        text = None
+        attempts = 0
+        for attempt in range(1 + self.max_retries):
+            if attempt:
+                time.sleep(min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1)))
+            attempts += 1
+            with self._lock:
+                self.requests += 1
+            try:
+                response = client.chat.completions.create(model=self.request_model, messages=messages, temperature=0,
+                                                          max_tokens=max_tokens)
+                text = response.choices[0].message.content or ""
+            except Exception as err:  # noqa: BLE001 - any API failure is retried, then counted
+                errors.append(self.scrub(f"{type(err).__name__}: {err}")[:300])
+                continue
+            value = parse(text)
+            if value is not None:
+                return value, self.scrub(text), None, attempts
+            errors.append(f"unparseable verdict: {self.scrub(text)[:200]!r}")
+        return None, self.scrub(text), " | ".join(errors[-3:]), attempts
+
+    def _map(self, fn, items):
+        if self.workers <= 1 or len(items) <= 1:
+            return [fn(it) for it in items]
+        with ThreadPoolExecutor(max_workers=self.workers) as pool:
+            return list(pool.map(fn, items))
+
+    def pairwise(self, items):
+        def one(item):
+            messages, swapped = self.pairwise_messages(item)
+            winner, text, error, attempts = self.ask(messages, parse_pairwise, self.max_tokens_pairwise)
+            if winner is None:
+                return Verdict(None, raw=text, error=error, attempts=attempts, extra={"swapped": swapped})
+            model_first = swapped  # 'm' names the output shown first
+            model_won = (winner == "m") == model_first
+            return Verdict(MODEL_WINS if model_won else REFERENCE_WINS, raw=text, attempts=attempts,
+                           extra={"swapped": swapped, "identifier": winner})
+
+        return self._map(one, items)
+
+    def single(self, items):
+        prompts = self.judge_prompts()
+
+        def one(item):
+            messages, name, missing_ref = render_single(prompts, item)
+            rating, text, error, attempts = self.ask(messages, parse_rating, self.max_tokens_single)
+            extra = {"prompt": name, "missing_reference": missing_ref}
+            return Verdict(rating, raw=text, error=error, attempts=attempts, extra=extra)
+
+        return self._map(one, items)
+
+
+class VLLMLocalJudge(OpenAIJudge):
+    """The openai judge against a ``vllm serve`` of an open judge model that we start on 127.0.0.1."""
+
+    type = "vllm_local"
+
+    def __init__(self, model: str, port: int = 8011, serve_args: list[str] | tuple[str, ...] = (),
+                 startup_timeout_s: float = 1800.0, log_path: str | Path | None = None,
+                 command: list[str] | None = None, **kwargs):
+        super().__init__(model, base_url=f"http://{LOCAL_HOST}:{port}/v1", **kwargs)
+        self.port = port
+        self.serve_args = list(serve_args)
+        self.command = command or vllm_serve_command(model, port, self.serve_args)
+        self.startup_timeout_s = startup_timeout_s
+        self.log_path = log_path
+        self.server: ManagedServer | None = None
+
+    def identity(self):
+        return {"type": self.type, "model": self.model, "serve_args": self.serve_args}
+
+    @property
+    def request_model(self) -> str:
+        # vllm serve answers to the model path, or to --served-model-name when one is given
+        args = self.serve_args
+        for i, arg in enumerate(args):
+            if arg == "--served-model-name" and i + 1 < len(args):
+                return args[i + 1]
+            if arg.startswith("--served-model-name="):
+                return arg.split("=", 1)[1]
+        return self.model
+
+    def api_key(self) -> str:
+        # A local server needs no key; when the variable is set, the server is started to require it.
+        return os.environ.get(self.api_key_env) or "EMPTY"
+
+    def __enter__(self):
+        key = os.environ.get(self.api_key_env)
+        self.server = ManagedServer(self.command, port=self.port, startup_timeout_s=self.startup_timeout_s,
+                                    log_path=self.log_path, env={"VLLM_API_KEY": key} if key else None)
+        self.server.__enter__()
+        return self
+
+    def close(self):
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+
+
+def build_judge(judge_cfg: Any, *, reward_model: str | None = None, judge_prompts: Callable[[], dict] | None = None,
+                log_dir: str | Path | None = None, device: str | None = None) -> Judge:
+    """The judge of the suite's ``eval.judge`` block. Use it as a context manager (vllm_local starts a server)."""
+    kind = judge_cfg.type
+    common = dict(api_key_env=judge_cfg.api_key_env, max_retries=judge_cfg.max_retries, timeout_s=judge_cfg.timeout_s,
+                  judge_prompts=judge_prompts)
+    if kind == "gold":
+        return GoldJudge()
+    if kind == "reward_model":
+        # eval.judge.model names a separate judging reward model (one the policies were not trained against);
+        # otherwise the suite's own reward model.
+        checkpoint = judge_cfg.model or reward_model
+        if not checkpoint:
+            raise EvalConfigError("eval.judge.type 'reward_model' needs a reward-model checkpoint: set eval.judge.model "
+                                  "or give the stage config's inputs.reward_model")
+        return RewardModelJudge(checkpoint, device=device)
+    if kind == "openai":
+        return OpenAIJudge(judge_cfg.model, base_url=judge_cfg.base_url, **common)
+    if kind == "vllm_local":
+        log = Path(log_dir) / "vllm_judge_server.log" if log_dir else None
+        return VLLMLocalJudge(judge_cfg.model, port=judge_cfg.port, serve_args=judge_cfg.serve_args, log_path=log,
+                              **common)
+    raise EvalConfigError(f"eval.judge.type: expected one of gold, openai, vllm_local, reward_model, got {kind!r}")

@@ -1,10 +1,13 @@
 """PPO for RLHF (InstructGPT / DeepSpeed-Chat recipe): a critic initialised from the reward model, GAE,
 a clipped policy ratio and a clipped value loss, ``ppo_epochs`` passes over each rollout batch.
 
-    delta_t  = rew_t + gamma * V(s_{t+1}) - V(s_t)
+    rew_t    = -beta * (log pi_old(a_t) - log pi_ref(a_t)) + [t == T] * clip(r(x, a))    (the rollout engine)
+    delta_t  = rew_t + gamma * V(s_{t+1}) - V(s_t),            V(s_{T+1}) = 0
     A_t      = sum_k (gamma * lambda)^k delta_{t+k}                   (GAE),   returns R_t = A_t + V(s_t)
     L_policy = E[max(-A_t * rho_t, -A_t * clip(rho_t, 1 - eps, 1 + eps))],      rho_t = pi / pi_old
     L_value  = 1/2 E[max((V - R)^2, (V_old + clip(V - V_old, -eps_v, eps_v) - R)^2)]
+
+Advantages are whitened over the rollout batch; actor and critic have their own optimizers (engines).
 """
 
 from __future__ import annotations
@@ -12,24 +15,17 @@ from __future__ import annotations
 import torch
 
 from remax_bench.models import load_reward_model
-from trainers.common import StageError, StageRun, stage_main
+from trainers.common import StageError, StageRun, check_finite, stage_main
 from trainers.engine import build_engine
-from trainers.rollout import (
-    frozen_states,
-    generate_responses,
-    kl_penalised_rewards,
-    load_online_models,
-    online_loop,
-    reference_logprobs,
-    reward_scores,
-    sequence_kl,
-)
-from trainers.sequences import SequenceBatch, entropy, forward_logits, masked_mean, position_ids, token_logprobs
+from trainers.rollout import RolloutEngine, frozen_states, load_online_models, online_loop, sequence_kl
+from trainers.sequences import SequenceBatch, forward_logits, masked_mean, position_ids, token_logprobs
 
 
 def gae(rewards: torch.Tensor, values: torch.Tensor, response_mask: torch.Tensor, gamma: float, lam: float):
-    """Generalised advantage estimation over response tokens. Returns (advantages, returns), both [B, R]."""
-    values = values * response_mask
+    """Generalised advantage estimation over response tokens. Returns (advantages, returns), both [B, R].
+
+    Rewards and values past a row's last token count as 0 (the episode has ended), so padding never leaks in."""
+    rewards, values = rewards * response_mask, values * response_mask
     advantages = torch.zeros_like(rewards)
     running = torch.zeros_like(rewards[:, 0])
     length = rewards.shape[1]
@@ -43,6 +39,7 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, response_mask: torch.Tensor
 
 
 def whiten(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(x - mean) / std over the unmasked entries; masked entries become 0."""
     mean = masked_mean(values, mask)
     var = masked_mean((values - mean) ** 2, mask)
     return ((values - mean) * torch.rsqrt(var + 1e-8)) * mask
@@ -61,7 +58,7 @@ def ppo_value_loss(values, old_values, returns, response_mask, clip_range: float
 
 
 def critic_values(critic, batch: SequenceBatch) -> torch.Tensor:
-    """V(s_t) for each response position: the reward model's scalar head applied to every hidden state."""
+    """V(s_t) [B, R]: the reward model's scalar head on the hidden state that predicts response token t."""
     body = getattr(critic, critic.base_model_prefix)
     hidden = body(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                   position_ids=position_ids(batch.attention_mask), use_cache=False).last_hidden_state
@@ -78,50 +75,49 @@ def train(run: StageRun) -> dict:
     if suite.shared.gradient_checkpointing:
         critic_model.gradient_checkpointing_enable()
     critic = build_engine(critic_model, cfg.critic_learning_rate, suite, suite.shared.train_batch_size)
+    rollouts = RolloutEngine(run, models)
     mini_batch = suite.shared.train_batch_size
 
     def step(iteration: int, prompts: list[str]) -> dict:
-        batch = generate_responses(run, models, prompts)
-        mask = batch.response_mask
+        ro = rollouts.collect(prompts, iteration)
+        mask = ro.mask
         with run.timer.phase("score"), torch.no_grad(), run.autocast():
-            logits = forward_logits(policy.module, batch)
-            old_logprobs = token_logprobs(logits, batch.response_ids)
-            token_entropy = masked_mean(entropy(logits), mask).item()
-            del logits
-            ref_logprobs = reference_logprobs(run, models, batch)
-            old_values = critic_values(critic.module, batch)
-            scores = reward_scores(run, models, prompts, batch)
+            old_values = critic_values(critic.module, ro.batch)
         with run.timer.phase("train"):
-            rewards = kl_penalised_rewards(scores, old_logprobs, ref_logprobs, mask, suite.shared.kl_coef,
-                                           suite.shared.reward_clip)
+            rewards = ro.rewards(suite.shared.kl_coef, suite.shared.reward_clip)
             advantages, returns = gae(rewards, old_values, mask, cfg.gamma, cfg.gae_lambda)
             advantages = whiten(advantages, mask)
             policy_losses, value_losses = [], []
             for _ in range(cfg.ppo_epochs):
+                order = torch.randperm(len(prompts))
                 for start in range(0, len(prompts), mini_batch):
-                    rows = slice(start, start + mini_batch)
-                    part, part_mask = batch.select(rows), mask[rows]
+                    rows = order[start : start + mini_batch]
+                    part, part_mask = ro.batch.select(rows), mask[rows]
                     with run.autocast():
                         logprobs = token_logprobs(forward_logits(policy.module, part), part.response_ids)
-                        policy_loss = ppo_policy_loss(logprobs, old_logprobs[rows], advantages[rows], part_mask,
+                        policy_loss = ppo_policy_loss(logprobs, ro.old_logprobs[rows], advantages[rows], part_mask,
                                                       cfg.clip_range)
+                    check_finite("policy_loss", policy_loss, iteration)  # before the update
                     policy.step(policy_loss)
                     with run.autocast():
                         values = critic_values(critic.module, part)
                         value_loss = ppo_value_loss(values, old_values[rows], returns[rows], part_mask,
                                                     cfg.value_clip_range)
+                    check_finite("value_loss", value_loss, iteration)
                     critic.step(value_loss)
                     policy_losses.append(policy_loss.item())
                     value_losses.append(value_loss.item())
         return {
-            "reward_mean": scores.mean().item(),
-            "reward_std": scores.std().item(),
-            "kl": sequence_kl(old_logprobs, ref_logprobs, mask),
+            "reward_mean": ro.raw_scores.mean().item(),
+            "reward_std": ro.raw_scores.std().item() if len(prompts) > 1 else 0.0,
+            "kl": sequence_kl(ro.old_logprobs, ro.ref_logprobs, mask),
             "policy_loss": sum(policy_losses) / len(policy_losses),
             "value_loss": sum(value_losses) / len(value_losses),
-            "entropy": token_entropy,
+            "value_mean": masked_mean(old_values, mask).item(),
+            "entropy": ro.entropy,
             "response_length": mask.sum(-1).float().mean().item(),
-            "tokens": int(mask.sum().item()),
+            "tokens": ro.generated_tokens,
+            "sampled_tokens": int(mask.sum().item()),
         }
 
     def states() -> dict:

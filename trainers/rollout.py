@@ -4,7 +4,8 @@ Per-token reward of a sampled response a = (a_1..a_T) to prompt x:
 
     rew_t = -beta * (log pi(a_t) - log pi_ref(a_t))  +  [t == T] * clip(r(x, a))
 
-Everything past the first eos is padding and is masked out of every sum.
+Everything past the first eos is padding and is masked out of every sum. With ``shared.reward_normalize``
+the score is first standardised with the running mean and std of all scores seen so far.
 """
 
 from __future__ import annotations
@@ -26,10 +27,14 @@ from trainers.sequences import (
     SequenceBatch,
     decode_responses,
     encode_pairs,
+    entropy,
+    forward_logits,
     generate,
+    masked_mean,
     prompt_fits,
     response_logprobs,
     sequence_scores,
+    token_logprobs,
 )
 
 
@@ -45,6 +50,7 @@ def sequence_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, response_mas
 
 
 def last_token_index(response_mask: torch.Tensor) -> torch.Tensor:
+    """Index of each row's last response token (its eos, or the length limit)."""
     return (response_mask.sum(-1).long() - 1).clamp(min=0)
 
 
@@ -60,7 +66,7 @@ def kl_penalised_rewards(scores: torch.Tensor, logprobs: torch.Tensor, ref_logpr
 
 
 class RunningMoments:
-    """Running mean and std of reward-model scores, for optional reward normalisation."""
+    """Running mean and std of reward-model scores (shared.reward_normalize)."""
 
     def __init__(self):
         self.count, self.mean, self.m2 = 0, 0.0, 0.0
@@ -74,7 +80,7 @@ class RunningMoments:
 
     @property
     def std(self) -> float:
-        return (self.m2 / max(self.count - 1, 1)) ** 0.5 if self.count > 1 else 1.0
+        return (self.m2 / (self.count - 1)) ** 0.5 if self.count > 1 else 1.0
 
     def normalise(self, values: torch.Tensor) -> torch.Tensor:
         return (values - self.mean) / max(self.std, 1e-6)
@@ -84,7 +90,7 @@ class RunningMoments:
 @dataclass
 class OnlineModels:
     tokenizer: object
-    policy: object  # engine
+    policy: object  # engine: .module, .step(loss), .state_bytes(), .save_pretrained()
     reference: torch.nn.Module
     reward: torch.nn.Module
     reward_tokenizer: object
@@ -92,6 +98,7 @@ class OnlineModels:
 
 
 def load_online_models(run: StageRun) -> OnlineModels:
+    """Trained policy and frozen reference from the SFT checkpoint; frozen reward model from its own."""
     sft, reward_dir = run.inputs.get("sft"), run.inputs.get("reward_model")
     if not sft or not reward_dir:
         raise StageError(f"{run.stage} needs an SFT checkpoint and a reward model (inputs.sft, inputs.reward_model)")
@@ -110,8 +117,13 @@ def load_online_models(run: StageRun) -> OnlineModels:
     return OnlineModels(tokenizer, engine, reference, reward, reward_tokenizer, same)
 
 
+def frozen_states(models: OnlineModels) -> dict:
+    """Bytes of the scoring-only models: parameters only (no gradients, no optimizer)."""
+    return {"reference": model_state_bytes(models.reference), "reward": model_state_bytes(models.reward)}
+
+
 class PromptSampler:
-    """Shuffled passes over the RL prompts, seeded."""
+    """Shuffled passes over the RL prompts (data.prompts), seeded; prompts over the length limit dropped."""
 
     def __init__(self, run: StageRun, tokenizer):
         suite = run.suite
@@ -137,31 +149,93 @@ class PromptSampler:
 
 
 # -- one rollout ------------------------------------------------------------------------------------
-def generate_responses(run: StageRun, models: OnlineModels, prompts: list[str], greedy=False) -> SequenceBatch:
-    shared = run.suite.shared
-    with run.timer.phase("generate"):
-        return generate(models.policy.module, models.tokenizer, prompts, shared.max_prompt_length,
-                        shared.max_response_length, temperature=shared.generation.temperature,
-                        top_p=shared.generation.top_p, top_k=shared.generation.top_k, greedy=greedy)
+@dataclass
+class Rollout:
+    """One batch of experience: n sampled responses, their scores and log-probs, in the shared layout."""
+
+    prompts: list[str]
+    batch: SequenceBatch  # sampled responses [n, P + R]
+    scores: torch.Tensor  # [n] reward-model scores, normalised when shared.reward_normalize (not clipped)
+    raw_scores: torch.Tensor  # [n] reward-model scores as the reward model gave them
+    ref_logprobs: torch.Tensor  # [n, R] log pi_ref(a_t)
+    old_logprobs: torch.Tensor | None  # [n, R] log pi(a_t) at generation time; None when the trainer takes them
+    entropy: float | None  # mean per-token entropy of pi on the sampled tokens (with old_logprobs)
+    greedy_batch: SequenceBatch | None  # greedy responses to the same prompts (ReMax's baseline)
+    greedy_scores: torch.Tensor | None  # [n] their scores, on the same scale as ``scores``
+    raw_greedy_scores: torch.Tensor | None
+    generated_tokens: int  # every generated response token, greedy ones included
+
+    @property
+    def mask(self) -> torch.Tensor:
+        return self.batch.response_mask
+
+    def rewards(self, kl_coef: float, reward_clip: float | None) -> torch.Tensor:
+        """Per-token KL-penalised rewards [n, R] (needs old_logprobs)."""
+        return kl_penalised_rewards(self.scores, self.old_logprobs, self.ref_logprobs, self.mask, kl_coef, reward_clip)
 
 
-@torch.no_grad()
-def reward_scores(run: StageRun, models: OnlineModels, prompts: list[str], batch: SequenceBatch) -> torch.Tensor:
-    """Reward-model scores of whole responses; re-tokenised when the reward model has its own vocabulary."""
-    with run.autocast():
-        if models.same_tokenizer:
-            return sequence_scores(models.reward, batch)
-        shared = run.suite.shared
-        texts = decode_responses(models.tokenizer, batch)
-        rescored = encode_pairs(models.reward_tokenizer, prompts, texts, shared.max_prompt_length,
-                                shared.max_response_length).to(run.device)
-        return sequence_scores(models.reward, rescored)
+class RolloutEngine:
+    """Generates and scores rollout batches; the same code for every online algorithm."""
 
+    def __init__(self, run: StageRun, models: OnlineModels):
+        self.run, self.models = run, models
+        self.moments = RunningMoments() if run.suite.shared.reward_normalize else None
 
-@torch.no_grad()
-def reference_logprobs(run: StageRun, models: OnlineModels, batch: SequenceBatch) -> torch.Tensor:
-    with run.autocast():
-        return response_logprobs(models.reference, batch)
+    def generate(self, prompts: list[str], greedy=False) -> SequenceBatch:
+        shared, models = self.run.suite.shared, self.models
+        with self.run.timer.phase("generate"):
+            return generate(models.policy.module, models.tokenizer, prompts, shared.max_prompt_length,
+                            shared.max_response_length, temperature=shared.generation.temperature,
+                            top_p=shared.generation.top_p, top_k=shared.generation.top_k, greedy=greedy)
+
+    @torch.no_grad()
+    def reward_scores(self, prompts: list[str], batch: SequenceBatch) -> torch.Tensor:
+        """Reward-model scores of whole responses; re-tokenised when the reward model has its own vocabulary."""
+        run, models = self.run, self.models
+        with run.autocast():
+            if models.same_tokenizer:
+                return sequence_scores(models.reward, batch)
+            shared = run.suite.shared
+            texts = decode_responses(models.tokenizer, batch)
+            rescored = encode_pairs(models.reward_tokenizer, prompts, texts, shared.max_prompt_length,
+                                    shared.max_response_length).to(run.device)
+            return sequence_scores(models.reward, rescored)
+
+    def collect(self, prompts: list[str], step: int, *, greedy_baseline: bool = False,
+                policy_logprobs: bool = True) -> Rollout:
+        """Sample one response per prompt (and, with ``greedy_baseline``, the greedy one too, in the same
+        batched pass), then score: reward model, reference log-probs and (``policy_logprobs``) the policy's
+        own log-probs under no_grad, the "old" log-probs of PPO's ratio."""
+        n, run = len(prompts), self.run
+        if greedy_baseline:
+            # First copy of the prompts sampled, second copy greedy: one generate call for both.
+            greedy = torch.tensor([False] * n + [True] * n)
+            both = self.generate(prompts + prompts, greedy=greedy)
+            sampled, greedy_batch = both.select(slice(0, n)), both.select(slice(n, 2 * n))
+        else:
+            both = sampled = self.generate(prompts)
+            greedy_batch = None
+        generated_tokens = int(both.response_mask.sum().item())
+        with run.timer.phase("score"), torch.no_grad():
+            raw = self.reward_scores(prompts + prompts if greedy_baseline else prompts, both)
+            check_finite("reward-model score", raw, step)
+            with run.autocast():
+                ref_logprobs = response_logprobs(self.models.reference, sampled)
+                old_logprobs, token_entropy = None, None
+                if policy_logprobs:
+                    logits = forward_logits(self.models.policy.module, sampled)
+                    old_logprobs = token_logprobs(logits, sampled.response_ids)
+                    token_entropy = masked_mean(entropy(logits), sampled.response_mask).item()
+                    del logits
+        raw_scores, raw_greedy = (raw[:n], raw[n:]) if greedy_baseline else (raw, None)
+        scores, greedy_scores = raw_scores, raw_greedy
+        if self.moments is not None:
+            # Statistics of the sampled scores only; the greedy baseline is put on the same scale.
+            self.moments.update(raw_scores)
+            scores = self.moments.normalise(raw_scores)
+            greedy_scores = self.moments.normalise(raw_greedy) if greedy_baseline else None
+        return Rollout(prompts, sampled, scores, raw_scores, ref_logprobs, old_logprobs, token_entropy,
+                       greedy_batch, greedy_scores, raw_greedy, generated_tokens)
 
 
 # -- the loop ---------------------------------------------------------------------------------------
@@ -169,7 +243,11 @@ def online_loop(run: StageRun, models: OnlineModels, step_fn: Callable[[int, lis
                 extra_states: Callable[[], dict] | None = None) -> dict:
     """Runs ``suite.iterations`` steps of ``step_fn`` (one rollout batch each), logging, timing and saving.
 
-    step_fn(iteration, prompts) returns the step's metrics (reward_mean, kl, losses, response_length, tokens).
+    step_fn(iteration, prompts) returns the step's metrics (reward_mean, kl, losses, response_length,
+    ``tokens``: every generated response token, and ``sampled_tokens``: those of the sampled answers the
+    loss trains on; they differ for ReMax, whose greedy answers are generated too). It must check its loss
+    with check_finite before the optimizer step, so a non-finite loss never reaches the weights and the last
+    saved checkpoint stays good.
     """
     suite = run.suite
     sampler = PromptSampler(run, models.tokenizer)
@@ -178,11 +256,13 @@ def online_loop(run: StageRun, models: OnlineModels, step_fn: Callable[[int, lis
     eval_prompts = heldout_prompts(suite) if synthetic else []
     summary: dict = {"iterations": iterations}
     if synthetic:
+        # The SFT model's figure, with the very same greedy evaluation as the trained policy's.
         before = gold_reward_of(models.policy.module, models.tokenizer, suite, eval_prompts)
         summary["heldout_gold_reward_before"] = before["heldout_gold_reward"]
     save_every = max(1, iterations // 4)
-    step_times, phase_totals, tokens_total = [], {"generate": 0.0, "score": 0.0, "train": 0.0}, 0
-    rewards = []
+    step_times, phase_totals = [], {"generate": 0.0, "score": 0.0, "train": 0.0}
+    tokens_total = sampled_total = 0
+    rewards, last_eval = [], None
     for step in range(iterations):
         start = time.perf_counter()
         metrics = step_fn(step, sampler.next(suite.shared.rollout_batch_size))
@@ -192,33 +272,35 @@ def online_loop(run: StageRun, models: OnlineModels, step_fn: Callable[[int, lis
             if name in metrics:
                 check_finite(name, metrics[name], step)
         if step == 0:
+            # After the first optimizer step, so the optimizer states exist and are counted.
             run.component_bytes.update(extra_states() if extra_states else {})
         if step > 0 or iterations == 1:  # the first step pays one-off warm-up costs
             step_times.append(elapsed)
             for name in phase_totals:
                 phase_totals[name] += phases.get(name, 0.0)
             tokens_total += metrics.get("tokens", 0)
+            sampled_total += metrics.get("sampled_tokens", 0)
         rewards.append(metrics["reward_mean"])
         row = {**metrics, "time_step_s": elapsed, "tokens_per_second": metrics.get("tokens", 0) / elapsed}
-        row.update({f"time_{k}_s": v for k, v in phases.items()})
+        row.update({f"time_{k}_s": phases.get(k, 0.0) for k in phase_totals})
+        last_eval = None
         if synthetic and suite.shared.heldout_eval_every and (step + 1) % suite.shared.heldout_eval_every == 0:
-            row.update(gold_reward_of(models.policy.module, models.tokenizer, suite, eval_prompts))
+            last_eval = gold_reward_of(models.policy.module, models.tokenizer, suite, eval_prompts)
+            row.update(last_eval)
         run.log(step, **row)
         if (step + 1) % save_every == 0:
             models.policy.save_pretrained(run.checkpoint_dir, models.tokenizer)
-    models.policy.save_pretrained(run.checkpoint_dir, models.tokenizer)
+    if iterations % save_every:
+        models.policy.save_pretrained(run.checkpoint_dir, models.tokenizer)
     measured = max(len(step_times), 1)
+    tail = rewards[-max(1, len(rewards) // 10):]  # the last 10% of steps
     summary.update(
-        final_reward_mean=sum(rewards[-10:]) / len(rewards[-10:]),
+        final_reward_mean=sum(tail) / len(tail),
         time_per_iteration_s=sum(step_times) / measured,
         time_split_s={k: v / measured for k, v in phase_totals.items()},
         tokens_per_second=tokens_total / max(sum(step_times), 1e-9),
+        sampled_tokens_per_second=sampled_total / max(sum(step_times), 1e-9),
     )
     if synthetic:
-        summary.update(gold_reward_of(models.policy.module, models.tokenizer, suite, eval_prompts))
+        summary.update(last_eval or gold_reward_of(models.policy.module, models.tokenizer, suite, eval_prompts))
     return summary
-
-
-def frozen_states(models: OnlineModels) -> dict:
-    """Bytes of the scoring-only models: parameters only (no gradients, no optimizer)."""
-    return {"reference": model_state_bytes(models.reference), "reward": model_state_bytes(models.reward)}

@@ -14,7 +14,7 @@ TORCH_PIP_ARGS ?=
 STAMP := $(VENV)/.installed-stamp
 SUITE ?= suites/tiny.yaml
 
-.PHONY: install demo test test-slow check-ci clean-results
+.PHONY: install demo test test-slow ci-suite clean-results
 
 install: $(STAMP)
 
@@ -34,6 +34,14 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The regression check CI runs after the unit tests: the tiny suite end to end, then remax-bench check
+# against the committed baseline (ratios and gold-task scores, never absolute times).
+ci-suite: $(STAMP)
+	rm -rf results-ci
+	$(VENV)/bin/remax-bench run $(SUITE) --results-dir results-ci
+	$(VENV)/bin/remax-bench check results-ci/tiny --baseline suites/baselines/tiny.json
+	$(VENV)/bin/remax-bench report results-ci --out reports-ci
 
 # Tests marked slow (minutes each) run too.
 test-slow: $(STAMP)

@@ -59,11 +59,20 @@ def seed_everything(seed: int) -> None:
         torch.cuda.manual_seed_all(seed)
 
 
+def process_rank() -> tuple[int, int]:
+    """(global rank, local rank) as the deepspeed launcher sets them; (0, 0) for a single process."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+
+
 def resolve_device(requested: str) -> torch.device:
     if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise StageError("runtime.device is 'cuda' but no CUDA device is available")
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda":
+        if not torch.cuda.is_available():
+            raise StageError("runtime.device is 'cuda' but no CUDA device is available")
+        local_rank = process_rank()[1]  # one GPU per process under the deepspeed launcher
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
     return torch.device(requested)
 
 
@@ -101,7 +110,11 @@ class StageRun:
         self.seed = int(config.get("seed", 0))
         self.inputs: dict[str, Any] = config.get("inputs", {})
         self.final_dir = Path(out_dir)
+        self.rank = process_rank()[0]
         self.dir = results.partial_dir(self.final_dir)
+        if self.rank != 0:
+            # Under the deepspeed launcher every rank runs this stage; only rank 0 writes the results.
+            self.dir = self.dir.with_name(f"{self.dir.name}.rank{self.rank}")
         self.device = resolve_device(self.suite.runtime.device)
         self.memory = MemoryTracker(self.device)
         self.timer = PhaseTimer(self.device)
@@ -186,6 +199,9 @@ class StageRun:
             "model_state_total_bytes": sum(sum(v.values()) for v in self.component_bytes.values()),
             **summary,
         }
+        if self.rank != 0:
+            results.discard(self.dir)
+            return
         results.write_json(self.dir / "summary.json", summary)
         results.write_json(self.dir / "manifest.json", self.manifest("completed"))
         results.promote(self.dir, self.final_dir)
@@ -195,6 +211,8 @@ class StageRun:
             self._metrics_file.close()
         results.write_json(self.dir / "manifest.json", self.manifest(status, error=error))
         failed = results.failed_dir(self.final_dir)
+        if self.rank != 0:
+            failed = failed.with_name(f"{failed.name}.rank{self.rank}")
         results.discard(failed)
         os.replace(self.dir, failed)
         return failed

@@ -135,7 +135,8 @@ class PromptSampler:
                      f"{limit} tokens and were dropped")
         if not self.prompts:
             raise StageError(f"data.prompts has no prompt within shared.max_prompt_length={limit}")
-        self.rng = random.Random(run.seed)
+        # Each data-parallel rank draws its own prompts (one process: rank 0, the plain seed).
+        self.rng = random.Random(run.seed + 1_000_003 * run.rank)
         self.order: list[str] = []
 
     def next(self, n: int) -> list[str]:

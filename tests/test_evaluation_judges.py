@@ -38,15 +38,7 @@ KEY_ENV = "REMAX_BENCH_TEST_JUDGE_KEY"
 KEY = "sk-test-4f9c2e71d8b3a6"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models run fastest on one thread; two OpenMP threads spin-wait on a shared 2-core machine."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture

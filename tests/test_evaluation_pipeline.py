@@ -22,15 +22,7 @@ EVAL = {"enabled": True, "backend": "hf", "reference": "sft",
         "judge": {"type": "gold"}, "bootstrap_samples": 200}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models run fastest on one thread; two OpenMP threads spin-wait on a shared 2-core machine."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ reward-model verdicts, retries, unjudged counting, the judgment cache and key hy
 import json
 import math
 import socket
-import subprocess
 import sys
 import time
 import types

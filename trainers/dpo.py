@@ -18,14 +18,13 @@ import random
 import torch
 import torch.nn.functional as F
 
-from remax_bench.data import load_preferences
 from remax_bench.metrics import model_state_bytes
 from remax_bench.models import load_causal_lm, load_tokenizer
-from trainers.common import StageError, StageRun, batches, check_finite, split_heldout, stage_main
+from trainers.common import StageError, StageRun, batches, check_finite, stage_main
 from trainers.engine import build_engine, freeze
 from trainers.heldout import gold_reward_of, heldout_prompts, is_synthetic
 from trainers.sequences import encode_pairs, response_logprobs
-from trainers.sft import keep_fitting
+from trainers.reward_model import preference_splits
 
 
 def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
@@ -78,11 +77,7 @@ def train(run: StageRun) -> dict:
     if not sft:
         raise StageError("DPO needs an SFT checkpoint (inputs.sft)")
     tokenizer = load_tokenizer(sft)
-    rows = load_preferences(suite.data.preferences, suite.data.synthetic)
-    if not rows:
-        raise StageError("data.preferences is empty")
-    rows = keep_fitting(run, tokenizer, rows, "data.preferences")
-    train_rows, eval_rows = split_heldout(rows, suite.reward_model.eval_fraction, run.seed)
+    train_rows, eval_rows = preference_splits(run, tokenizer, suite.reward_model.eval_fraction)
     batch_size = suite.shared.train_batch_size
 
     with run.timer.phase("score"):

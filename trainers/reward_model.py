@@ -21,6 +21,14 @@ from trainers.sequences import encode_pairs, sequence_scores
 from trainers.sft import keep_fitting
 
 
+def preference_splits(run: StageRun, tokenizer, eval_fraction: float) -> tuple[list[dict], list[dict]]:
+    """The preference pairs that fit the prompt limit, split into train and held-out (seeded)."""
+    suite = run.suite
+    rows = load_preferences(suite.data.preferences, suite.data.synthetic)  # DataError when empty
+    rows = keep_fitting(run, tokenizer, rows, "data.preferences")
+    return split_heldout(rows, eval_fraction, run.seed)
+
+
 def bradley_terry_loss(chosen_scores: torch.Tensor, rejected_scores: torch.Tensor) -> torch.Tensor:
     return -F.logsigmoid(chosen_scores - rejected_scores).mean()
 
@@ -51,11 +59,7 @@ def train(run: StageRun) -> dict:
     if not base:
         raise StageError("the reward model needs models.reward or an SFT checkpoint (inputs.sft)")
     tokenizer = load_tokenizer(base)
-    rows = load_preferences(suite.data.preferences, suite.data.synthetic)
-    if not rows:
-        raise StageError("data.preferences is empty")
-    rows = keep_fitting(run, tokenizer, rows, "data.preferences")
-    train_rows, eval_rows = split_heldout(rows, cfg.eval_fraction, run.seed)
+    train_rows, eval_rows = preference_splits(run, tokenizer, cfg.eval_fraction)
     model = load_reward_model(base, seed=run.seed).to(run.device)
     if suite.shared.gradient_checkpointing:
         model.gradient_checkpointing_enable()

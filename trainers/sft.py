@@ -13,7 +13,7 @@ import time
 import torch
 
 from remax_bench.data import load_sft
-from remax_bench.models import load_causal_lm, load_tokenizer, save_pretrained
+from remax_bench.models import load_causal_lm, load_tokenizer
 from trainers.common import StageError, StageRun, batches, check_finite, split_heldout, stage_main
 from trainers.engine import build_engine
 from trainers.heldout import gold_reward_of, heldout_prompts, is_synthetic

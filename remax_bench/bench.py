@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from remax_bench import results
+from remax_bench import algorithms, comparison, results
 from remax_bench.config import Suite
 
-BENCH_ALGORITHMS = ("ppo", "remax", "dpo")
+BENCH_ALGORITHMS = algorithms.NAMES
 MIB = 2**20
 
 
@@ -56,24 +56,23 @@ def prepare_initial_models(suite: Suite, out: Path) -> tuple[str, str]:
     return str(policy_dir), str(reward_dir)
 
 
-def run_bench(base: Suite, model: str, iterations: int, results_dir: str | Path, algorithms=BENCH_ALGORITHMS,
+def run_bench(base: Suite, model: str, iterations: int, results_dir: str | Path, chosen=BENCH_ALGORITHMS,
               device: str | None = None, echo=print, gradient_checkpointing: bool | None = None) -> pd.DataFrame:
-    from remax_bench.runner import Runner, StagePlan, outcome_table
+    from remax_bench.runner import Runner, StagePlan, algorithm_stage, outcome_table
 
     suite = bench_suite(base, model, iterations, device, gradient_checkpointing)
     runner = Runner(suite, results_dir, echo=echo)
-    echo(f"bench: {model}, {iterations} iterations of {', '.join(algorithms)}; results in {runner.root}")
+    echo(f"bench: {model}, {iterations} iterations of {', '.join(chosen)}; results in {runner.root}")
     policy_dir, reward_dir = prepare_initial_models(suite, runner.root / "initial")
     seed = suite.seeds[0]
     stages = [StagePlan("sft", seed, given=policy_dir), StagePlan("reward_model", seed, given=reward_dir)]
-    for algo in algorithms:
-        needs = [f"sft/seed{seed}"] + ([f"reward_model/seed{seed}"] if algo != "dpo" else [])
-        stages.append(StagePlan(algo, seed, needs=needs))
+    for algo in chosen:
+        stages.append(algorithm_stage(algo, seed, seed))
         results.discard(runner.final_dir(f"{algo}/seed{seed}"))  # a benchmark always measures afresh
     outcomes = runner.run(stages)
     echo(outcome_table(outcomes))
     rows = []
-    for algo in algorithms:
+    for algo in chosen:
         final = runner.final_dir(f"{algo}/seed{seed}")
         if results.is_complete(final):
             rows.append(bench_row(algo, results.read_json(final / "summary.json")))
@@ -95,16 +94,16 @@ def bench_row(algo: str, summary: dict) -> dict:
     }
 
 
-def ratios(table: pd.DataFrame) -> dict[str, float]:
-    """ReMax against PPO: memory saving (share of PPO's) and speed-up (PPO time / ReMax time)."""
+def ratios(table: pd.DataFrame, algorithm: str = "remax") -> dict[str, float]:
+    """One algorithm against PPO: memory saving (share of PPO's) and speed-up (PPO time / its time)."""
     by = table.set_index("algorithm")
-    if not {"ppo", "remax"} <= set(by.index):
+    if not {comparison.BASELINE, algorithm} <= set(by.index):
         return {}
-    ppo, remax = by.loc["ppo"], by.loc["remax"]
+    base, other = by.loc[comparison.BASELINE], by.loc[algorithm]
     return {
-        "peak_memory_saving": 1 - remax.peak_memory_mib / ppo.peak_memory_mib,
-        "model_states_saving": 1 - remax.model_states_mib / ppo.model_states_mib,
-        "speedup": ppo.time_per_iteration_s / remax.time_per_iteration_s,
+        "peak_memory_saving": comparison.saving(other.peak_memory_mib, base.peak_memory_mib),
+        "model_states_saving": comparison.saving(other.model_states_mib, base.model_states_mib),
+        "speedup": comparison.speedup(other.time_per_iteration_s, base.time_per_iteration_s),
     }
 
 
@@ -120,6 +119,6 @@ def format_bench(table: pd.DataFrame, model: str) -> str:
             "",
             f"ReMax vs PPO: peak memory {r['peak_memory_saving']:+.1%} saved, "
             f"model states {r['model_states_saving']:+.1%} saved, speed-up {r['speedup']:.2f}x",
-            "paper (Li et al. 2023, Llama-2-7B, GPUs): ~46% GPU memory saved, ~1.6x faster",
+            comparison.PAPER_LINE,
         ]
     return "\n".join(lines)

@@ -13,9 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from statistics import mean
 
-from remax_bench import results
+from remax_bench import algorithms, comparison, results
 
-ALGORITHMS = ("ppo", "remax", "dpo")
 
 
 @dataclass
@@ -48,26 +47,22 @@ def collect_metrics(suite_dir: str | Path) -> dict[str, float]:
     """The figures a baseline can pin, averaged over seeds: ``<algorithm>.<metric>``."""
     suite_dir = Path(suite_dir)
     metrics: dict[str, float] = {}
-    summaries = {stage: _complete_summaries(suite_dir, stage) for stage in ("sft", *ALGORITHMS)}
+    summaries = {stage: _complete_summaries(suite_dir, stage) for stage in ("sft", *algorithms.NAMES)}
     for stage, rows in summaries.items():
         value = _mean(r.get("heldout_gold_reward") for r in rows)
         if value is not None:
             metrics[f"{stage}.heldout_gold_reward"] = value
-    ppo = summaries["ppo"]
-    for algo in ("remax", "dpo"):
+    base = summaries[comparison.BASELINE]
+    for algo in algorithms.NAMES:
         rows = summaries[algo]
-        if not (rows and ppo):
+        if algo == comparison.BASELINE or not (rows and base):
             continue
-        metrics[f"{algo}.peak_memory_ratio_vs_ppo"] = _mean(r["peak_memory_bytes"] for r in rows) / _mean(
-            r["peak_memory_bytes"] for r in ppo
-        )
-        metrics[f"{algo}.model_states_ratio_vs_ppo"] = _mean(r["model_state_total_bytes"] for r in rows) / _mean(
-            r["model_state_total_bytes"] for r in ppo
-        )
-        algo_time = _mean(r.get("time_per_iteration_s") for r in rows)
-        ppo_time = _mean(r.get("time_per_iteration_s") for r in ppo)
-        if algo_time and ppo_time:
-            metrics[f"{algo}.iteration_time_ratio_vs_ppo"] = algo_time / ppo_time
+        suffix = f"_ratio_vs_{comparison.BASELINE}"
+        for name, key in (("peak_memory", "peak_memory_bytes"), ("model_states", "model_state_total_bytes"),
+                          ("iteration_time", "time_per_iteration_s")):
+            value = comparison.ratio(_mean(r.get(key) for r in rows), _mean(r.get(key) for r in base))
+            if not math.isnan(value):
+                metrics[f"{algo}.{name}{suffix}"] = value
     for summary in _complete_summaries(suite_dir, "eval"):
         for row in summary.get("rows", []):
             for key in ("win_rate", "mt_bench_score"):
@@ -98,16 +93,19 @@ def rules(suite_dir: str | Path, metrics: dict[str, float]) -> list[CheckRow]:
     """The paper's qualitative claims, checked on this run."""
     suite_dir = Path(suite_dir)
     out = []
-    remax = _complete_summaries(suite_dir, "remax")
-    if remax:
-        critic = [r for r in remax if "critic" in r.get("model_state_bytes", {})]
-        out.append(CheckRow("rule: ReMax builds no value model", None, None, None, not critic,
+    for algo in algorithms.NAMES:
+        spec = algorithms.get(algo)
+        summaries = _complete_summaries(suite_dir, algo)
+        if spec.critic or not summaries:
+            continue
+        critic = [r for r in summaries if "critic" in r.get("model_state_bytes", {})]
+        out.append(CheckRow(f"rule: {spec.label} builds no value model", None, None, None, not critic,
                             "no critic states recorded" if not critic else "a critic was recorded"))
-    ratio = metrics.get("remax.peak_memory_ratio_vs_ppo")
+    ratio = metrics.get(f"remax.peak_memory_ratio_vs_{comparison.BASELINE}")
     if ratio is not None:
         out.append(CheckRow("rule: ReMax peak memory below PPO's", 1.0, ratio, None, ratio < 1.0, "ratio < 1"))
     sft = metrics.get("sft.heldout_gold_reward")
-    for algo in ("ppo", "remax"):
+    for algo in algorithms.needing_reward_model():
         gold = metrics.get(f"{algo}.heldout_gold_reward")
         if sft is not None and gold is not None:
             out.append(CheckRow(f"rule: {algo} beats SFT on gold reward", sft, gold, None, gold > sft, "now > SFT"))

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from remax_bench import __version__
+from remax_bench.algorithms import NAMES as ALGORITHM_NAMES
 
 USAGE_ERROR = 2
 
@@ -68,12 +69,21 @@ def main():
 
 @main.command()
 @click.argument("suite")
-def validate(suite):
+@click.option("--table", is_flag=True,
+              help="print the resolved hyperparameters per algorithm (as a paper's appendix lists them)")
+def validate(suite, table):
     """Check SUITE (a YAML path or a name in suites/) and print the resolved config."""
     from remax_bench.config import to_yaml
 
     loaded = _load(suite)
-    click.echo(to_yaml(loaded))
+    if table:
+        import pandas as pd
+
+        from remax_bench.algorithms import hyperparameter_table
+
+        click.echo(pd.DataFrame(hyperparameter_table(loaded)).to_string(index=False))
+    else:
+        click.echo(to_yaml(loaded))
     click.echo(f"# suite {loaded.name!r} is valid (config hash {loaded.config_hash()})", err=True)
 
 
@@ -125,13 +135,13 @@ def report(results_dir, suite_name, reports_dir):
               help="a tiny: spec (CPU: up to tiny:100m) or any HF id / local path (GPU)")
 @click.option("--iterations", "-n", default=5, show_default=True, type=click.IntRange(min=2))
 @click.option("--suite", "suite_arg", default="tiny", show_default=True, help="suite whose shared block is used")
-@click.option("--algorithms", default="ppo,remax,dpo", show_default=True)
+@click.option("--algorithms", default=",".join(ALGORITHM_NAMES), show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="override the suite's runtime.device")
 @click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=None,
               help="override shared.gradient_checkpointing (the paper trains with it on)")
 @click.option("--results-dir", default="results", show_default=True, type=click.Path(file_okay=False))
 def bench(model, iterations, suite_arg, algorithms, device, gradient_checkpointing, results_dir):
-    """PPO, ReMax and DPO on the same model and shared settings: peak memory, time per iteration, tokens/s."""
+    """Every algorithm on the same model and shared settings: peak memory, time per iteration, tokens/s."""
     from transformers.utils import logging as hf_logging
 
     from remax_bench.bench import BENCH_ALGORITHMS, format_bench, run_bench

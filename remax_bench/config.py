@@ -22,19 +22,17 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, create_model, field_validator, model_validator
+
+from remax_bench import algorithms
+from remax_bench.schema import Strict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SUITES_DIR = REPO_ROOT / "suites"
-MATCHED_ALGORITHMS = ("ppo", "dpo", "remax")
 
 
 class SuiteError(ValueError):
     """A suite that cannot be used; the message names the field, what was expected and what was given."""
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True)
 
 
 PositiveInt = Field(gt=0)
@@ -146,27 +144,6 @@ class RewardModelStage(SFTStage):
     learning_rate: float = Field(default=5e-4, gt=0)
 
 
-class PPO(Strict):
-    enabled: bool = True
-    clip_range: float = Field(default=0.2, gt=0)
-    value_clip_range: float = Field(default=0.2, gt=0)
-    gae_lambda: float = Field(default=0.95, ge=0, le=1)
-    gamma: float = Field(default=1.0, gt=0, le=1)
-    critic_learning_rate: float = Field(default=5e-4, gt=0)
-    ppo_epochs: int = Field(default=1, gt=0)
-
-
-class DPO(Strict):
-    enabled: bool = True
-    beta: float = Field(default=0.1, gt=0)
-
-
-class ReMax(Strict):
-    enabled: bool = True
-    gamma: float = Field(default=1.0, gt=0, le=1)
-    kl_mode: Literal["per_token", "return_to_go"] = "per_token"
-
-
 # -- evaluation ------------------------------------------------------------------------------------
 class EvalGeneration(Strict):
     max_new_tokens: int = Field(default=64, gt=0)
@@ -266,7 +243,7 @@ class Runtime(Strict):
 
 
 # -- the suite -------------------------------------------------------------------------------------
-class Suite(Strict):
+class _SuiteHead(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     description: str = ""
     models: Models
@@ -274,9 +251,17 @@ class Suite(Strict):
     shared: Shared
     sft: SFTStage = SFTStage()
     reward_model: RewardModelStage = RewardModelStage()
-    ppo: PPO = PPO()
-    dpo: DPO = DPO()
-    remax: ReMax = ReMax()
+
+
+# One block per registered algorithm (`ppo:`, `remax:`, `dpo:`, ...), each with the schema its registry entry
+# names, so that a new algorithm needs no edit here.
+_AlgorithmBlocks = create_model(
+    "_AlgorithmBlocks", __base__=_SuiteHead,
+    **{a.name: (a.block, a.block()) for a in algorithms.REGISTRY.values()},
+)
+
+
+class Suite(_AlgorithmBlocks):
     eval: Eval = Eval()
     runtime: Runtime = Runtime()
     seeds: list[int] = [0]
@@ -293,9 +278,10 @@ class Suite(Strict):
     @model_validator(mode="after")
     def _cross_checks(self) -> "Suite":
         errors = []
-        algorithms = self.enabled_algorithms()
-        if not algorithms:
-            errors.append("ppo.enabled: enable at least one of ppo, dpo, remax (got all three disabled)")
+        enabled = self.enabled_algorithms()
+        if not enabled:
+            names = ", ".join(algorithms.NAMES)
+            errors.append(f"{algorithms.NAMES[0]}.enabled: enable at least one of {names} (got all disabled)")
         judge = self.eval.judge.type
         if self.eval.enabled and judge == "gold":
             # The gold scorer recomputes the synthetic task's answer; it cannot grade any other instruction.
@@ -310,12 +296,13 @@ class Suite(Strict):
                 errors.append(f"eval.mt_bench.questions: {gold_only}: expected 'synthetic' "
                               f"(got {self.eval.mt_bench.questions!r})")
         # Each data source that a planned stage trains on must be given (the plan is runner.plan's).
-        needs_reward_model = bool({"ppo", "remax"} & set(algorithms)) or (self.eval.enabled and judge == "reward_model")
+        needs_reward_model = bool(algorithms.needing_reward_model(enabled)) or (
+            self.eval.enabled and judge == "reward_model")
         readers = {
             "sft": ["the sft stage"] if self.sft.path is None else [],
-            "preferences": (["dpo"] if "dpo" in algorithms else [])
+            "preferences": algorithms.needing_preferences(enabled)
             + (["the reward_model stage"] if needs_reward_model and self.reward_model.path is None else []),
-            "prompts": [a for a in ("ppo", "remax") if a in algorithms],
+            "prompts": algorithms.online(enabled),
         }
         for source, users in readers.items():
             if users and getattr(self.data, source) is None:
@@ -330,12 +317,11 @@ class Suite(Strict):
         return self.shared.resolved_iterations()
 
     def enabled_algorithms(self) -> list[str]:
-        return [name for name in MATCHED_ALGORITHMS if getattr(self, name).enabled]
+        return [name for name in algorithms.NAMES if getattr(self, name).enabled]
 
     def algorithm_config(self, name: str) -> dict:
         """The merged view one algorithm trains with: shared settings plus its own (the two never overlap)."""
-        if name not in MATCHED_ALGORITHMS:
-            raise KeyError(f"{name!r} is not one of {MATCHED_ALGORITHMS}")
+        algorithms.get(name)  # a clear KeyError for a name that is not registered
         merged = {**self.shared.model_dump(mode="json"), **getattr(self, name).model_dump(mode="json")}
         merged["iterations"] = self.iterations
         return merged
@@ -481,7 +467,7 @@ def _describe(err: dict) -> list[str]:
 def _check_matched(raw: dict) -> list[str]:
     """An algorithm block that sets a shared key would break the matched comparison."""
     errors = []
-    for algo in MATCHED_ALGORITHMS:
+    for algo in algorithms.NAMES:
         block = raw.get(algo)
         if isinstance(block, dict):
             for key in block:
@@ -506,7 +492,7 @@ def _unknown_keys(raw: Any, model: type[BaseModel], path: str) -> list[str]:
             if sub is not None:
                 errors.extend(_unknown_keys(value, sub, where))
             continue
-        if path in MATCHED_ALGORITHMS and key in Shared.model_fields:
+        if path in algorithms.REGISTRY and key in Shared.model_fields:
             continue  # reported by _check_matched with the clearer message
         if model is Judge and str(key) in ("api_key", "key", "openai_api_key"):
             errors.append(f"{where}: a key is never part of a suite (suites are recorded in every manifest); "

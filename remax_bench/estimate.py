@@ -63,8 +63,11 @@ from typing import Any, Iterable, Sequence
 import click
 import pandas as pd
 
+from remax_bench import algorithms as registry
+from remax_bench import comparison
+
 GIB = 1024**3
-ALGORITHMS = ("ppo", "remax", "dpo", "sft", "reward_model")
+ALGORITHMS = (*registry.NAMES, *registry.PREPARATION_STAGES)
 STATE_KINDS = ("params", "grads", "optimizer")
 
 
@@ -512,41 +515,42 @@ def estimate(model_config: Any, inputs: EstimateInputs, algorithm: str, reward_c
         result.param_counts = {"reward": n_rm}
         add(_trained_states("reward", n_rm, inputs))
         add(_train_phase("reward", reward, s, 2 * train_b, inputs, lm=False, phase="train"))
-    elif algorithm == "dpo":
+    elif registry.get(algorithm).preference_data:  # DPO: policy and reference on chosen + rejected
         result.param_counts = {"policy": n_lm, "reference": n_lm}
         add(_trained_states("policy", n_lm, inputs))
         add(_frozen_states("reference", n_lm, inputs))
         add(_score_phase("reference", policy, s, 2 * train_b, inputs, lm=True))
         add(_train_phase("policy", policy, s, 2 * train_b, inputs, lm=True, phase="train"))
-    else:  # ppo, remax: one rollout engine
-        remax = algorithm == "remax"
+    else:  # online algorithms: one rollout engine, with or without a critic and a greedy baseline
+        spec = registry.get(algorithm)
+        greedy, critic = spec.greedy_baseline, spec.critic
         result.param_counts = {"policy": n_lm, "reference": n_lm, "reward": n_rm}
         add(_trained_states("policy", n_lm, inputs))
-        if not remax:
+        if critic:
             result.param_counts["critic"] = n_rm
             add(_trained_states("critic", n_rm, inputs))
         add(_frozen_states("reference", n_lm, inputs))
         add(_frozen_states("reward", n_rm, inputs))
-        if remax and inputs.remax_greedy_batched:
+        if greedy and inputs.remax_greedy_batched:
             add([Component("policy", "kv_cache", "generate", kv_cache_bytes(policy, s, 2 * gen_b, inputs), 0,
                            "sampled + greedy in one pass")])
         else:
             add([Component("policy", "kv_cache", "generate", kv_cache_bytes(policy, s, gen_b, inputs), 0,
-                           "sampled" + (", then greedy" if remax else ""))])
+                           "sampled" + (", then greedy" if greedy else ""))])
         add(_score_phase("policy", policy, s, gen_b, inputs, lm=True))
         add(_score_phase("reference", policy, s, gen_b, inputs, lm=True))
-        add(_score_phase("reward", reward, s, (2 if remax else 1) * gen_b, inputs, lm=False))
-        if not remax:
+        add(_score_phase("reward", reward, s, (2 if greedy else 1) * gen_b, inputs, lm=False))
+        if critic:
             add(_score_phase("critic", reward, s, gen_b, inputs, lm=False))
-        sequential = remax or inputs.ppo_sequential_updates
+        sequential = not critic or inputs.ppo_sequential_updates
         add(_train_phase("policy", policy, s, train_b, inputs, lm=True, phase="train:policy" if sequential else "train"))
-        if not remax:
+        if critic:
             add(_train_phase("critic", reward, s, train_b, inputs, lm=False,
                              phase="train:critic" if sequential else "train"))
     return result
 
 
-def estimate_table(model: Any, inputs: EstimateInputs, algorithms: Iterable[str] = ("ppo", "remax", "dpo"),
+def estimate_table(model: Any, inputs: EstimateInputs, algorithms: Iterable[str] = registry.NAMES,
                    reward: Any = None) -> pd.DataFrame:
     """Rows: algorithm x component (model, kind, phase) with GPU and CPU bytes and whether it is in the peak."""
     frames = [estimate(model, inputs, a, reward).to_frame() for a in algorithms]
@@ -574,7 +578,7 @@ def remax_saving(ppo: Estimate, remax: Estimate) -> dict[str, Any]:
         "ppo_gpu_bytes": ppo.gpu_bytes,
         "remax_gpu_bytes": remax.gpu_bytes,
         "saving_bytes": ppo.gpu_bytes - remax.gpu_bytes,
-        "saving_fraction": (ppo.gpu_bytes - remax.gpu_bytes) / ppo.gpu_bytes,
+        "saving_fraction": comparison.saving(remax.gpu_bytes, ppo.gpu_bytes),
         "ppo_peak_phase": ppo.peak_phase,
         "remax_peak_phase": remax.peak_phase,
         "breakdown_bytes": parts,
@@ -585,7 +589,7 @@ def _gib(n: float) -> str:
     return f"{n / GIB:8.2f}"
 
 
-def format_estimate(model: Any, inputs: EstimateInputs, algorithms: Sequence[str] = ("ppo", "remax", "dpo"),
+def format_estimate(model: Any, inputs: EstimateInputs, algorithms: Sequence[str] = registry.NAMES,
                     reward: Any = None) -> str:
     """A table in GiB per GPU (components x algorithms), the totals, and the ReMax-vs-PPO saving explained."""
     estimates = {a: estimate(model, inputs, a, reward) for a in algorithms}
@@ -696,7 +700,7 @@ def compare_measured(est: Estimate, measured_summary: dict | str | Path) -> pd.D
 @click.option("--reward-model", "reward", help="reward model / critic shape (default: the suite's, else the policy)")
 @click.option("--suite", help="take lengths, batch sizes, precision and ZeRO settings from this suite")
 @click.option("--paper", is_flag=True, help="the ReMax paper's Llama-2-7B setup (see paper_inputs)")
-@click.option("--algorithms", default="ppo,remax,dpo", show_default=True)
+@click.option("--algorithms", default=",".join(registry.NAMES), show_default=True)
 @click.option("--prompt-length", type=int)
 @click.option("--response-length", type=int)
 @click.option("--batch", type=int, help="rollout and train batch per GPU")

@@ -32,14 +32,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from remax_bench import results
+from remax_bench import algorithms, comparison, results
+from remax_bench.comparison import PAPER
 
 MIB = 2**20
-ALGORITHMS = ("ppo", "remax", "dpo")
-POLICY_STAGES = ("sft", "ppo", "remax", "dpo")  # stages that produce a policy (rows of summary.csv)
-LABELS = {"sft": "SFT", "ppo": "PPO", "remax": "ReMax", "dpo": "DPO", "reward_model": "reward model"}
+ALGORITHMS = algorithms.NAMES
+POLICY_STAGES = ("sft", *ALGORITHMS)  # stages that produce a policy (rows of summary.csv)
+LABELS = {stage: algorithms.label(stage) for stage in (*algorithms.PREPARATION_STAGES, *ALGORITHMS)}
 # One colour per algorithm, the same in every plot.
-COLORS = {"sft": "#7f7f7f", "ppo": "#1f77b4", "remax": "#d62728", "dpo": "#2ca02c"}
+COLORS = {"sft": "#7f7f7f", **{a.name: a.color for a in algorithms.REGISTRY.values()}}
 COMPONENT_COLORS = {"policy": "#9467bd", "reference": "#8c564b", "reward": "#bcbd22", "critic": "#17becf"}
 STATE_KINDS = ("params", "grads", "optimizer")
 KIND_STYLE = {"params": (1.0, ""), "grads": (0.7, "//"), "optimizer": (0.45, "xx")}  # (alpha, hatch)
@@ -53,18 +54,6 @@ MEMORY_KIND_TEXT = {
 }
 KIND_SHORT = {"cuda_max_allocated": "GPU, torch.cuda.max_memory_allocated",
               "rss_above_baseline": "CPU, process RSS above its post-import baseline"}
-# The paper's own figures, always shown as the paper's (Li et al. 2023, "ReMax: A Simple, Effective, and
-# Efficient Reinforcement Learning Method for Aligning Large Language Models").
-PAPER = {
-    "citation": "Li et al. 2023",
-    "memory_saving_pct": 46.0,
-    "speedup_x": 1.6,
-    "setting": "Llama-2-7B, ReMax vs PPO, GPUs",
-    "alpaca_eval_win_rate_pct": 94.78,
-    "mt_bench": 7.739,
-    "quality_setting": "Mistral-7B trained with ReMax; AlpacaEval win rate against the leaderboard's reference "
-    "model (not against an SFT model) and MT-bench with a GPT-4 judge",
-}
 COMPARED_BLOCKS = ("models", "data", "shared", "runtime")  # must be identical across algorithms
 SEED_DIR = re.compile(r"^(?P<hidden>\.)?seed(?P<seed>\d+)(?P<suffix>\.partial|\.failed)?$")
 WIN_RATE_KEYS = ("win_rate", "win_rate_se", "win_rate_ci")
@@ -382,41 +371,38 @@ def summary_table(res: SuiteResults) -> pd.DataFrame:
     return table.reset_index(drop=True)
 
 
-def _div(a: float, b: float) -> float:
-    """a / b, NaN when either is missing or b is 0 (a CPU stage can measure 0 bytes above its baseline)."""
-    a, b = float(a), float(b)
-    return math.nan if math.isnan(a) or math.isnan(b) or b == 0 else a / b
-
-
 def _add_ratios(table: pd.DataFrame) -> pd.DataFrame:
     table = table.copy()
     for col in ("peak_memory_saving_vs_ppo_pct", "model_state_saving_vs_ppo_pct", "speedup_vs_ppo_x"):
         table[col] = math.nan
     if "peak_memory_mib" not in table:
         return table
-    ppo = table[table["algorithm"] == "ppo"].set_index("seed")
+    ppo = table[table["algorithm"] == comparison.BASELINE].set_index("seed")
     if ppo.empty:
         return table
     for i, row in table.iterrows():
         if row["algorithm"] not in ALGORITHMS:
             continue
         base = ppo.loc[row["seed"]] if row["seed"] in ppo.index else ppo.mean(numeric_only=True)
-        table.loc[i, "peak_memory_saving_vs_ppo_pct"] = 100.0 * (1 - _div(row["peak_memory_mib"], base["peak_memory_mib"]))
-        table.loc[i, "model_state_saving_vs_ppo_pct"] = 100.0 * (1 - _div(row["model_state_mib"], base["model_state_mib"]))
-        table.loc[i, "speedup_vs_ppo_x"] = _div(base["time_per_iteration_s"], row["time_per_iteration_s"])
+        table.loc[i, "peak_memory_saving_vs_ppo_pct"] = 100.0 * comparison.saving(row["peak_memory_mib"],
+                                                                                  base["peak_memory_mib"])
+        table.loc[i, "model_state_saving_vs_ppo_pct"] = 100.0 * comparison.saving(row["model_state_mib"],
+                                                                                  base["model_state_mib"])
+        table.loc[i, "speedup_vs_ppo_x"] = comparison.speedup(row["time_per_iteration_s"],
+                                                              base["time_per_iteration_s"])
     return table
 
 
 def ratios_vs_ppo(table: pd.DataFrame, algorithm: str = "remax") -> dict[str, float]:
     """Ratio of the seed means against PPO: memory saving (%) and speed-up (x); {} without both."""
-    if table.empty or not {"ppo", algorithm} <= set(table["algorithm"]):
+    if table.empty or not {comparison.BASELINE, algorithm} <= set(table["algorithm"]):
         return {}
     means = table.groupby("algorithm")[["peak_memory_mib", "model_state_mib", "time_per_iteration_s"]].mean()
-    ppo, other = means.loc["ppo"], means.loc[algorithm]
+    ppo, other = means.loc[comparison.BASELINE], means.loc[algorithm]
     return {
-        "peak_memory_saving_pct": 100.0 * (1 - _div(other.peak_memory_mib, ppo.peak_memory_mib)),
-        "model_state_saving_pct": 100.0 * (1 - _div(other.model_state_mib, ppo.model_state_mib)),
-        "speedup_x": _div(ppo.time_per_iteration_s, other.time_per_iteration_s),
+        "peak_memory_saving_pct": 100.0 * comparison.saving(other.peak_memory_mib, ppo.peak_memory_mib),
+        "model_state_saving_pct": 100.0 * comparison.saving(other.model_state_mib, ppo.model_state_mib),
+        "speedup_x": comparison.speedup(other.time_per_iteration_s, ppo.time_per_iteration_s),
     }
 
 
@@ -475,8 +461,9 @@ def aggregate_table(table: pd.DataFrame, reference: str = "sft") -> pd.DataFrame
 
 
 def paper_table(table: pd.DataFrame, judge: str | None, reference: str = "sft") -> pd.DataFrame:
-    """This run's ReMax (and DPO) against PPO, beside the paper's figures (labelled as the paper's)."""
-    remax, dpo = ratios_vs_ppo(table, "remax"), ratios_vs_ppo(table, "dpo")
+    """This run's algorithms against PPO, beside the paper's figures (labelled as the paper's)."""
+    compared = [a for a in ALGORITHMS if a != comparison.BASELINE]
+    ratios = {a: ratios_vs_ppo(table, a) for a in compared}
 
     def pct(r, key):
         if not r:
@@ -489,28 +476,11 @@ def paper_table(table: pd.DataFrame, judge: str | None, reference: str = "sft") 
         return f"{r['speedup_x']:.2f}x" if not math.isnan(r["speedup_x"]) else "–"
 
     def per_seed(algo, col, fmt):
-        if table.empty or col not in table:
-            return ""
+        if algo != "remax" or table.empty or col not in table:
+            return ""  # the paper's algorithm gets its per-seed figures
         vals = table[(table["algorithm"] == algo)][col].dropna()
         return " (per seed: " + ", ".join(fmt.format(v) for v in vals) + ")" if len(vals) > 1 else ""
 
-    paper_col = f"paper ({PAPER['citation']}): ReMax"
-    rows = [
-        {"figure": "peak memory saving vs PPO",
-         "this run: ReMax": pct(remax, "peak_memory_saving_pct")
-         + per_seed("remax", "peak_memory_saving_vs_ppo_pct", "{:.1f}%"),
-         "this run: DPO": pct(dpo, "peak_memory_saving_pct"),
-         paper_col: f"~{PAPER['memory_saving_pct']:.0f}% less GPU memory ({PAPER['setting']})"},
-        {"figure": "model-state bytes saving vs PPO",
-         "this run: ReMax": pct(remax, "model_state_saving_pct")
-         + per_seed("remax", "model_state_saving_vs_ppo_pct", "{:.1f}%"),
-         "this run: DPO": pct(dpo, "model_state_saving_pct"),
-         paper_col: "– (the paper reports total GPU memory)"},
-        {"figure": "speed-up vs PPO (PPO time per iteration / its time per iteration)",
-         "this run: ReMax": times(remax) + per_seed("remax", "speedup_vs_ppo_x", "{:.2f}x"),
-         "this run: DPO": times(dpo),
-         paper_col: f"~{PAPER['speedup_x']}x faster training ({PAPER['setting']})"},
-    ]
     judged = f" (judge: {judge})" if judge else ""
     ref = LABELS.get(reference, reference)
 
@@ -519,16 +489,24 @@ def paper_table(table: pd.DataFrame, judge: str | None, reference: str = "sft") 
         value = _mean_std(rows_[col]) if rows_ is not None else "–"
         return f"{LABELS[algo]} {value}{text}{judged}" if value != "–" else f"– (no eval result for {LABELS[algo]})"
 
-    rows += [
-        {"figure": "AlpacaEval-style win rate (%)",
-         "this run: ReMax": quality("remax", "win_rate_pct", f" against {ref}"),
-         "this run: DPO": quality("dpo", "win_rate_pct", f" against {ref}"),
-         paper_col: f"{PAPER['alpaca_eval_win_rate_pct']}% (Mistral-7B, against the AlpacaEval leaderboard reference)"},
-        {"figure": "MT-bench score (1–10)",
-         "this run: ReMax": quality("remax", "mt_bench_score", ""),
-         "this run: DPO": quality("dpo", "mt_bench_score", ""),
-         paper_col: f"{PAPER['mt_bench']} (Mistral-7B, GPT-4 judge)"},
+    paper_col = f"paper ({PAPER['citation']}): ReMax"
+    figures = [
+        ("peak memory saving vs PPO", lambda a: pct(ratios[a], "peak_memory_saving_pct")
+         + per_seed(a, "peak_memory_saving_vs_ppo_pct", "{:.1f}%"),
+         f"~{PAPER['memory_saving_pct']:.0f}% less GPU memory ({PAPER['setting']})"),
+        ("model-state bytes saving vs PPO", lambda a: pct(ratios[a], "model_state_saving_pct")
+         + per_seed(a, "model_state_saving_vs_ppo_pct", "{:.1f}%"),
+         "– (the paper reports total GPU memory)"),
+        ("speed-up vs PPO (PPO time per iteration / its time per iteration)",
+         lambda a: times(ratios[a]) + per_seed(a, "speedup_vs_ppo_x", "{:.2f}x"),
+         f"~{PAPER['speedup_x']}x faster training ({PAPER['setting']})"),
+        ("AlpacaEval-style win rate (%)", lambda a: quality(a, "win_rate_pct", f" against {ref}"),
+         f"{PAPER['alpaca_eval_win_rate_pct']}% (Mistral-7B, against the AlpacaEval leaderboard reference)"),
+        ("MT-bench score (1–10)", lambda a: quality(a, "mt_bench_score", ""),
+         f"{PAPER['mt_bench']} (Mistral-7B, GPT-4 judge)"),
     ]
+    rows = [{"figure": figure, **{f"this run: {LABELS[a]}": cell(a) for a in compared}, paper_col: paper}
+            for figure, cell, paper in figures]
     return pd.DataFrame(rows)
 
 

@@ -28,10 +28,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from remax_bench import results
+from remax_bench import algorithms, results
 from remax_bench.config import Suite
 
-ALGORITHMS = ("ppo", "remax", "dpo")
 PROGRESS = re.compile(r"^\[progress\] stage=(\S+) step=(\d+) (.*)$")
 
 
@@ -63,16 +62,15 @@ def plan(suite: Suite, seeds: list[int] | None = None, only: list[str] | None = 
     """The stages to run, in dependency order."""
     seeds = list(seeds if seeds is not None else suite.seeds)
     prep_seed = seeds[0]
-    algorithms = [a for a in ALGORITHMS if a in suite.enabled_algorithms()]
+    enabled = suite.enabled_algorithms()
     stages = [StagePlan("sft", prep_seed, given=suite.sft.path)]
-    if {"ppo", "remax"} & set(algorithms) or (suite.eval.enabled and suite.eval.judge.type == "reward_model"):
+    if algorithms.needing_reward_model(enabled) or (suite.eval.enabled and suite.eval.judge.type == "reward_model"):
         stages.append(StagePlan("reward_model", prep_seed, needs=[f"sft/seed{prep_seed}"], given=suite.reward_model.path))
     for seed in seeds:
-        for algo in algorithms:
-            needs = [f"sft/seed{prep_seed}"] + ([f"reward_model/seed{prep_seed}"] if algo != "dpo" else [])
-            stages.append(StagePlan(algo, seed, needs=needs))
+        for name in enabled:
+            stages.append(algorithm_stage(name, seed, prep_seed))
         if suite.eval.enabled:
-            needs = [f"sft/seed{prep_seed}"] + [f"{a}/seed{seed}" for a in algorithms]
+            needs = [f"sft/seed{prep_seed}"] + [f"{a}/seed{seed}" for a in enabled]
             if suite.eval.judge.type == "reward_model":
                 needs.append(f"reward_model/seed{prep_seed}")
             stages.append(StagePlan("eval", seed, needs=needs))
@@ -83,6 +81,14 @@ def plan(suite: Suite, seeds: list[int] | None = None, only: list[str] | None = 
                              f"the plan has {sorted({s.stage for s in stages})}")
         stages = [s for s in stages if s.stage in only]
     return stages
+
+
+def algorithm_stage(name: str, seed: int, prep_seed: int) -> StagePlan:
+    """One algorithm's stage: it starts from the SFT model and, if it optimises one, the reward model."""
+    needs = [f"sft/seed{prep_seed}"]
+    if algorithms.get(name).reward_model:
+        needs.append(f"reward_model/seed{prep_seed}")
+    return StagePlan(name, seed, needs=needs)
 
 
 class Runner:
@@ -216,7 +222,7 @@ class Runner:
         return Outcome(item.key, "failed", seconds, detail)
 
     def expected_steps(self, item: StagePlan) -> int | None:
-        if item.stage in ALGORITHMS:
+        if item.stage in algorithms.REGISTRY:
             return self.suite.iterations
         return None
 

@@ -43,7 +43,7 @@ def test_tiny_suite_is_the_cpu_suite():
     suite = load_suite("tiny")
     assert suite.models.policy == "tiny:micro" and suite.runtime.device == "cpu"
     assert suite.eval.judge.type == "gold" and suite.eval.backend == "hf" and suite.eval.reference == "sft"
-    assert suite.seeds == [0, 1] and suite.enabled_algorithms() == ["ppo", "dpo", "remax"]
+    assert suite.seeds == [0, 1] and suite.enabled_algorithms() == ["ppo", "remax", "dpo"]
     assert {suite.data.sft.source, suite.data.preferences.source, suite.data.prompts.source,
             suite.data.eval_prompts.source} == {"synthetic"}
 
@@ -251,4 +251,4 @@ def test_algorithm_config_merges_shared():
 
 def test_enabled_algorithms():
     suite = load_suite_text(_with(lambda d: d["ppo"].update(enabled=False)))
-    assert suite.enabled_algorithms() == ["dpo", "remax"]
+    assert suite.enabled_algorithms() == ["remax", "dpo"]

@@ -246,6 +246,11 @@ def test_win_rates_as_fractions_become_percent():
 
 
 def test_ratio_against_a_zero_or_missing_baseline_is_nan():
-    assert report._div(1.0, 0.0) != report._div(1.0, 0.0)  # NaN
-    assert report._div(float("nan"), 2.0) != report._div(float("nan"), 2.0)
-    assert report._div(3.0, 2.0) == 1.5
+    from remax_bench import comparison
+
+    assert comparison.ratio(1.0, 0.0) != comparison.ratio(1.0, 0.0)  # NaN
+    assert comparison.ratio(float("nan"), 2.0) != comparison.ratio(float("nan"), 2.0)
+    assert comparison.ratio(None, 2.0) != comparison.ratio(None, 2.0)
+    assert comparison.ratio(3.0, 2.0) == 1.5
+    assert comparison.saving(3.0, 4.0) == 0.25  # 25% less memory than PPO
+    assert comparison.speedup(2.0, 3.0) == 1.5  # PPO takes 3 s, the algorithm 2 s

@@ -148,7 +148,8 @@ def test_ppo_stage_end_to_end_and_the_memory_remax_saves(tmp_path, monkeypatch):
     assert summary["sampled_tokens_per_second"] == pytest.approx(summary["tokens_per_second"])  # no greedy pass
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     for key in ("reward_mean", "reward_std", "kl", "policy_loss", "value_loss", "entropy", "response_length",
-                "time_generate_s", "time_score_s", "time_train_s", "time_step_s", "tokens_per_second"):
+                "time_generate_s", "time_score_s", "time_train_s", "time_step_s", "tokens_per_second",
+                "grad_norm", "approx_kl", "clipfrac", "explained_variance"):
         assert key in rows[-1] and math.isfinite(rows[-1][key]), key
     assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-5)
 
@@ -161,3 +162,21 @@ def test_ppo_stage_end_to_end_and_the_memory_remax_saves(tmp_path, monkeypatch):
         assert remax_summary["model_state_bytes"][component] == states[component]
     saved = summary["model_state_total_bytes"] - remax_summary["model_state_total_bytes"]
     assert saved == sum(critic.values()) > 0
+
+
+def test_ppo_diagnostics_by_hand():
+    import math
+
+    from trainers.ppo import ppo_diagnostics
+
+    mask = torch.tensor([[1.0, 1.0, 0.0]])  # the third token is padding: it must not count
+    old = torch.tensor([[0.0, -1.0, -9.0]])
+    new = torch.tensor([[math.log(1.5), -1.0, 5.0]])  # ratios 1.5, 1.0 (and a huge one on the padding)
+    returns = torch.tensor([[1.0, 3.0, 100.0]])
+    values = torch.tensor([[1.0, 2.0, -100.0]])
+    d = ppo_diagnostics(new, old, values, returns, mask, clip_range=0.2)
+    # approx_kl = mean((rho - 1) - log rho) = ((0.5 - ln 1.5) + 0) / 2
+    assert d["approx_kl"] == pytest.approx((0.5 - math.log(1.5)) / 2, rel=1e-6)
+    assert d["clipfrac"] == pytest.approx(0.5)  # 1.5 is outside [0.8, 1.2], 1.0 is not
+    # residuals R - V = [0, 1]: variance 0.25; returns [1, 3]: variance 1  ->  1 - 0.25 / 1
+    assert d["explained_variance"] == pytest.approx(0.75)

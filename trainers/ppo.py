@@ -57,6 +57,26 @@ def ppo_value_loss(values, old_values, returns, response_mask, clip_range: float
     return 0.5 * masked_mean(torch.maximum((values - returns) ** 2, (clipped_values - returns) ** 2), response_mask)
 
 
+@torch.no_grad()
+def ppo_diagnostics(logprobs, old_logprobs, values, returns, response_mask, clip_range: float) -> dict[str, float]:
+    """What PPO's logs usually show, over response tokens:
+    approx_kl = E[(rho - 1) - log rho] (non-negative, ~ KL(pi_old || pi)), clipfrac = share of tokens whose ratio
+    left [1 - eps, 1 + eps], explained variance = 1 - Var(R - V) / Var(R) of the critic."""
+    log_ratio = (logprobs - old_logprobs).float()
+    ratio = torch.exp(log_ratio)
+    residual = (returns - values).float()
+    return {
+        "approx_kl": masked_mean((ratio - 1) - log_ratio, response_mask).item(),
+        "clipfrac": masked_mean(((ratio - 1).abs() > clip_range).float(), response_mask).item(),
+        "explained_variance": 1.0 - (_masked_var(residual, response_mask) / _masked_var(returns.float(), response_mask)
+                                     .clamp(min=1e-8)).item(),
+    }
+
+
+def _masked_var(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return masked_mean((values - masked_mean(values, mask)) ** 2, mask)
+
+
 def critic_values(critic, batch: SequenceBatch) -> torch.Tensor:
     """V(s_t) [B, R]: the reward model's scalar head on the hidden state that predicts response token t."""
     body = getattr(critic, critic.base_model_prefix)
@@ -87,7 +107,7 @@ def train(run: StageRun) -> dict:
             rewards = ro.rewards(suite.shared.kl_coef, suite.shared.reward_clip)
             advantages, returns = gae(rewards, old_values, mask, cfg.gamma, cfg.gae_lambda)
             advantages = whiten(advantages, mask)
-            policy_losses, value_losses = [], []
+            policy_losses, value_losses, grad_norms, diagnostics = [], [], [], []
             for _ in range(cfg.ppo_epochs):
                 order = torch.randperm(len(prompts))
                 for start in range(0, len(prompts), mini_batch):
@@ -98,7 +118,7 @@ def train(run: StageRun) -> dict:
                         policy_loss = ppo_policy_loss(logprobs, ro.old_logprobs[rows], advantages[rows], part_mask,
                                                       cfg.clip_range)
                     check_finite("policy_loss", policy_loss, iteration)  # before the update
-                    policy.step(policy_loss)
+                    grad_norms.append(policy.step(policy_loss))
                     with run.autocast():
                         values = critic_values(critic.module, part)
                         value_loss = ppo_value_loss(values, old_values[rows], returns[rows], part_mask,
@@ -107,6 +127,8 @@ def train(run: StageRun) -> dict:
                     critic.step(value_loss)
                     policy_losses.append(policy_loss.item())
                     value_losses.append(value_loss.item())
+                    diagnostics.append(ppo_diagnostics(logprobs, ro.old_logprobs[rows], values, returns[rows],
+                                                       part_mask, cfg.clip_range))
         return {
             "reward_mean": ro.raw_scores.mean().item(),
             "reward_std": ro.raw_scores.std().item() if len(prompts) > 1 else 0.0,
@@ -114,6 +136,8 @@ def train(run: StageRun) -> dict:
             "policy_loss": sum(policy_losses) / len(policy_losses),
             "value_loss": sum(value_losses) / len(value_losses),
             "value_mean": masked_mean(old_values, mask).item(),
+            "grad_norm": sum(grad_norms) / len(grad_norms),
+            **{key: sum(d[key] for d in diagnostics) / len(diagnostics) for key in diagnostics[0]},
             "entropy": ro.entropy,
             "response_length": mask.sum(-1).float().mean().item(),
             "tokens": ro.generated_tokens,

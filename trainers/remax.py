@@ -73,14 +73,17 @@ def train(run: StageRun) -> dict:
         # log-probs come from the training forward below (one gradient step per batch: they are the
         # rollout policy's), so no separate no_grad pass of the policy is spent on them.
         ro = rollouts.collect(prompts, iteration, greedy_baseline=True, policy_logprobs=False)
+        # ReMax's one addition to REINFORCE: the greedy answer a_g to each prompt (decoded in the same batched
+        # generate call as the sampled one: sequences.GreedyRows makes its rows pick the argmax) and its
+        # reward-model score as the baseline b(x) = r(x, a_g).
+        baseline = ro.greedy_scores
         mask = ro.mask
         with run.timer.phase("train"):
             with run.autocast():
                 logits = forward_logits(policy.module, ro.batch)
                 logprobs = token_logprobs(logits, ro.batch.response_ids)
             kl = kl_penalty(logprobs.detach(), ro.ref_logprobs, suite.shared.kl_coef)
-            returns = remax_returns(ro.scores, ro.greedy_scores, kl, mask, cfg.gamma, suite.shared.reward_clip,
-                                    cfg.kl_mode)
+            returns = remax_returns(ro.scores, baseline, kl, mask, cfg.gamma, suite.shared.reward_clip, cfg.kl_mode)
             loss = remax_loss(logprobs, returns, mask)
             check_finite("policy_loss", loss, iteration)  # before the update: bad numbers never reach the weights
             grad_norm = policy.step(loss)
@@ -90,7 +93,7 @@ def train(run: StageRun) -> dict:
             "reward_mean": ro.raw_scores.mean().item(),
             "reward_std": ro.raw_scores.std().item() if len(prompts) > 1 else 0.0,
             "baseline_reward_mean": ro.raw_greedy_scores.mean().item(),
-            "advantage_mean": (ro.scores - ro.greedy_scores).mean().item(),
+            "advantage_mean": (ro.scores - baseline).mean().item(),
             "kl": sequence_kl(logprobs.detach(), ro.ref_logprobs, mask),
             "policy_loss": loss.item(),
             "grad_norm": grad_norm,

@@ -240,6 +240,12 @@ class RolloutEngine:
 
 
 # -- the loop ---------------------------------------------------------------------------------------
+# What every online algorithm logs each step, so curves compare across algorithms; each adds its own on top
+# (PPO: value_loss, approx_kl, clipfrac, explained_variance; ReMax: baseline_reward_mean, advantage_mean).
+SHARED_DIAGNOSTICS = ("reward_mean", "reward_std", "kl", "policy_loss", "grad_norm", "entropy", "response_length",
+                      "tokens", "sampled_tokens")
+
+
 def online_loop(run: StageRun, models: OnlineModels, step_fn: Callable[[int, list[str]], dict],
                 extra_states: Callable[[], dict] | None = None) -> dict:
     """Runs ``suite.iterations`` steps of ``step_fn`` (one rollout batch each), logging, timing and saving.
@@ -269,6 +275,10 @@ def online_loop(run: StageRun, models: OnlineModels, step_fn: Callable[[int, lis
         metrics = step_fn(step, sampler.next(suite.shared.rollout_batch_size))
         elapsed = time.perf_counter() - start
         phases = run.timer.pop()
+        missing = [name for name in SHARED_DIAGNOSTICS if name not in metrics]
+        if missing:
+            raise StageError(f"{run.stage} logs no {', '.join(missing)}: every online algorithm logs "
+                             f"{', '.join(SHARED_DIAGNOSTICS)}")
         for name in ("reward_mean", "kl", "policy_loss", "value_loss"):
             if name in metrics:
                 check_finite(name, metrics[name], step)

@@ -52,7 +52,7 @@ def prepare_initial_models(suite: Suite, out: Path) -> tuple[str, str]:
         save_pretrained(load_causal_lm(suite.models.policy, seed=seed), tokenizer, policy_dir)
     if not (reward_dir / "config.json").is_file():
         tokenizer = load_tokenizer(str(policy_dir))
-        save_pretrained(load_reward_model(str(policy_dir), seed=seed), tokenizer, reward_dir)
+        save_pretrained(load_reward_model(str(policy_dir), seed=seed, new_head=True), tokenizer, reward_dir)
     return str(policy_dir), str(reward_dir)
 
 

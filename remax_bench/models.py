@@ -152,33 +152,48 @@ def build_tiny_model(spec: str, seed: int = 0) -> tuple[LlamaForCausalLM, PreTra
     return model, byte_tokenizer()
 
 
-def _dtype(precision: str | None) -> torch.dtype | None:
-    return {None: None, "fp32": torch.float32, "bf16": torch.bfloat16}[precision]
+# Trained models (policy, critic, reward-model trainee, SFT, DPO policy) always hold fp32 master weights, whatever
+# the checkpoint's dtype: AdamW on bf16 weights loses most small updates (at lr 1e-6 a step rounds away in bf16)
+# and fp16 would need loss scaling. bf16 enters only through autocast (StageRun.autocast). Frozen models
+# (reference, reward, judges) load in the suite's precision. So "fp32" is the default of both loaders.
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-def load_causal_lm(spec_or_path: str, seed: int = 0, precision: str | None = None):
-    """A causal LM from a tiny spec (built, seeded), an HF id or a local directory."""
+def _dtype(precision: str) -> torch.dtype:
+    try:
+        return DTYPES[precision]
+    except KeyError:
+        raise ModelSpecError(f"precision must be one of {sorted(DTYPES)}, got {precision!r}") from None
+
+
+def load_causal_lm(spec_or_path: str, seed: int = 0, precision: str = "fp32"):
+    """A causal LM from a tiny spec (built, seeded), an HF id or a local directory, in ``precision``."""
     if is_tiny_spec(spec_or_path):
         model, _ = build_tiny_model(spec_or_path, seed)
-        return model.to(_dtype(precision) or torch.float32)
+        return model.to(_dtype(precision))
     try:
         return AutoModelForCausalLM.from_pretrained(spec_or_path, dtype=_dtype(precision))
     except OSError as err:
         raise ModelSpecError(f"could not load model {spec_or_path!r}: {err}") from err
 
 
-def load_reward_model(spec_or_path: str, seed: int = 0, precision: str | None = None):
+def load_reward_model(spec_or_path: str, seed: int = 0, precision: str = "fp32", new_head: bool = False):
     """A causal LM with a scalar head that reads the last non-pad token (Bradley-Terry reward model).
 
-    From a causal-LM checkpoint (e.g. the SFT model) the body is reused and the head is new.
+    ``new_head=True`` is for the reward-model stage only: from a causal-LM checkpoint (e.g. the SFT model) the
+    body is reused and the head starts fresh (seeded). Everywhere else (critic, frozen reward, judge) a
+    checkpoint without a trained head is an error: a random head gives random scores.
     """
     if is_tiny_spec(spec_or_path):
+        if not new_head:
+            raise ModelSpecError(f"{spec_or_path!r} is a fresh tiny model: it has no trained reward head; "
+                                 "give a trained reward model (a checkpoint of the reward_model stage)")
         config = tiny_config(spec_or_path)
         config.num_labels = 1
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = LlamaForSequenceClassification(config)
-        return model.to(_dtype(precision) or torch.float32)
+        return model.to(_dtype(precision))
     try:
         config = AutoConfig.from_pretrained(spec_or_path)
         config.num_labels = 1
@@ -186,11 +201,47 @@ def load_reward_model(spec_or_path: str, seed: int = 0, precision: str | None = 
             config.pad_token_id = prepare_tokenizer(AutoTokenizer.from_pretrained(spec_or_path)).pad_token_id
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)  # the new head's init is seeded too
-            return AutoModelForSequenceClassification.from_pretrained(
-                spec_or_path, config=config, dtype=_dtype(precision)
+            model, info = AutoModelForSequenceClassification.from_pretrained(
+                spec_or_path, config=config, dtype=_dtype(precision), output_loading_info=True,
             )
     except OSError as err:
         raise ModelSpecError(f"could not load reward model {spec_or_path!r}: {err}") from err
+    head = getattr(model, "score", None)
+    fresh = [k for k in info.get("missing_keys", []) if k.startswith("score.")]
+    if fresh and not new_head:
+        raise ModelSpecError(
+            f"{spec_or_path!r} has no reward head ({', '.join(sorted(fresh))} not in the checkpoint): it is not a "
+            "trained reward model, and a new head would score at random. Give a *ForSequenceClassification "
+            "checkpoint with one output (or a reward_model stage's checkpoint)"
+        )
+    if head is None:
+        raise ModelSpecError(f"{spec_or_path!r} loads as {type(model).__name__}, which has no `score` head")
+    return model
+
+
+def tokenizer_adds_bos(tokenizer: PreTrainedTokenizerBase) -> bool:
+    """Whether the tokenizer puts a BOS in front of the text it encodes (Llama, Mistral: yes; GPT-2, Qwen: no)."""
+    cached = getattr(tokenizer, "_remax_bench_adds_bos", None)
+    if cached is None:
+        bos = tokenizer.bos_token_id
+        ids = tokenizer("a", add_special_tokens=True)["input_ids"] if bos is not None else []
+        cached = bool(ids) and ids[0] == bos
+        tokenizer._remax_bench_adds_bos = cached
+    return cached
+
+
+def tokenize_prompts(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]]:
+    """Token ids of formatted prompts as the model expects them: exactly one BOS where its tokenizer adds one.
+
+    Chat templates of Llama-family checkpoints already write the BOS into the text, and encoding with special
+    tokens would then give two; plain layouts and FastChat templates hold none, and encoding without special
+    tokens would give none. So: encode without, and put the BOS in front only where it is missing.
+    """
+    encoded = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    if not tokenizer_adds_bos(tokenizer):
+        return encoded
+    bos = tokenizer.bos_token_id
+    return [ids if ids[:1] == [bos] else [bos, *ids] for ids in encoded]
 
 
 def save_pretrained(model, tokenizer, out_dir: str | Path) -> Path:

@@ -22,6 +22,19 @@ def test_dpo_loss_by_hand():
     assert chosen.item() == pytest.approx(0.1) and rejected.item() == pytest.approx(-0.1)
 
 
+def test_dpo_loss_uses_each_reference_log_prob_on_its_own_side():
+    # Reference log-probs differ from each other and from the policy's, so a loss that ignores the reference,
+    # or swaps chosen and rejected reference values, gives other numbers.
+    #   row 0: chosen 0.5 * (-1 - -0.5) = -0.25, rejected 0.5 * (-3 - -4) = 0.5  -> margin -0.75
+    #   row 1: chosen 0.5 * (-2 - -2) = 0,       rejected 0.5 * (-2 - -1) = -0.5 -> margin 0.5
+    loss, chosen, rejected = dpo_loss(T([-1.0, -2.0]), T([-3.0, -2.0]), T([-0.5, -2.0]), T([-4.0, -1.0]), beta=0.5)
+    assert loss.item() == pytest.approx((math.log(1 + math.exp(0.75)) + math.log(1 + math.exp(-0.5))) / 2)
+    assert chosen.tolist() == pytest.approx([-0.25, 0.0]) and rejected.tolist() == pytest.approx([0.5, -0.5])
+    no_reference = (math.log(1 + math.exp(-1.0)) + math.log(1 + math.exp(0.0))) / 2  # margins 1.0 and 0
+    swapped = (math.log(1 + math.exp(-2.75)) + math.log(1 + math.exp(0.5))) / 2  # margins 2.75 and -0.5
+    assert abs(loss.item() - no_reference) > 0.1 and abs(loss.item() - swapped) > 0.1
+
+
 def test_bradley_terry_loss_by_hand():
     assert bradley_terry_loss(T([1.0]), T([0.0])).item() == pytest.approx(math.log(1 + math.exp(-1)))  # 0.31326
     assert bradley_terry_loss(T([0.0, 2.0]), T([0.0, 0.0])).item() == pytest.approx(

@@ -372,7 +372,7 @@ def test_gold_judge_ties_single_grades_and_foreign_instructions():
 def test_reward_model_judge_scores_are_padding_invariant_and_mapped_to_1_10(tmp_path):
     from remax_bench.models import byte_tokenizer, load_reward_model, save_pretrained
 
-    save_pretrained(load_reward_model("tiny:nano", seed=3), byte_tokenizer(), tmp_path / "rm")
+    save_pretrained(load_reward_model("tiny:nano", seed=3, new_head=True), byte_tokenizer(), tmp_path / "rm")
     judge = RewardModelJudge(str(tmp_path / "rm"), batch_size=4)
     convs = [[{"role": "user", "content": "Reverse: abc"}], [{"role": "user", "content": "Uppercase: abcdefgh"}]]
     answers = ["cba", "ABCDEFGH and more"]

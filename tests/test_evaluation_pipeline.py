@@ -31,7 +31,7 @@ def checkpoints(tmp_path_factory):
     sft = save_pretrained(*build_tiny_model("tiny:nano", 0), root / "sft")
     shutil.copytree(sft, root / "ppo")  # the same weights as the reference: every pair a tie
     save_pretrained(*build_tiny_model("tiny:nano", 1), root / "remax")
-    save_pretrained(load_reward_model("tiny:nano", seed=2), byte_tokenizer(), root / "rm")
+    save_pretrained(load_reward_model("tiny:nano", seed=2, new_head=True), byte_tokenizer(), root / "rm")
     return root
 
 

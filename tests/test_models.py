@@ -75,7 +75,7 @@ def test_tiny_model_saves_as_a_standard_hf_directory(tmp_path):
 def test_reward_model_from_causal_checkpoint_and_back(tmp_path):
     model, tok = build_tiny_model("tiny:nano", seed=0)
     save_pretrained(model, tok, tmp_path / "sft")
-    rm = load_reward_model(str(tmp_path / "sft"), seed=0)
+    rm = load_reward_model(str(tmp_path / "sft"), seed=0, new_head=True)
     assert rm.config.num_labels == 1 and rm.config.pad_token_id == tok.pad_token_id
     # The body is the SFT model's.
     assert torch.equal(rm.model.embed_tokens.weight, model.model.embed_tokens.weight)

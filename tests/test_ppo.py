@@ -87,7 +87,7 @@ def test_critic_values_are_the_reward_head_on_every_prefix():
     # V(s_t), the value before response token t, is the reward model's score of the prompt plus the first
     # t response tokens: the head is applied to every position of one causal forward pass.
     tokenizer = load_tokenizer("tiny:nano")
-    critic = load_reward_model("tiny:nano", seed=2).eval()
+    critic = load_reward_model("tiny:nano", seed=2, new_head=True).eval()
     batch = encode_pairs(tokenizer, ["reverse: abc", "sort: ba"], ["cba", "ab"], 64, 8)
     values = critic_values(critic, batch)
     assert values.shape == batch.response_mask.shape
@@ -107,7 +107,7 @@ def _stage_configs(tmp_path, **shared):
     suite = load_suite_text(yaml.safe_dump(data))
     sft, rm = tmp_path / "sft", tmp_path / "rm"
     save_pretrained(load_causal_lm("tiny:nano", seed=0), load_tokenizer("tiny:nano"), sft)
-    save_pretrained(load_reward_model(str(sft), seed=1), load_tokenizer(str(sft)), rm)
+    save_pretrained(load_reward_model(str(sft), seed=1, new_head=True), load_tokenizer(str(sft)), rm)
     paths = {}
     for stage in ("ppo", "remax"):
         paths[stage] = tmp_path / f"{stage}.json"
@@ -140,7 +140,7 @@ def test_ppo_stage_end_to_end_and_the_memory_remax_saves(tmp_path, monkeypatch):
     critic, reward = states["critic"], states["reward"]
     # The critic is the reward model, trained: its parameters, their gradients, and AdamW's two fp32
     # moments per parameter plus one fp32 step counter per parameter tensor.
-    n_tensors = len(list(load_reward_model("tiny:nano").parameters()))
+    n_tensors = len(list(load_reward_model("tiny:nano", new_head=True).parameters()))
     assert critic["params"] == critic["grads"] == reward["params"]
     assert critic["optimizer"] == 2 * critic["params"] + 4 * n_tensors
     for key in ("heldout_gold_reward", "heldout_gold_reward_before", "final_reward_mean", "time_per_iteration_s"):

@@ -34,24 +34,66 @@ def test_per_token_returns_with_eos_in_the_middle_of_the_batch():
 
 
 def test_per_token_returns_discount_back_from_each_rows_own_last_token():
-    # gamma 0.9: the centred score times gamma^(T - t), T the row's own last token.
-    #   row 0: 0.5 * [0.81, 0.9, 1] + [0.1, 0, -0.2]         = [0.505, 0.45, 0.3, 0]
-    #   row 1: -1 * [1] + [-0.3]                              = [-1.3, 0, 0, 0]
-    #   row 2: 5 * [0.729, 0.81, 0.9, 1] + [0, 0, 0, 0.1]     = [3.645, 4.05, 4.5, 5.1]
+    # gamma 0.9: the centred score times gamma^(T - t + 1), T the row's own last token (the authors' code
+    # multiplies by gamma before adding, so the last token already carries gamma^1).
+    #   row 0: 0.5 * [0.729, 0.81, 0.9] + [0.1, 0, -0.2]          = [0.4645, 0.405, 0.25, 0]
+    #   row 1: -1 * [0.9] + [-0.3]                                 = [-1.2, 0, 0, 0]
+    #   row 2: 5 * [0.6561, 0.729, 0.81, 0.9] + [0, 0, 0, 0.1]     = [3.2805, 3.645, 4.05, 4.6]
     returns = remax_returns(SCORES, BASELINES, KL, MASK, gamma=0.9, reward_clip=5.0)
-    assert torch.allclose(returns, T([[0.505, 0.45, 0.3, 0.0], [-1.3, 0.0, 0.0, 0.0], [3.645, 4.05, 4.5, 5.1]]))
+    assert torch.allclose(returns, T([[0.4645, 0.405, 0.25, 0.0], [-1.2, 0.0, 0.0, 0.0], [3.2805, 3.645, 4.05, 4.6]]))
 
 
-def test_return_to_go_sums_the_later_kl_penalties():
-    # rewards: row 0 [0.1, 0, -0.2 + 0.5], row 1 [-0.3 - 1], row 2 [0, 0, 0, 0.1 + 5]
-    # gamma 1, G_t = sum of later rewards: row 0 [0.4, 0.3, 0.3], row 1 [-1.3], row 2 [5.1] * 4
+def test_return_to_go_is_the_reverse_cumsum_of_token_rewards_minus_the_baseline():
+    # Token rewards: KL penalty on every token, the (clipped) score r on the last: r = [2, 0, 9 -> 5].
+    #   row 0 [0.1, 0, -0.2 + 2], row 1 [-0.3 + 0], row 2 [0, 0, 0, 0.1 + 5]; baselines [1.5, 1, 1], unclipped.
+    # gamma 1, G_t = sum of later rewards - b: row 0 [1.9, 1.8, 1.8] - 1.5, row 1 [-0.3] - 1, row 2 [5.1] * 4 - 1
     returns = remax_returns(SCORES, BASELINES, KL, MASK, gamma=1.0, reward_clip=5.0, kl_mode="return_to_go")
-    assert torch.allclose(returns, T([[0.4, 0.3, 0.3, 0.0], [-1.3, 0.0, 0.0, 0.0], [5.1, 5.1, 5.1, 5.1]]))
-    # gamma 0.9, G_t = rew_t + 0.9 G_{t+1}:
-    #   row 0: G2 = 0.3, G1 = 0 + 0.27 = 0.27, G0 = 0.1 + 0.243 = 0.343
-    #   row 2: G3 = 5.1, G2 = 4.59, G1 = 4.131, G0 = 3.7179
+    assert torch.allclose(returns, T([[0.4, 0.3, 0.3, 0.0], [-1.3, 0.0, 0.0, 0.0], [4.1, 4.1, 4.1, 4.1]]))
+    # gamma 0.9, running sum G_t = rew_t + 0.9 G_{t+1}, then - b:
+    #   row 0: 1.8, 1.62, 0.1 + 1.458 = 1.558  ->  [0.058, 0.12, 0.3]
+    #   row 2: 5.1, 4.59, 4.131, 3.7179          ->  [2.7179, 3.131, 3.59, 4.1]
     returns = remax_returns(SCORES, BASELINES, KL, MASK, gamma=0.9, reward_clip=5.0, kl_mode="return_to_go")
-    assert torch.allclose(returns, T([[0.343, 0.27, 0.3, 0.0], [-1.3, 0.0, 0.0, 0.0], [3.7179, 4.131, 4.59, 5.1]]))
+    assert torch.allclose(returns, T([[0.058, 0.12, 0.3, 0.0], [-1.3, 0.0, 0.0, 0.0], [2.7179, 3.131, 3.59, 4.1]]))
+    # Without a reward clip the score goes in whole: row 2 = 9.1 - 1 on every token.
+    returns = remax_returns(SCORES, BASELINES, KL, MASK, gamma=1.0, reward_clip=None, kl_mode="return_to_go")
+    assert torch.allclose(returns[2], T([8.1, 8.1, 8.1, 8.1]))
+
+
+def _authors_returns(kl, centred, mask, gamma, clip):
+    """The authors' DeepSpeed-Chat ReMax returns, written as their loop: walking back from each row's end,
+    the running score is multiplied by gamma and then added to that token's KL penalty."""
+    returns = torch.zeros_like(kl)
+    for j in range(kl.shape[0]):
+        running = centred[j].clamp(-clip, clip)
+        for i in reversed(range(int(mask[j].sum()))):
+            running = running * gamma
+            returns[j, i] = kl[j, i] + running
+    return returns
+
+
+def _verl_returns(token_rewards, baselines, mask):
+    """verl's ReMax estimator: reverse cumulative sum of the token-level rewards, minus the greedy baseline."""
+    to_go = (token_rewards * mask).flip(dims=[-1]).cumsum(dim=-1).flip(dims=[-1])
+    return (to_go - baselines.unsqueeze(-1)) * mask
+
+
+@pytest.mark.parametrize("gamma", [1.0, 0.99, 0.9])
+def test_returns_match_the_authors_and_verls_formulas_on_random_tensors(gamma):
+    gen = torch.Generator().manual_seed(int(gamma * 100))
+    batch, width = 6, 9
+    lengths = torch.tensor([1, 3, 9, 5, 2, 7])  # eos in the middle: padding after it
+    mask = (torch.arange(width) < lengths.unsqueeze(-1)).float()
+    scores = torch.randn(batch, generator=gen) * 6  # |r - b| often above the clip of 5
+    baselines = torch.randn(batch, generator=gen) * 6
+    kl = torch.randn(batch, width, generator=gen) * 0.1
+    ours = remax_returns(scores, baselines, kl, mask, gamma=gamma, reward_clip=5.0, kl_mode="per_token")
+    assert (scores - baselines).abs().max() > 5  # the clip is active in this draw
+    assert torch.allclose(ours, _authors_returns(kl * mask, scores - baselines, mask, gamma, 5.0), atol=1e-6)
+    if gamma == 1.0:  # verl's estimator has no discount
+        token_rewards = kl * mask
+        token_rewards[torch.arange(batch), lengths - 1] += scores
+        ours = remax_returns(scores, baselines, kl, mask, gamma=1.0, reward_clip=None, kl_mode="return_to_go")
+        assert torch.allclose(ours, _verl_returns(token_rewards, baselines, mask), atol=1e-6)
 
 
 def test_clipping_applies_to_the_centred_score_and_returns_are_detached():
@@ -87,7 +129,7 @@ def _stage_config(tmp_path, **shared):
     suite = load_suite_text(yaml.safe_dump(data))
     sft, rm = tmp_path / "sft", tmp_path / "rm"
     save_pretrained(load_causal_lm("tiny:nano", seed=0), load_tokenizer("tiny:nano"), sft)
-    save_pretrained(load_reward_model(str(sft), seed=1), load_tokenizer(str(sft)), rm)
+    save_pretrained(load_reward_model(str(sft), seed=1, new_head=True), load_tokenizer(str(sft)), rm)
     path = tmp_path / "remax.json"
     path.write_text(json.dumps({"stage": "remax", "seed": 0, "suite": suite.resolved(),
                                 "inputs": {"sft": str(sft), "reward_model": str(rm)}}))

@@ -88,7 +88,7 @@ def test_prompts_over_the_limit_are_dropped_with_a_warning_and_none_left_is_an_e
 def _run(tmp_path, **shared) -> StageRun:
     sft, rm = tmp_path / "sft", tmp_path / "rm"
     save_pretrained(load_causal_lm("tiny:nano", seed=3), load_tokenizer("tiny:nano"), sft)
-    save_pretrained(load_reward_model(str(sft), seed=4), load_tokenizer(str(sft)), rm)
+    save_pretrained(load_reward_model(str(sft), seed=4, new_head=True), load_tokenizer(str(sft)), rm)
     config = {"stage": "remax", "seed": 0, "suite": _suite(shared=shared).resolved(),
               "inputs": {"sft": str(sft), "reward_model": str(rm)}}
     return StageRun("remax", config, tmp_path / "out")

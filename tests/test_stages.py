@@ -99,7 +99,7 @@ def test_deepspeed_zero_path_trains_sft_and_remax_in_one_cpu_process(tmp_path, z
             from remax_bench.models import load_reward_model, load_tokenizer, save_pretrained
 
             ckpt = str(sft_out / "checkpoint")
-            save_pretrained(load_reward_model(ckpt), load_tokenizer(ckpt), rm_dir)
+            save_pretrained(load_reward_model(ckpt, new_head=True), load_tokenizer(ckpt), rm_dir)
         manifest = json.loads((out / "manifest.json").read_text())
         assert manifest["status"] == "completed"
         assert manifest["deepspeed_configs"][0]["zero_optimization"]["stage"] == zero_stage

@@ -120,6 +120,7 @@ class StageRun:
         self.timer = PhaseTimer(self.device)
         self.start_time = time.time()
         self.component_bytes: dict[str, dict[str, int]] = {}
+        self.model_dtypes: dict[str, str] = {}  # component -> dtype of its weights, as loaded
         self.warnings: list[str] = []
         self._metrics_file = None
         self._last_log = 0.0
@@ -147,6 +148,7 @@ class StageRun:
             "end": datetime.now(timezone.utc).isoformat() if status != "running" else None,
             "warnings": self.warnings,
             "deepspeed_configs": ENGINE_CONFIGS,
+            "model_dtypes": self.model_dtypes,
             **extra,
         }
 
@@ -173,10 +175,11 @@ class StageRun:
         self.warnings.append(message)
         print(f"[warning] {message}", file=sys.stderr, flush=True)
 
-    def record_states(self, component: str, model: torch.nn.Module, optimizer=None) -> None:
-        from remax_bench.metrics import model_state_bytes
-
-        self.component_bytes[component] = model_state_bytes(model, optimizer)
+    def record_dtype(self, component: str, model: torch.nn.Module) -> torch.nn.Module:
+        """Note the dtype a component's weights hold (trained: fp32 master weights; frozen: the suite's)."""
+        dtypes = sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters()})
+        self.model_dtypes[component] = "/".join(dtypes)
+        return model
 
     def autocast(self):
         """bf16 mixed precision: fp32 master weights, bf16 matmuls (DeepSpeed does its own on its path)."""

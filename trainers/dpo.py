@@ -83,13 +83,14 @@ def train(run: StageRun) -> dict:
     with run.timer.phase("score"):
         reference = freeze(load_causal_lm(sft, seed=run.seed, precision=suite.shared.precision).to(run.device))
         run.component_bytes["reference"] = model_state_bytes(reference)
+        run.record_dtype("reference", reference)
         with run.autocast():
             reference_pass(reference, tokenizer, train_rows + eval_rows, suite, run.device, batch_size)
         del reference  # never needed again
         gc.collect()
     reference_seconds = run.timer.pop().get("score", 0.0)
 
-    model = load_causal_lm(sft, seed=run.seed).to(run.device)
+    model = run.record_dtype("policy", load_causal_lm(sft, seed=run.seed).to(run.device))  # fp32 master weights
     if suite.shared.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     engine = build_engine(model, suite.shared.learning_rate, suite, batch_size)

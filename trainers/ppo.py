@@ -89,7 +89,7 @@ def train(run: StageRun) -> dict:
     suite, cfg = run.suite, run.suite.ppo
     models = load_online_models(run)
     policy = models.policy
-    critic_model = load_reward_model(run.inputs["reward_model"], seed=run.seed).to(run.device)
+    critic_model = run.record_dtype("critic", load_reward_model(run.inputs["reward_model"], seed=run.seed).to(run.device))
     if not hasattr(critic_model, "score"):
         raise StageError("PPO's critic needs a reward model with a `score` head (a *ForSequenceClassification model)")
     if suite.shared.gradient_checkpointing:

@@ -3,11 +3,17 @@
 For each prompt x, sample a ~ pi(.|x) and decode the greedy answer a_g, in one batched generation pass.
 
     baseline       b(x) = r(x, a_g)                                  (reward-model score alone)
-    centred score  s = clip(r(x, a) - b(x), -c, c), placed on the last response token T
+    centred score  s = clip(r(x, a) - b(x), -c, c)
     KL penalty     k_t = -beta * (log pi(a_t) - log pi_ref(a_t))
-    returns        G_t = gamma^(T-t) * s + k_t                                   (kl_mode per_token, default)
-                   G_t = sum_{j>=t} gamma^(j-t) * (k_j + [j == T] * s)           (kl_mode return_to_go)
+    returns        G_t = k_t + gamma^(T-t+1) * s                             (kl_mode per_token, default)
+                   G_t = sum_{j>=t} gamma^(j-t) * (k_j + [j == T] * clip(r(x, a))) - b(x)   (return_to_go)
     loss           L = - sum_t G_t * log pi(a_t | x, a_<t) / (number of response tokens)
+
+per_token is the authors' DeepSpeed-Chat code (its compute_returns multiplies the running score by gamma
+before adding it, so even the last token T carries gamma^1 of s; the 7B script uses gamma 0.99).
+return_to_go is verl's ReMax estimator: the reverse cumulative sum of the token-level rewards (each token's KL
+penalty, the score on the last), minus the greedy baseline, which is not clipped; with gamma 1 and
+shared.reward_clip null it is verl's formula exactly.
 
 No value model, no ratio clipping, no GAE; one gradient step per rollout batch. Because the policy changes
 only once per batch, the log-probs that form the KL penalty are those of the training forward pass
@@ -36,22 +42,24 @@ def remax_returns(scores: torch.Tensor, baseline_scores: torch.Tensor, kl_penalt
                   response_mask: torch.Tensor, gamma: float = 1.0, reward_clip: float | None = 5.0,
                   kl_mode: str = "per_token") -> torch.Tensor:
     """Per-token returns G_t [B, R], detached. ``kl_penalty`` is -beta * (log pi - log pi_ref) per token."""
-    centred = scores - baseline_scores  # r(x, a) - r(x, a_greedy)
-    if reward_clip is not None:
-        centred = centred.clamp(-reward_clip, reward_clip)
     kl_penalty = kl_penalty * response_mask  # padding after eos carries nothing
-    last = last_token_index(response_mask)  # each row's own last token
+    last = last_token_index(response_mask)  # each row's own last token T
+    positions = torch.arange(response_mask.shape[1], device=response_mask.device)
     if kl_mode == "per_token":
-        positions = torch.arange(response_mask.shape[1], device=response_mask.device)
-        discount = gamma ** (last.unsqueeze(-1) - positions).clamp(min=0).float()  # gamma^(T - t)
+        centred = scores - baseline_scores  # r(x, a) - r(x, a_greedy)
+        if reward_clip is not None:
+            centred = centred.clamp(-reward_clip, reward_clip)
+        discount = gamma ** (last.unsqueeze(-1) - positions + 1).clamp(min=0).float()  # gamma^(T - t + 1)
         returns = centred.unsqueeze(-1) * discount + kl_penalty
     elif kl_mode == "return_to_go":
+        score = scores.clamp(-reward_clip, reward_clip) if reward_clip is not None else scores
         rewards = kl_penalty.clone()
-        rewards[torch.arange(len(scores)), last] += centred
-        returns, running = torch.zeros_like(rewards), torch.zeros_like(centred)
-        for t in reversed(range(rewards.shape[1])):  # G_t = rew_t + gamma * G_{t+1}
+        rewards[torch.arange(len(scores)), last] += score
+        to_go, running = torch.zeros_like(rewards), torch.zeros_like(score)
+        for t in reversed(range(rewards.shape[1])):  # sum_{j>=t} gamma^(j-t) rew_j
             running = rewards[:, t] + gamma * running
-            returns[:, t] = running
+            to_go[:, t] = running
+        returns = to_go - baseline_scores.unsqueeze(-1)
     else:
         raise ValueError(f"kl_mode must be per_token or return_to_go, got {kl_mode!r}")
     return (returns * response_mask).detach()

@@ -60,7 +60,8 @@ def train(run: StageRun) -> dict:
         raise StageError("the reward model needs models.reward or an SFT checkpoint (inputs.sft)")
     tokenizer = load_tokenizer(base)
     train_rows, eval_rows = preference_splits(run, tokenizer, cfg.eval_fraction)
-    model = load_reward_model(base, seed=run.seed).to(run.device)
+    # The one stage that may start a fresh head (on the SFT model's body); fp32 master weights.
+    model = run.record_dtype("reward", load_reward_model(base, seed=run.seed, new_head=True).to(run.device))
     if suite.shared.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     engine = build_engine(model, cfg.learning_rate, suite, cfg.batch_size)

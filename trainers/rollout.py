@@ -104,7 +104,7 @@ def load_online_models(run: StageRun) -> OnlineModels:
         raise StageError(f"{run.stage} needs an SFT checkpoint and a reward model (inputs.sft, inputs.reward_model)")
     suite = run.suite
     tokenizer = load_tokenizer(sft)
-    policy = load_causal_lm(sft, seed=run.seed).to(run.device)
+    policy = run.record_dtype("policy", load_causal_lm(sft, seed=run.seed).to(run.device))  # fp32 master weights
     if suite.shared.gradient_checkpointing:
         policy.gradient_checkpointing_enable()
     engine = build_engine(policy, suite.shared.learning_rate, suite, suite.shared.train_batch_size)
@@ -112,6 +112,8 @@ def load_online_models(run: StageRun) -> OnlineModels:
     frozen_precision = suite.shared.precision
     reference = freeze(load_causal_lm(sft, seed=run.seed, precision=frozen_precision).to(run.device))
     reward = freeze(load_reward_model(reward_dir, seed=run.seed, precision=frozen_precision).to(run.device))
+    run.record_dtype("reference", reference)
+    run.record_dtype("reward", reward)
     reward_tokenizer = load_tokenizer(reward_dir)
     same = reward_tokenizer.get_vocab() == tokenizer.get_vocab()
     return OnlineModels(tokenizer, engine, reference, reward, reward_tokenizer, same)

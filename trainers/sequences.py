@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from remax_bench.models import format_prompt
+from remax_bench.models import format_prompt, tokenize_prompts
 
 
 @dataclass
@@ -47,8 +47,7 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
 
 def encode_prompts(tokenizer, instructions: list[str], max_prompt_length: int) -> dict[str, torch.Tensor]:
     """Chat-formatted, left-padded prompt tokens. A prompt over the limit is an error naming it."""
-    texts = [format_prompt(tokenizer, instruction) for instruction in instructions]
-    encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    encoded = tokenize_prompts(tokenizer, [format_prompt(tokenizer, instruction) for instruction in instructions])
     for text, ids in zip(instructions, encoded):
         if len(ids) > max_prompt_length:
             raise ValueError(
@@ -58,7 +57,7 @@ def encode_prompts(tokenizer, instructions: list[str], max_prompt_length: int) -
 
 
 def prompt_fits(tokenizer, instruction: str, max_prompt_length: int) -> bool:
-    return len(tokenizer(format_prompt(tokenizer, instruction), add_special_tokens=False)["input_ids"]) <= max_prompt_length
+    return len(tokenize_prompts(tokenizer, [format_prompt(tokenizer, instruction)])[0]) <= max_prompt_length
 
 
 def encode_pairs(

@@ -59,7 +59,7 @@ def train(run: StageRun) -> dict:
         raise StageError("data.sft is empty")
     rows = keep_fitting(run, tokenizer, rows, "data.sft")
     train_rows, eval_rows = split_heldout(rows, cfg.eval_fraction, run.seed)
-    model = load_causal_lm(suite.models.policy, seed=run.seed).to(run.device)
+    model = run.record_dtype("policy", load_causal_lm(suite.models.policy, seed=run.seed).to(run.device))
     if suite.shared.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     engine = build_engine(model, cfg.learning_rate, suite, cfg.batch_size)

@@ -199,7 +199,7 @@ class HFGenerator(Generator):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.tokenizer = prepare_tokenizer(tokenizer) if tokenizer is not None else load_tokenizer(self.checkpoint)
         # bf16 only where it is fast (GPU); the CPU path stays in fp32.
-        dtype = precision if self.device.type == "cuda" else None
+        dtype = (precision or "fp32") if self.device.type == "cuda" else "fp32"
         self.model = model if model is not None else load_causal_lm(self.checkpoint, seed=seed, precision=dtype)
         self.model.to(self.device).eval()
         self.max_positions = getattr(self.model.config, "max_position_embeddings", None)
@@ -207,8 +207,10 @@ class HFGenerator(Generator):
                             "padding_side": "left", "n_prompts_truncated": 0})
 
     def _encode(self, prompts: list[str]) -> list[list[int]]:
-        # The template already holds any bos / role tokens (as in trainers.sequences.encode_prompts).
-        ids = self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
+        from remax_bench.models import tokenize_prompts
+
+        # Exactly one BOS where the model's tokenizer adds one, as in training.
+        ids = tokenize_prompts(self.tokenizer, prompts)
         if self.max_positions:
             room = self.max_positions - self.settings.max_new_tokens
             for i, row in enumerate(ids):
@@ -273,8 +275,10 @@ class VLLMGenerator(Generator):
         self.sampling_params = SamplingParams(**self.sampling_kwargs)
 
     def _generate(self, prompts: list[str]) -> list[str]:
+        from remax_bench.models import tokenize_prompts
+
         # Token ids, not text: vLLM would add a second bos to templates that already hold one.
-        ids = self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
+        ids = tokenize_prompts(self.tokenizer, prompts)
         outputs = self.llm.generate([{"prompt_token_ids": row} for row in ids], self.sampling_params)
         return [o.outputs[0].text.strip() for o in outputs]
 

@@ -185,7 +185,7 @@ class RewardModelJudge(Judge):
         chat-formatted prompt + answer + eos, left-padded, position ids from the mask."""
         import torch
 
-        from remax_bench.models import format_conversation
+        from remax_bench.models import format_conversation, tokenize_prompts
 
         self._load()
         tok = self.tokenizer
@@ -194,7 +194,7 @@ class RewardModelJudge(Judge):
             ids = []
             for messages, answer in zip(conversations[start : start + self.batch_size],
                                         answers[start : start + self.batch_size]):
-                prompt = tok(format_conversation(tok, messages), add_special_tokens=False)["input_ids"]
+                prompt = tokenize_prompts(tok, [format_conversation(tok, messages)])[0]
                 ids.append(prompt + tok(answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id])
             batch = tok.pad({"input_ids": ids}, padding=True, return_tensors="pt")
             mask = batch["attention_mask"].to(self.device)

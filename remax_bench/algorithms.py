@@ -49,7 +49,9 @@ class ReMaxBlock(Strict):
     gamma: float = Field(default=1.0, gt=0, le=1, description="gamma: discount of the centred score")
     kl_mode: Literal["per_token", "return_to_go"] = Field(
         default="per_token",
-        description="per_token: each token carries its own KL penalty; return_to_go: KL summed from t onwards",
+        description="per_token: the authors' returns, each token's own KL penalty plus gamma^(T-t+1) times the "
+        "clipped centred score; return_to_go: verl's estimator, the reverse cumulative sum of the token-level "
+        "rewards minus the greedy baseline",
     )
 
 

@@ -264,6 +264,30 @@ class Runtime(Strict):
             )
         return self
 
+    @property
+    def data_parallel_size(self) -> int:
+        """Ranks that split every global batch: one per GPU (or CPU process) on every node, under DeepSpeed."""
+        if not self.deepspeed.enabled:
+            return 1
+        return max(1, self.num_gpus) * self.num_nodes
+
+
+# Every batch size of a suite is global (the paper's tables give global sizes); each data-parallel rank
+# takes an equal share of it.
+GLOBAL_BATCH_FIELDS = ("shared.rollout_batch_size", "shared.train_batch_size", "sft.batch_size",
+                       "reward_model.batch_size")
+
+
+def per_rank_batch(global_size: int, world_size: int, field: str) -> int:
+    """A global batch size split over ``world_size`` data-parallel ranks; a SuiteError when it does not divide."""
+    if world_size < 1 or global_size % world_size:
+        raise SuiteError(
+            f"{field}: a global batch size must split evenly over the {world_size} data-parallel ranks "
+            f"(runtime.num_gpus x runtime.num_nodes); got {global_size}, which leaves "
+            f"{global_size % max(world_size, 1)} over"
+        )
+    return global_size // world_size
+
 
 # -- the suite -------------------------------------------------------------------------------------
 class Suite(Strict):
@@ -320,9 +344,20 @@ class Suite(Strict):
         for source, users in readers.items():
             if users and getattr(self.data, source) is None:
                 errors.append(f"data.{source}: needed by {' and '.join(users)}; expected a data source, got null")
+        world = self.runtime.data_parallel_size
+        for field in GLOBAL_BATCH_FIELDS:
+            try:
+                per_rank_batch(self.batch_size(field), world, field)
+            except SuiteError as err:
+                errors.append(str(err))
         if errors:
             raise ValueError("\n".join(errors))
         return self
+
+    def batch_size(self, field: str) -> int:
+        """A global batch size by its dotted name, e.g. ``shared.train_batch_size``."""
+        block, name = field.split(".")
+        return int(getattr(getattr(self, block), name))
 
     @property
     def iterations(self) -> int:

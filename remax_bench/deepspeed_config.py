@@ -165,8 +165,10 @@ def launch_command(module: str, stage_config_path: str, out_dir: str, runtime: A
     num_nodes = int(_get(runtime, "num_nodes", 1) or 1)
     device = str(_get(runtime, "device", "auto") or "auto")
     stage_args = ["--config", str(stage_config_path), "--out", str(out_dir)]
-    if (num_gpus < 1 or device == "cpu") and num_nodes <= 1:
+    if (num_gpus < 1 or (device == "cpu" and num_gpus == 1)) and num_nodes <= 1:
         return [sys.executable, "-m", module, *stage_args]
+    # On CPU, --num_gpus N starts N processes all the same (DeepSpeed's CPU accelerator, gloo): the path the
+    # multi-rank tests run.
     if num_gpus < 1:
         raise ValueError("runtime.num_nodes > 1 needs runtime.num_gpus >= 1 (GPUs per node)")
     command = ["deepspeed", "--num_gpus", str(num_gpus)]
@@ -209,10 +211,10 @@ def init_distributed_single_process() -> str:
         os.environ.setdefault(key, value)
     import deepspeed
 
-    if backend == "gloo" and os.environ["WORLD_SIZE"] == "1":
+    if backend == "gloo":
         # DeepSpeed's CPU backend JIT-compiles a shared-memory all-reduce op on first use (about 20 s and a C++
-        # toolchain); with one rank there is nothing to reduce, so skip it. Edits to this dict are what
-        # deepspeed.ops documents as persistent.
+        # toolchain); with one rank there is nothing to reduce, and CPU ranks (the tests' multi-rank runs) are
+        # served by gloo alone. Edits to this dict are what deepspeed.ops documents as persistent.
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     deepspeed.init_distributed(dist_backend=backend)
     return backend

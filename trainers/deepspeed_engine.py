@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from remax_bench.metrics import tensor_bytes
-from trainers.engine import ENGINE_CONFIGS
+from trainers.engine import ENGINE_CONFIGS, TRAINED_ENGINES
 
 
 class DeepSpeedEngine:
@@ -34,6 +34,7 @@ class DeepSpeedEngine:
         optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=suite.shared.weight_decay)
         self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=self.config)
         self.module = self.engine
+        TRAINED_ENGINES.append(self)
 
     def step(self, loss: torch.Tensor) -> float:
         self.engine.backward(loss)
@@ -56,6 +57,20 @@ class DeepSpeedEngine:
         grad_divisor = torch.distributed.get_world_size() if self.zero_stage >= 2 else 1
         grad_bytes = sum(p.numel() * p.element_size() for p in trainable) // grad_divisor
         return {"params": tensor_bytes(params), "grads": grad_bytes, "optimizer": optimizer_bytes}
+
+    def weights_digest(self) -> str:
+        """SHA-256 of this rank's full weights, gathered one parameter at a time under ZeRO-3 (memory stays
+        at one parameter): equal digests on all ranks show data parallelism kept the replicas identical."""
+        import hashlib
+
+        import deepspeed
+
+        digest = hashlib.sha256()
+        for name, param in self.engine.module.named_parameters():
+            with deepspeed.zero.GatheredParameters([param], enabled=self.zero_stage == 3):
+                digest.update(name.encode())
+                digest.update(param.detach().float().cpu().numpy().tobytes())
+        return digest.hexdigest()
 
     def save_pretrained(self, out_dir, tokenizer=None) -> None:
         module = self.engine.module

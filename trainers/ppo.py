@@ -74,9 +74,9 @@ def train(run: StageRun) -> dict:
         raise StageError("PPO's critic needs a reward model with a `score` head (a *ForSequenceClassification model)")
     if suite.shared.gradient_checkpointing:
         critic_model.gradient_checkpointing_enable()
-    critic = build_engine(critic_model, cfg.critic_learning_rate, suite, suite.shared.train_batch_size)
+    mini_batch = run.per_rank("shared.train_batch_size")  # this rank's share of each global mini-batch
+    critic = build_engine(critic_model, cfg.critic_learning_rate, suite, mini_batch)
     rollouts = RolloutEngine(run, models)
-    mini_batch = suite.shared.train_batch_size
 
     def step(iteration: int, prompts: list[str]) -> dict:
         ro = rollouts.collect(prompts, iteration)

@@ -57,8 +57,12 @@ def remax_returns(scores: torch.Tensor, baseline_scores: torch.Tensor, kl_penalt
     return (returns * response_mask).detach()
 
 
-def remax_loss(logprobs: torch.Tensor, returns: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
-    """L = -sum_t G_t * log pi(a_t) / (number of response tokens in the batch)."""
+def remax_loss(logprobs: torch.Tensor, returns: torch.Tensor, response_mask: torch.Tensor, mean=None) -> torch.Tensor:
+    """L = -sum_t G_t * log pi(a_t) / (number of response tokens in the batch).
+
+    ``mean``: the masked mean to take; with several ranks, StageRun.token_mean (tokens of the global batch)."""
+    if mean is not None:
+        return -mean(returns * logprobs, response_mask)
     return -(returns * logprobs * response_mask).sum() / response_mask.sum().clamp(min=1)
 
 
@@ -81,7 +85,7 @@ def train(run: StageRun) -> dict:
             kl = kl_penalty(logprobs.detach(), ro.ref_logprobs, suite.shared.kl_coef)
             returns = remax_returns(ro.scores, ro.greedy_scores, kl, mask, cfg.gamma, suite.shared.reward_clip,
                                     cfg.kl_mode)
-            loss = remax_loss(logprobs, returns, mask)
+            loss = remax_loss(logprobs, returns, mask, run.token_mean)
             check_finite("policy_loss", loss, iteration)  # before the update: bad numbers never reach the weights
             grad_norm = policy.step(loss)
         with torch.no_grad():

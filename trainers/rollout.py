@@ -107,7 +107,7 @@ def load_online_models(run: StageRun) -> OnlineModels:
     policy = load_causal_lm(sft, seed=run.seed).to(run.device)
     if suite.shared.gradient_checkpointing:
         policy.gradient_checkpointing_enable()
-    engine = build_engine(policy, suite.shared.learning_rate, suite, suite.shared.train_batch_size)
+    engine = build_engine(policy, suite.shared.learning_rate, suite, run.per_rank("shared.train_batch_size"))
     # Scoring-only models may run in bf16 outright; the trained ones keep fp32 master weights.
     frozen_precision = suite.shared.precision
     reference = freeze(load_causal_lm(sft, seed=run.seed, precision=frozen_precision).to(run.device))
@@ -115,6 +115,17 @@ def load_online_models(run: StageRun) -> OnlineModels:
     reward_tokenizer = load_tokenizer(reward_dir)
     same = reward_tokenizer.get_vocab() == tokenizer.get_vocab()
     return OnlineModels(tokenizer, engine, reference, reward, reward_tokenizer, same)
+
+
+def synced_generation(run: StageRun) -> bool:
+    """Whether ``generate`` must keep every rank stepping until all ranks are done.
+
+    Under ZeRO-3 every forward all-gathers the partitioned parameters, so all ranks must run the same number
+    of forwards: a rank whose answers end early would otherwise leave the others waiting in a gather forever.
+    transformers' ``synced_gpus`` keeps finished ranks running dummy forwards until every rank is done (the
+    ReMax authors' DeepSpeed-Chat code passes it under ZeRO-3 too)."""
+    ds = run.suite.runtime.deepspeed
+    return run.world_size > 1 and ds.enabled and ds.zero_stage == 3
 
 
 def frozen_states(models: OnlineModels) -> dict:
@@ -129,24 +140,27 @@ class PromptSampler:
         suite = run.suite
         rows = load_prompts(suite.data.prompts, suite.data.synthetic, split_kind="train")
         limit = suite.shared.max_prompt_length
+        self.run = run
         self.prompts = [r["prompt"] for r in rows if prompt_fits(tokenizer, r["prompt"], limit)]
         if len(self.prompts) < len(rows):
             run.warn(f"{len(rows) - len(self.prompts)} of {len(rows)} prompts exceed shared.max_prompt_length="
                      f"{limit} tokens and were dropped")
         if not self.prompts:
             raise StageError(f"data.prompts has no prompt within shared.max_prompt_length={limit}")
-        # Each data-parallel rank draws its own prompts (one process: rank 0, the plain seed).
-        self.rng = random.Random(run.seed + 1_000_003 * run.rank)
-        self.order: list[str] = []
+        # Every rank shuffles with the same seed and draws the same global batch, then keeps its own slice:
+        # N ranks together generate for exactly the prompts one process would.
+        self.rng = random.Random(run.seed)
+        self.order: list[int] = []
 
     def next(self, n: int) -> list[str]:
-        out = []
-        while len(out) < n:
+        """This rank's share of the next global batch of ``n`` prompts."""
+        drawn = []
+        while len(drawn) < n:
             if not self.order:
-                self.order = self.prompts[:]
+                self.order = list(range(len(self.prompts)))
                 self.rng.shuffle(self.order)
-            out.append(self.order.pop())
-        return out
+            drawn.append(self.order.pop())
+        return [self.prompts[i] for i in self.run.shard("data.prompts", drawn)]
 
 
 # -- one rollout ------------------------------------------------------------------------------------
@@ -185,9 +199,12 @@ class RolloutEngine:
     def generate(self, prompts: list[str], greedy=False) -> SequenceBatch:
         shared, models = self.run.suite.shared, self.models
         with self.run.timer.phase("generate"):
-            return generate(models.policy.module, models.tokenizer, prompts, shared.max_prompt_length,
+            batch = generate(models.policy.module, models.tokenizer, prompts, shared.max_prompt_length,
                             shared.max_response_length, temperature=shared.generation.temperature,
-                            top_p=shared.generation.top_p, top_k=shared.generation.top_k, greedy=greedy)
+                            top_p=shared.generation.top_p, top_k=shared.generation.top_k, greedy=greedy,
+                            synced_gpus=synced_generation(self.run))
+        self.run.generated_widths.append(int(batch.response_ids.shape[1]))
+        return batch
 
     @torch.no_grad()
     def reward_scores(self, prompts: list[str], batch: SequenceBatch) -> torch.Tensor:
@@ -252,6 +269,7 @@ def online_loop(run: StageRun, models: OnlineModels, step_fn: Callable[[int, lis
     """
     suite = run.suite
     sampler = PromptSampler(run, models.tokenizer)
+    run.per_rank("shared.rollout_batch_size")
     iterations = suite.iterations
     synthetic = is_synthetic(suite) and not run.config.get("skip_heldout")
     eval_prompts = heldout_prompts(suite) if synthetic else []
@@ -267,6 +285,7 @@ def online_loop(run: StageRun, models: OnlineModels, step_fn: Callable[[int, lis
     for step in range(iterations):
         start = time.perf_counter()
         metrics = step_fn(step, sampler.next(suite.shared.rollout_batch_size))
+        metrics["reward_mean"] = run.mean_over_ranks(metrics["reward_mean"])  # over the global batch
         elapsed = time.perf_counter() - start
         phases = run.timer.pop()
         for name in ("reward_mean", "kl", "policy_loss", "value_loss"):

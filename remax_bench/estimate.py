@@ -315,8 +315,8 @@ class EstimateInputs:
         values = dict(
             prompt_length=shared.max_prompt_length,
             response_length=shared.max_response_length,
-            rollout_batch_per_gpu=max(1, math.ceil(shared.rollout_batch_size / gpus)),
-            train_batch_per_gpu=max(1, math.ceil(shared.train_batch_size / gpus)),
+            rollout_batch_per_gpu=_per_rank(shared.rollout_batch_size, gpus, "shared.rollout_batch_size"),
+            train_batch_per_gpu=_per_rank(shared.train_batch_size, gpus, "shared.train_batch_size"),
             precision=shared.precision,
             gradient_checkpointing=bool(shared.gradient_checkpointing),
             num_gpus=gpus,
@@ -327,6 +327,16 @@ class EstimateInputs:
         )
         values.update(overrides)
         return cls(**values)
+
+
+def _per_rank(global_size: int, ranks: int, field: str) -> int:
+    """The trainers' rule (remax_bench.config.per_rank_batch): a global batch split evenly over the ranks."""
+    from remax_bench.config import SuiteError, per_rank_batch
+
+    try:
+        return per_rank_batch(int(global_size), ranks, field)
+    except SuiteError as err:
+        raise EstimateError(str(err)) from None
 
 
 def paper_inputs(**overrides: Any) -> EstimateInputs:

@@ -252,6 +252,13 @@ def test_inputs_from_suite_split_batches_over_gpus():
     assert torch_run.precision == "fp32"
 
 
+def test_inputs_from_suite_use_the_trainers_split_rule():
+    suite = _suite()
+    suite.shared.train_batch_size = 18  # 4 ranks: 4.5 each; the trainers refuse it, so does the estimator
+    with pytest.raises(EstimateError, match=r"shared.train_batch_size: .* split evenly over the 4 data-parallel"):
+        EstimateInputs.from_suite(suite)
+
+
 def test_inputs_from_the_tiny_suite():
     config = pytest.importorskip("remax_bench.config")
     suite = config.load_suite("tiny")

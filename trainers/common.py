@@ -118,7 +118,7 @@ class StageRun:
         self.rank = process_rank()[0]
         self.world_size = world_size()
         self.batch_sizes: dict[str, dict[str, int]] = {}  # field -> global and per-rank size, for the manifest
-        self.drawn: dict[str, list[int]] = {}  # data name -> indices of the rows this rank trained on
+        self.drawn: dict[str, list[list[int]]] = {}  # data name -> this rank's row indices, one list per batch
         self.generated_widths: list[int] = []  # response width of each generate call on this rank
         self.dir = results.partial_dir(self.final_dir)
         if self.rank != 0:
@@ -201,7 +201,7 @@ class StageRun:
         can show that the ranks read disjoint rows."""
         per = len(indices) // self.world_size
         mine = list(indices[self.rank * per : (self.rank + 1) * per])
-        self.drawn.setdefault(name, []).extend(mine)
+        self.drawn.setdefault(name, []).append(mine)
         return mine
 
     def token_mean(self, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -235,9 +235,17 @@ class StageRun:
         torch.distributed.all_gather_object(gathered, mine)
         draws = {}
         for name in sorted({n for g in gathered for n in g["drawn"]}):
-            per_rank = [set(g["drawn"].get(name, [])) for g in gathered]
+            batches_by_rank = [g["drawn"].get(name, []) for g in gathered]
+            # Within each global batch the ranks' rows must be disjoint; over several passes a row comes back.
+            shared_batches = sum(
+                1 for parts in zip(*batches_by_rank)
+                if sum(len(p) for p in parts) != len(set().union(*map(set, parts)))
+            )
+            per_rank = [set().union(*map(set, b)) for b in batches_by_rank]
             shared = set.union(set(), *[a & b for i, a in enumerate(per_rank) for b in per_rank[i + 1:]])
-            draws[name] = {"rows_per_rank": [len(g["drawn"].get(name, [])) for g in gathered],
+            draws[name] = {"rows_per_rank": [sum(map(len, b)) for b in batches_by_rank],
+                           "batches": [len(b) for b in batches_by_rank],
+                           "batches_with_rows_on_several_ranks": shared_batches,
                            "rows_on_several_ranks": len(shared)}
         out = {"world_size": self.world_size, "batch_sizes": self.batch_sizes, "draws": draws,
                "weights_sha256_by_rank": [g["weights"] for g in gathered]}

@@ -226,9 +226,25 @@ class DeepSpeed(Strict):
     offload_optimizer: bool = False
     offload_params: bool = False
     gradient_accumulation_steps: int = Field(default=1, gt=0)
+    # Where the frozen reference and reward models live: "replicated" (whole on every rank), "zero3"
+    # (parameters partitioned over the ranks, gathered layer by layer; DeepSpeed-Chat's inference engine),
+    # "zero3_offload" (those partitions in CPU memory). "auto": zero3 when the trained models use ZeRO-3
+    # (offloaded with offload_params), replicated otherwise.
+    frozen_models: Literal["auto", "replicated", "zero3", "zero3_offload"] = "auto"
+
+    @property
+    def frozen_placement(self) -> str:
+        """frozen_models with "auto" resolved."""
+        if self.frozen_models != "auto":
+            return self.frozen_models
+        if self.enabled and self.zero_stage == 3:
+            return "zero3_offload" if self.offload_params else "zero3"
+        return "replicated"
 
     @model_validator(mode="after")
     def _offload(self) -> "DeepSpeed":
+        if self.frozen_models in ("zero3", "zero3_offload") and not self.enabled:
+            raise ValueError(f"frozen_models: {self.frozen_models!r} needs runtime.deepspeed.enabled (got false)")
         # DeepSpeed's own config says optimizer offload is valid with ZeRO stages 1, 2 and 3
         # (deepspeed/runtime/zero/offload_config.py); only ZeRO-3 partitions parameters, so only it offloads them.
         if self.offload_optimizer and (not self.enabled or self.zero_stage < 1):

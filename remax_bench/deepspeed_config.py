@@ -88,6 +88,22 @@ def zero_settings(runtime: Any) -> dict[str, Any]:
             "gradient_accumulation_steps": accumulation}
 
 
+def frozen_placement(runtime: Any) -> str:
+    """Where the frozen models live: replicated, zero3 or zero3_offload (``runtime.deepspeed.frozen_models``;
+    "auto" follows the trained models: ZeRO-3 sharded under stage 3, offloaded with offload_params)."""
+    ds = _get(runtime, "deepspeed")
+    chosen = _get(ds, "frozen_models", "auto") or "auto"
+    if chosen not in ("auto", "replicated", "zero3", "zero3_offload"):
+        raise ValueError(f"runtime.deepspeed.frozen_models must be auto, replicated, zero3 or zero3_offload; "
+                         f"got {chosen!r}")
+    if chosen != "auto":
+        return chosen
+    zero = zero_settings(runtime)
+    if zero["stage"] == 3:
+        return "zero3_offload" if zero["offload_params"] != "none" else "zero3"
+    return "replicated"
+
+
 def deepspeed_config(runtime: Any, shared: Any, train_batch_size_per_gpu: int, stage: str = "train",
                      world_size: int | None = None) -> dict[str, Any]:
     """DeepSpeed JSON for one engine: ``stage="train"`` for a trained model, ``"inference"`` for a frozen one.
@@ -115,11 +131,13 @@ def deepspeed_config(runtime: Any, shared: Any, train_batch_size_per_gpu: int, s
     }
     if stage == "inference":
         # A frozen model has no gradients or optimizer states: only ZeRO-3 (sharded parameters) saves memory.
-        frozen_stage = 3 if zero["stage"] == 3 else 0
+        placement = frozen_placement(runtime)
+        frozen_stage = 3 if placement.startswith("zero3") else 0
         zero_block: dict[str, Any] = {"stage": frozen_stage}
         if frozen_stage == 3:
             zero_block["stage3_param_persistence_threshold"] = int(1e4)
-            zero_block["offload_param"] = {"device": zero["offload_params"], "pin_memory": True}
+            offload = "cpu" if placement == "zero3_offload" else "none"
+            zero_block["offload_param"] = {"device": offload, "pin_memory": True}
         config["zero_optimization"] = zero_block
         return config
 

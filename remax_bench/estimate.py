@@ -325,6 +325,12 @@ class EstimateInputs:
             offload_optimizer=bool(getattr(ds, "offload_optimizer", False)) if use_ds else False,
             offload_params=bool(getattr(ds, "offload_params", False)) if use_ds else False,
         )
+        if use_ds:
+            # Where the trainers put the frozen models (runtime.deepspeed.frozen_models).
+            from remax_bench.deepspeed_config import frozen_placement
+
+            placement = frozen_placement(runtime)
+            values.update(frozen_zero3=placement != "replicated", offload_frozen=placement == "zero3_offload")
         values.update(overrides)
         return cls(**values)
 

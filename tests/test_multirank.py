@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 
 from remax_bench.config import load_suite
 from remax_bench.deepspeed_config import free_port
+from remax_bench.models import load_causal_lm
 from remax_bench.runner import Runner, plan
 
 pytestmark = [pytest.mark.multirank, pytest.mark.timeout(900)]
@@ -124,6 +125,15 @@ def test_every_stage_on_two_ranks_under_zero3(tmp_path):
         assert json.loads((final / "manifest.json").read_text())["deepspeed_configs"][0]["zero_optimization"][
             "stage"] == 3
         assert sorted(p.name for p in final.parent.iterdir()) == ["seed0"], stage  # rank 1 left nothing
+    # The frozen reference and reward models are ZeRO-3 inference engines (runtime.deepspeed.frozen_models
+    # auto): each rank holds part of their parameters.
+    full = sum(p.numel() * 4 for p in load_causal_lm("tiny:nano").parameters())
+    for stage in ("ppo", "remax"):
+        configs = json.loads((root / stage / "seed0" / "manifest.json").read_text())["deepspeed_configs"]
+        inference = [c for c in configs if "optimizer" not in c and "gradient_clipping" not in c]
+        assert [c["zero_optimization"]["stage"] for c in inference] == [3, 3], stage
+        reference = json.loads((root / stage / "seed0" / "summary.json").read_text())["model_state_bytes"]["reference"]
+        assert 0 < reference["params"] < full, (stage, reference, full)
     for stage in ("ppo", "remax"):
         widths = json.loads((root / stage / "seed0" / "summary.json").read_text())["data_parallel"][
             "generated_widths_by_rank"]

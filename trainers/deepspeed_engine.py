@@ -85,3 +85,19 @@ class DeepSpeedEngine:
             module.save_pretrained(out_dir)
         if tokenizer is not None and torch.distributed.get_rank() == 0:
             tokenizer.save_pretrained(out_dir)
+
+
+def frozen_engine(model: torch.nn.Module, suite, batch_size: int):
+    """A frozen model as a DeepSpeed engine without optimizer (DeepSpeed-Chat's reference and reward models):
+    the inference config partitions its parameters over the ranks under ZeRO-3 and, with zero3_offload, keeps
+    the partitions in CPU memory; every forward gathers them layer by layer."""
+    import deepspeed
+
+    from remax_bench.deepspeed_config import deepspeed_config, init_distributed_single_process
+
+    init_distributed_single_process()
+    config = deepspeed_config(suite.runtime, suite.shared, batch_size, stage="inference")
+    ENGINE_CONFIGS.append(config)
+    engine, *_ = deepspeed.initialize(model=model, config=config)
+    engine.eval()
+    return engine

@@ -18,10 +18,9 @@ import random
 import torch
 import torch.nn.functional as F
 
-from remax_bench.metrics import model_state_bytes
 from remax_bench.models import load_causal_lm, load_tokenizer
 from trainers.common import StageError, StageRun, batches, check_finite, rank_batches, stage_main
-from trainers.engine import build_engine, freeze
+from trainers.engine import build_engine, frozen_state_bytes, place_frozen
 from trainers.heldout import gold_reward_of, heldout_prompts, is_synthetic
 from trainers.sequences import encode_pairs, response_logprobs
 from trainers.reward_model import preference_splits
@@ -81,8 +80,9 @@ def train(run: StageRun) -> dict:
     batch_size = suite.shared.train_batch_size
 
     with run.timer.phase("score"):
-        reference = freeze(load_causal_lm(sft, seed=run.seed, precision=suite.shared.precision).to(run.device))
-        run.component_bytes["reference"] = model_state_bytes(reference)
+        reference = place_frozen(load_causal_lm(sft, seed=run.seed, precision=suite.shared.precision).to(run.device),
+                                 suite, run.per_rank("shared.train_batch_size"))
+        run.component_bytes["reference"] = frozen_state_bytes(reference)
         with run.autocast():
             reference_pass(reference, tokenizer, train_rows + eval_rows, suite, run.device, batch_size)
         del reference  # never needed again

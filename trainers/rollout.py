@@ -18,10 +18,9 @@ from typing import Callable
 import torch
 
 from remax_bench.data import load_prompts
-from remax_bench.metrics import model_state_bytes
 from remax_bench.models import load_causal_lm, load_reward_model, load_tokenizer
 from trainers.common import StageError, StageRun, check_finite
-from trainers.engine import build_engine, freeze
+from trainers.engine import build_engine, frozen_state_bytes, place_frozen
 from trainers.heldout import gold_reward_of, heldout_prompts, is_synthetic
 from trainers.sequences import (
     SequenceBatch,
@@ -110,8 +109,11 @@ def load_online_models(run: StageRun) -> OnlineModels:
     engine = build_engine(policy, suite.shared.learning_rate, suite, run.per_rank("shared.train_batch_size"))
     # Scoring-only models may run in bf16 outright; the trained ones keep fp32 master weights.
     frozen_precision = suite.shared.precision
-    reference = freeze(load_causal_lm(sft, seed=run.seed, precision=frozen_precision).to(run.device))
-    reward = freeze(load_reward_model(reward_dir, seed=run.seed, precision=frozen_precision).to(run.device))
+    per_rank = run.per_rank("shared.rollout_batch_size")
+    reference = place_frozen(load_causal_lm(sft, seed=run.seed, precision=frozen_precision).to(run.device), suite,
+                             per_rank)
+    reward = place_frozen(load_reward_model(reward_dir, seed=run.seed, precision=frozen_precision).to(run.device),
+                          suite, per_rank)
     reward_tokenizer = load_tokenizer(reward_dir)
     same = reward_tokenizer.get_vocab() == tokenizer.get_vocab()
     return OnlineModels(tokenizer, engine, reference, reward, reward_tokenizer, same)
@@ -130,7 +132,7 @@ def synced_generation(run: StageRun) -> bool:
 
 def frozen_states(models: OnlineModels) -> dict:
     """Bytes of the scoring-only models: parameters only (no gradients, no optimizer)."""
-    return {"reference": model_state_bytes(models.reference), "reward": model_state_bytes(models.reward)}
+    return {"reference": frozen_state_bytes(models.reference), "reward": frozen_state_bytes(models.reward)}
 
 
 class PromptSampler:

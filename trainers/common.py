@@ -216,11 +216,20 @@ class StageRun:
         torch.distributed.all_reduce(count)
         return (values * mask).sum() * self.world_size / count.clamp(min=1)
 
+    def global_mean(self, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Mean of ``values`` over the masked tokens of the whole global batch, the same on every rank (no
+        gradient flows through the other ranks' part: for statistics such as PPO's advantage whitening)."""
+        if self.world_size == 1:
+            return (values * mask).sum() / mask.sum().clamp(min=1)
+        totals = torch.stack([(values * mask).sum().detach(), mask.sum().detach().to(values.dtype)]).float()
+        torch.distributed.all_reduce(totals)
+        return (totals[0] / totals[1].clamp(min=1)).to(values.dtype)
+
     def mean_over_ranks(self, value: torch.Tensor | float) -> float:
         """A logged figure averaged over the ranks (each rank's share is the same size)."""
         if self.world_size == 1:
             return float(value)
-        tensor = torch.tensor(float(value), dtype=torch.float64)
+        tensor = torch.tensor(float(value), dtype=torch.float64, device=self.device)  # NCCL reduces GPU tensors
         torch.distributed.all_reduce(tensor)
         return float(tensor) / self.world_size
 

@@ -96,7 +96,7 @@ def train(run: StageRun) -> dict:
             "baseline_reward_mean": ro.raw_greedy_scores.mean().item(),
             "advantage_mean": (ro.scores - ro.greedy_scores).mean().item(),
             "kl": sequence_kl(logprobs.detach(), ro.ref_logprobs, mask),
-            "policy_loss": loss.item(),
+            "policy_loss": run.mean_over_ranks(loss.detach()),  # the global batch's loss
             "grad_norm": grad_norm,
             "entropy": token_entropy,
             "response_length": mask.sum(-1).float().mean().item(),

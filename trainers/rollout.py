@@ -221,6 +221,15 @@ class RolloutEngine:
                                     shared.max_response_length).to(run.device)
             return sequence_scores(models.reward, rescored)
 
+    def _all_ranks(self, values: torch.Tensor) -> torch.Tensor:
+        """The values of every rank's share of the global batch (ranks hold equal shares), in rank order: the
+        running reward statistics are those of the global batch, the same on every rank."""
+        if self.run.world_size == 1:
+            return values
+        parts = [torch.empty_like(values) for _ in range(self.run.world_size)]
+        torch.distributed.all_gather(parts, values.contiguous())
+        return torch.cat(parts)
+
     def collect(self, prompts: list[str], step: int, *, greedy_baseline: bool = False,
                 policy_logprobs: bool = True) -> Rollout:
         """Sample one response per prompt (and, with ``greedy_baseline``, the greedy one too, in the same
@@ -251,7 +260,7 @@ class RolloutEngine:
         scores, greedy_scores = raw_scores, raw_greedy
         if self.moments is not None:
             # Statistics of the sampled scores only; the greedy baseline is put on the same scale.
-            self.moments.update(raw_scores)
+            self.moments.update(self._all_ranks(raw_scores))
             scores = self.moments.normalise(raw_scores)
             greedy_scores = self.moments.normalise(raw_greedy) if greedy_baseline else None
         return Rollout(prompts, sampled, scores, raw_scores, ref_logprobs, old_logprobs, token_entropy,

@@ -337,6 +337,11 @@ def stage_main(stage: str, train: Callable[[StageRun], dict], argv: list[str] | 
         print(f"[error] its logs and last good checkpoint are in {failed}", file=sys.stderr)
         return 1
     run.finish(summary)
+    if run.world_size > 1 and torch.distributed.is_initialized():
+        # Ranks leave together: a rank that exits while another still uses the group can abort in gloo's
+        # teardown ("terminate called without an active exception"), which the launcher takes for a failure.
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
     return 0
 
 

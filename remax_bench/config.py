@@ -266,6 +266,9 @@ class Runtime(Strict):
     num_nodes: int = Field(default=1, gt=0)
     hostfile: Optional[str] = None
     master_port: int = Field(default=29500, gt=0, lt=65536)
+    # How long a rank waits in a collective (gradient reduce, ZeRO gather) for the others before it fails the
+    # stage: a rank that died where the launcher cannot see it (another node) must not leave the rest waiting.
+    collective_timeout_s: int = Field(default=1800, gt=0)
     deepspeed: DeepSpeed = DeepSpeed()
 
     @model_validator(mode="after")

@@ -210,7 +210,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def init_distributed_single_process() -> str:
+def init_distributed_single_process(timeout_s: float | None = None) -> str:
     """Start a one-rank process group when no launcher set one up; returns the backend.
 
     Under the ``deepspeed`` launcher the env variables are already set and are kept. gloo on CPU (DeepSpeed's
@@ -234,5 +234,10 @@ def init_distributed_single_process() -> str:
         # toolchain); with one rank there is nothing to reduce, and CPU ranks (the tests' multi-rank runs) are
         # served by gloo alone. Edits to this dict are what deepspeed.ops documents as persistent.
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-    deepspeed.init_distributed(dist_backend=backend)
+    if timeout_s is None:
+        deepspeed.init_distributed(dist_backend=backend)
+    else:
+        from datetime import timedelta
+
+        deepspeed.init_distributed(dist_backend=backend, timeout=timedelta(seconds=timeout_s))
     return backend

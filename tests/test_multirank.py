@@ -144,6 +144,7 @@ def test_every_stage_on_two_ranks_under_zero3(tmp_path):
 
 FAILING_SFT = '''
 import os
+import time
 
 from trainers import sft
 from trainers.common import stage_main
@@ -154,6 +155,8 @@ _loss, _calls = sft.sft_loss, [0]
 def sft_loss(*args, **kwargs):
     _calls[0] += 1
     if os.environ["RANK"] == "1" and _calls[0] == 2:  # rank 1, mid-way: rank 0 waits for it in a collective
+        if os.environ.get("STALL"):
+            time.sleep(300)  # alive but stuck: the launcher sees nothing wrong
         raise RuntimeError("rank 1 cannot go on")
     return _loss(*args, **kwargs)
 
@@ -187,3 +190,21 @@ def test_a_rank_that_raises_fails_the_stage_with_its_error(tmp_path, monkeypatch
     # Rank 0 did not hang: gloo saw its peer go (on GPUs the launcher terminates it), and its error comes after.
     log = (tmp_path / "results" / "broken" / "logs" / "sft-seed0.log").read_text()
     assert log.index("failed on rank 1 of 2") < log.find("failed on rank 0 of 2") or "rank 0 of 2" not in log
+
+
+def test_a_stuck_rank_fails_the_stage_at_the_collective_timeout(tmp_path, monkeypatch):
+    """Rank 1 stops answering without exiting (as a rank on another node might look): rank 0 gives up at
+    runtime.collective_timeout_s, fails the stage with its error, and the launcher stops rank 1."""
+    (tmp_path / "failing_sft.py").write_text(FAILING_SFT)
+    suite = load_suite(str(_suite(tmp_path, "stuck", 2, 2, sft={"batch_size": 16, "max_steps": 4})))
+    suite.runtime.collective_timeout_s = 15
+    for key, value in {**_env(tmp_path), "STALL": "1"}.items():
+        monkeypatch.setenv(key, value)
+
+    class FailingRunner(Runner):
+        def command(self, item):
+            return ["failing_sft" if part == "trainers.sft" else part for part in super().command(item)]
+
+    outcome, = FailingRunner(suite, tmp_path / "results", echo=lambda line: None).run(plan(suite, only=["sft"]))
+    assert outcome.status == "failed" and outcome.seconds < 200, outcome
+    assert outcome.detail.startswith("stage sft failed on rank 0 of 2:"), outcome

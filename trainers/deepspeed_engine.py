@@ -24,7 +24,8 @@ class DeepSpeedEngine:
 
         from remax_bench.deepspeed_config import deepspeed_config, init_distributed_single_process
 
-        init_distributed_single_process()  # no-op under the deepspeed launcher, which sets the env
+        # Under the deepspeed launcher the env it set is kept; collectives time out after the suite's limit.
+        init_distributed_single_process(suite.runtime.collective_timeout_s)
         self.config = deepspeed_config(suite.runtime, suite.shared, batch_size, stage="train")
         ENGINE_CONFIGS.append(self.config)
         self.zero_stage = self.config["zero_optimization"]["stage"]
@@ -95,7 +96,7 @@ def frozen_engine(model: torch.nn.Module, suite, batch_size: int):
 
     from remax_bench.deepspeed_config import deepspeed_config, init_distributed_single_process
 
-    init_distributed_single_process()
+    init_distributed_single_process(suite.runtime.collective_timeout_s)
     config = deepspeed_config(suite.runtime, suite.shared, batch_size, stage="inference")
     ENGINE_CONFIGS.append(config)
     engine, *_ = deepspeed.initialize(model=model, config=config)

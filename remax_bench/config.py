@@ -203,9 +203,25 @@ class DeepSpeed(Strict):
     offload_optimizer: bool = False
     offload_params: bool = False
     gradient_accumulation_steps: int = Field(default=1, gt=0)
+    # Where the frozen reference and reward models live: "replicated" (whole on every rank), "zero3"
+    # (parameters partitioned over the ranks, gathered layer by layer; DeepSpeed-Chat's inference engine),
+    # "zero3_offload" (those partitions in CPU memory). "auto": zero3 when the trained models use ZeRO-3
+    # (offloaded with offload_params), replicated otherwise.
+    frozen_models: Literal["auto", "replicated", "zero3", "zero3_offload"] = "auto"
+
+    @property
+    def frozen_placement(self) -> str:
+        """frozen_models with "auto" resolved."""
+        if self.frozen_models != "auto":
+            return self.frozen_models
+        if self.enabled and self.zero_stage == 3:
+            return "zero3_offload" if self.offload_params else "zero3"
+        return "replicated"
 
     @model_validator(mode="after")
     def _offload(self) -> "DeepSpeed":
+        if self.frozen_models in ("zero3", "zero3_offload") and not self.enabled:
+            raise ValueError(f"frozen_models: {self.frozen_models!r} needs runtime.deepspeed.enabled (got false)")
         # DeepSpeed's own config says optimizer offload is valid with ZeRO stages 1, 2 and 3
         # (deepspeed/runtime/zero/offload_config.py); only ZeRO-3 partitions parameters, so only it offloads them.
         if self.offload_optimizer and (not self.enabled or self.zero_stage < 1):
@@ -227,6 +243,9 @@ class Runtime(Strict):
     num_nodes: int = Field(default=1, gt=0)
     hostfile: Optional[str] = None
     master_port: int = Field(default=29500, gt=0, lt=65536)
+    # How long a rank waits in a collective (gradient reduce, ZeRO gather) for the others before it fails the
+    # stage: a rank that died where the launcher cannot see it (another node) must not leave the rest waiting.
+    collective_timeout_s: int = Field(default=1800, gt=0)
     deepspeed: DeepSpeed = DeepSpeed()
 
     @model_validator(mode="after")
@@ -240,6 +259,30 @@ class Runtime(Strict):
                 f"runtime.deepspeed.enabled: true (got num_gpus={self.num_gpus}, num_nodes={self.num_nodes})"
             )
         return self
+
+    @property
+    def data_parallel_size(self) -> int:
+        """Ranks that split every global batch: one per GPU (or CPU process) on every node, under DeepSpeed."""
+        if not self.deepspeed.enabled:
+            return 1
+        return max(1, self.num_gpus) * self.num_nodes
+
+
+# Every batch size of a suite is global (the paper's tables give global sizes); each data-parallel rank
+# takes an equal share of it.
+GLOBAL_BATCH_FIELDS = ("shared.rollout_batch_size", "shared.train_batch_size", "sft.batch_size",
+                       "reward_model.batch_size")
+
+
+def per_rank_batch(global_size: int, world_size: int, field: str) -> int:
+    """A global batch size split over ``world_size`` data-parallel ranks; a SuiteError when it does not divide."""
+    if world_size < 1 or global_size % world_size:
+        raise SuiteError(
+            f"{field}: a global batch size must split evenly over the {world_size} data-parallel ranks "
+            f"(runtime.num_gpus x runtime.num_nodes); got {global_size}, which leaves "
+            f"{global_size % max(world_size, 1)} over"
+        )
+    return global_size // world_size
 
 
 # -- the suite -------------------------------------------------------------------------------------
@@ -307,9 +350,20 @@ class Suite(_AlgorithmBlocks):
         for source, users in readers.items():
             if users and getattr(self.data, source) is None:
                 errors.append(f"data.{source}: needed by {' and '.join(users)}; expected a data source, got null")
+        world = self.runtime.data_parallel_size
+        for field in GLOBAL_BATCH_FIELDS:
+            try:
+                per_rank_batch(self.batch_size(field), world, field)
+            except SuiteError as err:
+                errors.append(str(err))
         if errors:
             raise ValueError("\n".join(errors))
         return self
+
+    def batch_size(self, field: str) -> int:
+        """A global batch size by its dotted name, e.g. ``shared.train_batch_size``."""
+        block, name = field.split(".")
+        return int(getattr(getattr(self, block), name))
 
     @property
     def iterations(self) -> int:

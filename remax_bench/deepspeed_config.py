@@ -88,6 +88,22 @@ def zero_settings(runtime: Any) -> dict[str, Any]:
             "gradient_accumulation_steps": accumulation}
 
 
+def frozen_placement(runtime: Any) -> str:
+    """Where the frozen models live: replicated, zero3 or zero3_offload (``runtime.deepspeed.frozen_models``;
+    "auto" follows the trained models: ZeRO-3 sharded under stage 3, offloaded with offload_params)."""
+    ds = _get(runtime, "deepspeed")
+    chosen = _get(ds, "frozen_models", "auto") or "auto"
+    if chosen not in ("auto", "replicated", "zero3", "zero3_offload"):
+        raise ValueError(f"runtime.deepspeed.frozen_models must be auto, replicated, zero3 or zero3_offload; "
+                         f"got {chosen!r}")
+    if chosen != "auto":
+        return chosen
+    zero = zero_settings(runtime)
+    if zero["stage"] == 3:
+        return "zero3_offload" if zero["offload_params"] != "none" else "zero3"
+    return "replicated"
+
+
 def deepspeed_config(runtime: Any, shared: Any, train_batch_size_per_gpu: int, stage: str = "train",
                      world_size: int | None = None) -> dict[str, Any]:
     """DeepSpeed JSON for one engine: ``stage="train"`` for a trained model, ``"inference"`` for a frozen one.
@@ -115,11 +131,13 @@ def deepspeed_config(runtime: Any, shared: Any, train_batch_size_per_gpu: int, s
     }
     if stage == "inference":
         # A frozen model has no gradients or optimizer states: only ZeRO-3 (sharded parameters) saves memory.
-        frozen_stage = 3 if zero["stage"] == 3 else 0
+        placement = frozen_placement(runtime)
+        frozen_stage = 3 if placement.startswith("zero3") else 0
         zero_block: dict[str, Any] = {"stage": frozen_stage}
         if frozen_stage == 3:
             zero_block["stage3_param_persistence_threshold"] = int(1e4)
-            zero_block["offload_param"] = {"device": zero["offload_params"], "pin_memory": True}
+            offload = "cpu" if placement == "zero3_offload" else "none"
+            zero_block["offload_param"] = {"device": offload, "pin_memory": True}
         config["zero_optimization"] = zero_block
         return config
 
@@ -165,8 +183,10 @@ def launch_command(module: str, stage_config_path: str, out_dir: str, runtime: A
     num_nodes = int(_get(runtime, "num_nodes", 1) or 1)
     device = str(_get(runtime, "device", "auto") or "auto")
     stage_args = ["--config", str(stage_config_path), "--out", str(out_dir)]
-    if (num_gpus < 1 or device == "cpu") and num_nodes <= 1:
+    if (num_gpus < 1 or (device == "cpu" and num_gpus == 1)) and num_nodes <= 1:
         return [sys.executable, "-m", module, *stage_args]
+    # On CPU, --num_gpus N starts N processes all the same (DeepSpeed's CPU accelerator, gloo): the path the
+    # multi-rank tests run.
     if num_gpus < 1:
         raise ValueError("runtime.num_nodes > 1 needs runtime.num_gpus >= 1 (GPUs per node)")
     command = ["deepspeed", "--num_gpus", str(num_gpus)]
@@ -190,7 +210,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def init_distributed_single_process() -> str:
+def init_distributed_single_process(timeout_s: float | None = None) -> str:
     """Start a one-rank process group when no launcher set one up; returns the backend.
 
     Under the ``deepspeed`` launcher the env variables are already set and are kept. gloo on CPU (DeepSpeed's
@@ -209,10 +229,15 @@ def init_distributed_single_process() -> str:
         os.environ.setdefault(key, value)
     import deepspeed
 
-    if backend == "gloo" and os.environ["WORLD_SIZE"] == "1":
+    if backend == "gloo":
         # DeepSpeed's CPU backend JIT-compiles a shared-memory all-reduce op on first use (about 20 s and a C++
-        # toolchain); with one rank there is nothing to reduce, so skip it. Edits to this dict are what
-        # deepspeed.ops documents as persistent.
+        # toolchain); with one rank there is nothing to reduce, and CPU ranks (the tests' multi-rank runs) are
+        # served by gloo alone. Edits to this dict are what deepspeed.ops documents as persistent.
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-    deepspeed.init_distributed(dist_backend=backend)
+    if timeout_s is None:
+        deepspeed.init_distributed(dist_backend=backend)
+    else:
+        from datetime import timedelta
+
+        deepspeed.init_distributed(dist_backend=backend, timeout=timedelta(seconds=timeout_s))
     return backend

@@ -318,8 +318,8 @@ class EstimateInputs:
         values = dict(
             prompt_length=shared.max_prompt_length,
             response_length=shared.max_response_length,
-            rollout_batch_per_gpu=max(1, math.ceil(shared.rollout_batch_size / gpus)),
-            train_batch_per_gpu=max(1, math.ceil(shared.train_batch_size / gpus)),
+            rollout_batch_per_gpu=_per_rank(shared.rollout_batch_size, gpus, "shared.rollout_batch_size"),
+            train_batch_per_gpu=_per_rank(shared.train_batch_size, gpus, "shared.train_batch_size"),
             precision=shared.precision,
             gradient_checkpointing=bool(shared.gradient_checkpointing),
             num_gpus=gpus,
@@ -328,8 +328,24 @@ class EstimateInputs:
             offload_optimizer=bool(getattr(ds, "offload_optimizer", False)) if use_ds else False,
             offload_params=bool(getattr(ds, "offload_params", False)) if use_ds else False,
         )
+        if use_ds:
+            # Where the trainers put the frozen models (runtime.deepspeed.frozen_models).
+            from remax_bench.deepspeed_config import frozen_placement
+
+            placement = frozen_placement(runtime)
+            values.update(frozen_zero3=placement != "replicated", offload_frozen=placement == "zero3_offload")
         values.update(overrides)
         return cls(**values)
+
+
+def _per_rank(global_size: int, ranks: int, field: str) -> int:
+    """The trainers' rule (remax_bench.config.per_rank_batch): a global batch split evenly over the ranks."""
+    from remax_bench.config import SuiteError, per_rank_batch
+
+    try:
+        return per_rank_batch(int(global_size), ranks, field)
+    except SuiteError as err:
+        raise EstimateError(str(err)) from None
 
 
 def paper_inputs(**overrides: Any) -> EstimateInputs:

@@ -205,6 +205,20 @@ def test_runtime_checks():
     assert message.startswith("runtime.hostfile: runtime.num_nodes > 1 needs runtime.hostfile")
 
 
+def test_global_batch_sizes_must_split_over_the_ranks():
+    def four_gpus(d, **blocks):
+        d["runtime"] = {"num_gpus": 2, "num_nodes": 2, "hostfile": "hosts", "deepspeed": {"enabled": True}}
+        for block, values in blocks.items():
+            d[block].update(values)
+
+    message = _error(_with(lambda d: four_gpus(d, shared={"rollout_batch_size": 6}, sft={"batch_size": 10})))
+    assert ("shared.rollout_batch_size: a global batch size must split evenly over the 4 data-parallel ranks "
+            "(runtime.num_gpus x runtime.num_nodes); got 6, which leaves 2 over") in message
+    assert "sft.batch_size:" in message and "shared.train_batch_size" not in message
+    suite = load_suite_text(_with(lambda d: four_gpus(d)))
+    assert suite.runtime.data_parallel_size == 4 and suite.batch_size("sft.batch_size") == 64
+
+
 def test_seeds():
     assert _error(_with(lambda d: d.update(seeds=[0, 0]))) == "seeds: expected distinct integers >= 0, got [0, 0]"
     assert _error(_with(lambda d: d.update(seeds=[]))) == "seeds: expected at least one seed, got []"

@@ -131,6 +131,16 @@ def test_inference_config_shards_frozen_models_only_under_stage3():
         deepspeed_config(runtime(0), SHARED, 4, stage="eval")
 
 
+def test_frozen_models_placed_as_the_suite_says():
+    chosen = runtime(2)
+    chosen.deepspeed.frozen_models = "zero3_offload"  # trained under ZeRO-2, frozen ZeRO-3 offloaded
+    config = deepspeed_config(chosen, SHARED, 4, stage="inference", world_size=2)
+    assert config["zero_optimization"]["stage"] == 3
+    assert config["zero_optimization"]["offload_param"]["device"] == "cpu"
+    chosen.deepspeed.frozen_models, chosen.deepspeed.zero_stage = "replicated", 3
+    assert deepspeed_config(chosen, SHARED, 4, stage="inference", world_size=2)["zero_optimization"] == {"stage": 0}
+
+
 # -- launch command ---------------------------------------------------------------------------------------
 def test_launch_single_gpu():
     command = launch_command("trainers.remax", "c.json", "out/remax", runtime(2, num_gpus=1))

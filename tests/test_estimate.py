@@ -252,6 +252,25 @@ def test_inputs_from_suite_split_batches_over_gpus():
     assert torch_run.precision == "fp32"
 
 
+def test_inputs_from_suite_place_the_frozen_models_as_the_trainers_do():
+    assert not EstimateInputs.from_suite(_suite()).shard_frozen  # auto under ZeRO-2: replicated
+    assert EstimateInputs.from_suite(_suite(zero_stage=3)).shard_frozen  # auto under ZeRO-3: sharded
+    suite = _suite()
+    suite.runtime.deepspeed.frozen_models = "zero3_offload"
+    inputs = EstimateInputs.from_suite(suite)
+    assert inputs.shard_frozen and inputs.offload_frozen
+    config = pytest.importorskip("remax_bench.config")
+    paper = EstimateInputs.from_suite(config.load_suite("7b_comparison"))
+    assert (paper.zero_stage, paper.shard_frozen, paper.offload_frozen) == (2, True, True)
+
+
+def test_inputs_from_suite_use_the_trainers_split_rule():
+    suite = _suite()
+    suite.shared.train_batch_size = 18  # 4 ranks: 4.5 each; the trainers refuse it, so does the estimator
+    with pytest.raises(EstimateError, match=r"shared.train_batch_size: .* split evenly over the 4 data-parallel"):
+        EstimateInputs.from_suite(suite)
+
+
 def test_inputs_from_the_tiny_suite():
     config = pytest.importorskip("remax_bench.config")
     suite = config.load_suite("tiny")

@@ -75,7 +75,8 @@ def test_prompts_over_the_limit_are_dropped_with_a_warning_and_none_left_is_an_e
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text(json.dumps({"prompt": "reverse: abc"}) + "\n" + json.dumps({"prompt": "x" * 200}) + "\n")
     warnings = []
-    run = SimpleNamespace(suite=_suite(data={"prompts": str(prompts)}), seed=0, rank=0, warn=warnings.append)
+    run = SimpleNamespace(suite=_suite(data={"prompts": str(prompts)}), seed=0, rank=0, warn=warnings.append,
+                          shard=lambda name, indices: indices)  # one process: the whole global batch
     sampler = PromptSampler(run, load_tokenizer("tiny:nano"))
     assert sampler.prompts == ["reverse: abc"] and "1 of 2 prompts exceed" in warnings[0]
     assert sampler.next(3) == ["reverse: abc"] * 3  # passes repeat when the batch is larger than the set

@@ -27,9 +27,9 @@ import numpy as np
 import torch
 
 from remax_bench import results
-from remax_bench.config import Suite
+from remax_bench.config import Suite, per_rank_batch
 from remax_bench.metrics import MemoryTracker, PhaseTimer
-from trainers.engine import ENGINE_CONFIGS
+from trainers.engine import ENGINE_CONFIGS, TRAINED_ENGINES
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -62,6 +62,11 @@ def seed_everything(seed: int) -> None:
 def process_rank() -> tuple[int, int]:
     """(global rank, local rank) as the deepspeed launcher sets them; (0, 0) for a single process."""
     return int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def world_size() -> int:
+    """Data-parallel ranks of this stage, as the deepspeed launcher sets them; 1 for a single process."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -111,6 +116,10 @@ class StageRun:
         self.inputs: dict[str, Any] = config.get("inputs", {})
         self.final_dir = Path(out_dir)
         self.rank = process_rank()[0]
+        self.world_size = world_size()
+        self.batch_sizes: dict[str, dict[str, int]] = {}  # field -> global and per-rank size, for the manifest
+        self.drawn: dict[str, list[list[int]]] = {}  # data name -> this rank's row indices, one list per batch
+        self.generated_widths: list[int] = []  # response width of each generate call on this rank
         self.dir = results.partial_dir(self.final_dir)
         if self.rank != 0:
             # Under the deepspeed launcher every rank runs this stage; only rank 0 writes the results.
@@ -149,6 +158,7 @@ class StageRun:
             "warnings": self.warnings,
             "deepspeed_configs": ENGINE_CONFIGS,
             "model_dtypes": self.model_dtypes,
+            "data_parallel": {"world_size": self.world_size, "batch_sizes": self.batch_sizes},
             **extra,
         }
 
@@ -181,6 +191,80 @@ class StageRun:
         self.model_dtypes[component] = "/".join(dtypes)
         return model
 
+    # -- data parallelism ------------------------------------------------------------------------
+    def per_rank(self, field: str) -> int:
+        """This rank's share of the suite's global batch size ``field`` (recorded in the manifest)."""
+        global_size = self.suite.batch_size(field)
+        size = per_rank_batch(global_size, self.world_size, field)
+        self.batch_sizes[field] = {"global": global_size, "per_rank": size}
+        return size
+
+    def shard(self, name: str, indices: list[int]) -> list[int]:
+        """This rank's contiguous share of one global batch of row indices; the draw is recorded so the summary
+        can show that the ranks read disjoint rows."""
+        per = len(indices) // self.world_size
+        mine = list(indices[self.rank * per : (self.rank + 1) * per])
+        self.drawn.setdefault(name, []).append(mine)
+        return mine
+
+    def token_mean(self, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Mean of ``values`` over the masked tokens of the whole global batch, as this rank's part.
+
+        DeepSpeed averages gradients over ranks, so each rank divides its own token sum by the global token
+        count over the number of ranks: the averaged gradient is that of the global token mean, the same as one
+        process computes on the whole batch. One process keeps the plain masked mean."""
+        if self.world_size == 1:
+            return (values * mask).sum() / mask.sum().clamp(min=1)
+        count = mask.sum().detach().float()
+        torch.distributed.all_reduce(count)
+        return (values * mask).sum() * self.world_size / count.clamp(min=1)
+
+    def global_mean(self, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Mean of ``values`` over the masked tokens of the whole global batch, the same on every rank (no
+        gradient flows through the other ranks' part: for statistics such as PPO's advantage whitening)."""
+        if self.world_size == 1:
+            return (values * mask).sum() / mask.sum().clamp(min=1)
+        totals = torch.stack([(values * mask).sum().detach(), mask.sum().detach().to(values.dtype)]).float()
+        torch.distributed.all_reduce(totals)
+        return (totals[0] / totals[1].clamp(min=1)).to(values.dtype)
+
+    def mean_over_ranks(self, value: torch.Tensor | float) -> float:
+        """A logged figure averaged over the ranks (each rank's share is the same size)."""
+        if self.world_size == 1:
+            return float(value)
+        tensor = torch.tensor(float(value), dtype=torch.float64, device=self.device)  # NCCL reduces GPU tensors
+        torch.distributed.all_reduce(tensor)
+        return float(tensor) / self.world_size
+
+    def data_parallel_summary(self) -> dict:
+        """What each rank drew, gathered on every rank: rows per rank and rows drawn by more than one rank."""
+        if self.world_size == 1 or not torch.distributed.is_initialized():
+            return {}
+        # The weights every rank ends with: data parallelism must leave them identical on all ranks.
+        mine = {"drawn": self.drawn, "widths": self.generated_widths,
+                "weights": [engine.weights_digest() for engine in TRAINED_ENGINES]}
+        gathered: list = [None] * self.world_size
+        torch.distributed.all_gather_object(gathered, mine)
+        draws = {}
+        for name in sorted({n for g in gathered for n in g["drawn"]}):
+            batches_by_rank = [g["drawn"].get(name, []) for g in gathered]
+            # Within each global batch the ranks' rows must be disjoint; over several passes a row comes back.
+            shared_batches = sum(
+                1 for parts in zip(*batches_by_rank)
+                if sum(len(p) for p in parts) != len(set().union(*map(set, parts)))
+            )
+            per_rank = [set().union(*map(set, b)) for b in batches_by_rank]
+            shared = set.union(set(), *[a & b for i, a in enumerate(per_rank) for b in per_rank[i + 1:]])
+            draws[name] = {"rows_per_rank": [sum(map(len, b)) for b in batches_by_rank],
+                           "batches": [len(b) for b in batches_by_rank],
+                           "batches_with_rows_on_several_ranks": shared_batches,
+                           "rows_on_several_ranks": len(shared)}
+        out = {"world_size": self.world_size, "batch_sizes": self.batch_sizes, "draws": draws,
+               "weights_sha256_by_rank": [g["weights"] for g in gathered]}
+        if any(g["widths"] for g in gathered):
+            out["generated_widths_by_rank"] = [g["widths"] for g in gathered]
+        return {"data_parallel": out}
+
     def autocast(self):
         """bf16 mixed precision: fp32 master weights, bf16 matmuls (DeepSpeed does its own on its path)."""
         if self.suite.shared.precision == "bf16":
@@ -190,6 +274,7 @@ class StageRun:
     def finish(self, summary: dict) -> None:
         self._metrics_file.close()
         summary = {
+            **self.data_parallel_summary(),
             "stage": self.stage,
             "algorithm": self.stage,
             "seed": self.seed,
@@ -248,10 +333,18 @@ def stage_main(stage: str, train: Callable[[StageRun], dict], argv: list[str] | 
         return 130
     except Exception as err:  # noqa: BLE001 - every failure is recorded, then reported
         failed = run.fail("failed", f"{type(err).__name__}: {err}\n{traceback.format_exc()}")
-        print(f"[error] stage {stage} failed: {type(err).__name__}: {err}", file=sys.stderr)
+        # Under the launcher, this rank exits non-zero and the launcher terminates the other ranks (which may
+        # wait in a collective for this one), so this line is the stage's reported error.
+        where = f" on rank {run.rank} of {run.world_size}" if run.world_size > 1 else ""
+        print(f"[error] stage {stage} failed{where}: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
         print(f"[error] its logs and last good checkpoint are in {failed}", file=sys.stderr)
         return 1
     run.finish(summary)
+    if run.world_size > 1 and torch.distributed.is_initialized():
+        # Ranks leave together: a rank that exits while another still uses the group can abort in gloo's
+        # teardown ("terminate called without an active exception"), which the launcher takes for a failure.
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
     return 0
 
 
@@ -265,6 +358,35 @@ def batches(rows: list, batch_size: int, rng: random.Random | None = None, drop_
         if drop_last and len(chunk) < batch_size:
             return
         yield [rows[i] for i in chunk]
+
+
+def rank_batches(run: StageRun, rows: list, field: str, rng: random.Random | None, name: str,
+                 drop_last: bool = False):
+    """This rank's share of each seeded global batch of rows (``field`` names the global batch size).
+
+    Every rank shuffles with the same seed and takes its own contiguous slice of each global batch, so N ranks
+    together train on exactly the global batches one process draws with the same global size. With several
+    ranks a last short batch is dropped (it would not split evenly); one process keeps today's behaviour."""
+    global_size = run.suite.batch_size(field)
+    run.per_rank(field)
+    order = list(range(len(rows)))
+    if rng is not None:
+        rng.shuffle(order)
+    for start in range(0, len(order), global_size):
+        chunk = order[start : start + global_size]
+        if len(chunk) < global_size and (drop_last or run.world_size > 1):
+            return
+        yield [rows[i] for i in run.shard(name, chunk)]
+
+
+def steps_per_pass(run: StageRun, n_rows: int, field: str) -> int:
+    """Optimizer steps in one pass over n_rows (see rank_batches: several ranks drop a last short batch)."""
+    global_size = run.suite.batch_size(field)
+    if run.world_size > 1:
+        if n_rows < global_size:
+            raise StageError(f"{field}: {n_rows} training rows are fewer than one global batch of {global_size}")
+        return n_rows // global_size
+    return -(-n_rows // global_size)
 
 
 def split_heldout(rows: list, fraction: float, seed: int) -> tuple[list, list]:

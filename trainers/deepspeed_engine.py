@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from remax_bench.metrics import tensor_bytes
-from trainers.engine import ENGINE_CONFIGS
+from trainers.engine import ENGINE_CONFIGS, TRAINED_ENGINES
 
 
 class DeepSpeedEngine:
@@ -24,7 +24,8 @@ class DeepSpeedEngine:
 
         from remax_bench.deepspeed_config import deepspeed_config, init_distributed_single_process
 
-        init_distributed_single_process()  # no-op under the deepspeed launcher, which sets the env
+        # Under the deepspeed launcher the env it set is kept; collectives time out after the suite's limit.
+        init_distributed_single_process(suite.runtime.collective_timeout_s)
         self.config = deepspeed_config(suite.runtime, suite.shared, batch_size, stage="train")
         ENGINE_CONFIGS.append(self.config)
         self.zero_stage = self.config["zero_optimization"]["stage"]
@@ -34,6 +35,7 @@ class DeepSpeedEngine:
         optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=suite.shared.weight_decay)
         self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=self.config)
         self.module = self.engine
+        TRAINED_ENGINES.append(self)
 
     def step(self, loss: torch.Tensor) -> float:
         self.engine.backward(loss)
@@ -57,6 +59,20 @@ class DeepSpeedEngine:
         grad_bytes = sum(p.numel() * p.element_size() for p in trainable) // grad_divisor
         return {"params": tensor_bytes(params), "grads": grad_bytes, "optimizer": optimizer_bytes}
 
+    def weights_digest(self) -> str:
+        """SHA-256 of this rank's full weights, gathered one parameter at a time under ZeRO-3 (memory stays
+        at one parameter): equal digests on all ranks show data parallelism kept the replicas identical."""
+        import hashlib
+
+        import deepspeed
+
+        digest = hashlib.sha256()
+        for name, param in self.engine.module.named_parameters():
+            with deepspeed.zero.GatheredParameters([param], enabled=self.zero_stage == 3):
+                digest.update(name.encode())
+                digest.update(param.detach().float().cpu().numpy().tobytes())
+        return digest.hexdigest()
+
     def save_pretrained(self, out_dir, tokenizer=None) -> None:
         module = self.engine.module
         if self.zero_stage == 3:
@@ -70,3 +86,19 @@ class DeepSpeedEngine:
             module.save_pretrained(out_dir)
         if tokenizer is not None and torch.distributed.get_rank() == 0:
             tokenizer.save_pretrained(out_dir)
+
+
+def frozen_engine(model: torch.nn.Module, suite, batch_size: int):
+    """A frozen model as a DeepSpeed engine without optimizer (DeepSpeed-Chat's reference and reward models):
+    the inference config partitions its parameters over the ranks under ZeRO-3 and, with zero3_offload, keeps
+    the partitions in CPU memory; every forward gathers them layer by layer."""
+    import deepspeed
+
+    from remax_bench.deepspeed_config import deepspeed_config, init_distributed_single_process
+
+    init_distributed_single_process(suite.runtime.collective_timeout_s)
+    config = deepspeed_config(suite.runtime, suite.shared, batch_size, stage="inference")
+    ENGINE_CONFIGS.append(config)
+    engine, *_ = deepspeed.initialize(model=model, config=config)
+    engine.eval()
+    return engine

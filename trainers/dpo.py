@@ -18,10 +18,9 @@ import random
 import torch
 import torch.nn.functional as F
 
-from remax_bench.metrics import model_state_bytes
 from remax_bench.models import load_causal_lm, load_tokenizer
-from trainers.common import StageError, StageRun, batches, check_finite, stage_main
-from trainers.engine import build_engine, freeze
+from trainers.common import StageError, StageRun, batches, check_finite, rank_batches, stage_main
+from trainers.engine import build_engine, frozen_state_bytes, place_frozen
 from trainers.heldout import gold_reward_of, heldout_prompts, is_synthetic
 from trainers.sequences import encode_pairs, response_logprobs
 from trainers.reward_model import preference_splits
@@ -81,9 +80,9 @@ def train(run: StageRun) -> dict:
     batch_size = suite.shared.train_batch_size
 
     with run.timer.phase("score"):
-        reference = freeze(load_causal_lm(sft, seed=run.seed, precision=suite.shared.precision).to(run.device))
-        run.component_bytes["reference"] = model_state_bytes(reference)
-        run.record_dtype("reference", reference)
+        loaded = run.record_dtype("reference", load_causal_lm(sft, seed=run.seed, precision=suite.shared.precision))
+        reference = place_frozen(loaded.to(run.device), suite, run.per_rank("shared.train_batch_size"))
+        run.component_bytes["reference"] = frozen_state_bytes(reference)
         with run.autocast():
             reference_pass(reference, tokenizer, train_rows + eval_rows, suite, run.device, batch_size)
         del reference  # never needed again
@@ -93,15 +92,16 @@ def train(run: StageRun) -> dict:
     model = run.record_dtype("policy", load_causal_lm(sft, seed=run.seed).to(run.device))  # fp32 master weights
     if suite.shared.gradient_checkpointing:
         model.gradient_checkpointing_enable()
-    engine = build_engine(model, suite.shared.learning_rate, suite, batch_size)
+    engine = build_engine(model, suite.shared.learning_rate, suite, run.per_rank("shared.train_batch_size"))
     before = implicit_accuracy(engine.module, tokenizer, eval_rows, suite, run.device, beta, batch_size)
     rng = random.Random(run.seed)
     stream = iter(())
     step_times, tokens_total = [], 0
     for step in range(suite.iterations):
         chunk = next(stream, None)
-        if chunk is None:  # cycle over the pairs in fresh shuffled passes
-            stream = batches(train_rows, batch_size, rng, drop_last=len(train_rows) >= batch_size)
+        if chunk is None:  # cycle over the pairs in fresh shuffled passes; each rank trains on its share
+            stream = rank_batches(run, train_rows, "shared.train_batch_size", rng, "data.preferences",
+                                  drop_last=len(train_rows) >= batch_size)
             chunk = next(stream)
         with run.timer.phase("train"), run.autocast():
             chosen, rejected, tokens = pair_logprobs(engine.module, tokenizer, chunk, suite, run.device, True)
@@ -116,7 +116,7 @@ def train(run: StageRun) -> dict:
         if step > 0:
             step_times.append(elapsed)
             tokens_total += tokens
-        run.log(step, loss=loss.item(), accuracy=(rc > rr).float().mean().item(), reward_margin=(rc - rr).mean().item(),
+        run.log(step, loss=run.mean_over_ranks(loss.detach()), accuracy=run.mean_over_ranks((rc > rr).float().mean()), reward_margin=(rc - rr).mean().item(),
                 chosen_reward=rc.mean().item(), rejected_reward=rr.mean().item(), time_train_s=elapsed,
                 time_step_s=elapsed, tokens_per_second=tokens / max(elapsed, 1e-9))
         if (step + 1) % max(1, suite.iterations // 4) == 0:

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import torch
 
-from remax_bench.metrics import model_state_bytes
+from remax_bench.metrics import model_state_bytes, tensor_bytes
 
 # DeepSpeed configs generated in this process, one per engine; the stage manifest records them.
 ENGINE_CONFIGS: list[dict] = []
+# The DeepSpeed engines of trained models in this process; a multi-rank stage compares their weights across ranks.
+TRAINED_ENGINES: list = []
 
 
 class TorchEngine:
@@ -56,3 +58,22 @@ def freeze(model: torch.nn.Module) -> torch.nn.Module:
     model.eval()
     model.requires_grad_(False)
     return model
+
+
+def place_frozen(model: torch.nn.Module, suite, batch_size: int):
+    """A frozen model placed as ``runtime.deepspeed.frozen_models`` says: replicated (the model itself), or a
+    DeepSpeed inference engine with its parameters ZeRO-3 partitioned over the ranks (optionally offloaded)."""
+    model = freeze(model)
+    ds = suite.runtime.deepspeed
+    if not ds.enabled or ds.frozen_placement == "replicated":
+        return model
+    from trainers.deepspeed_engine import frozen_engine  # imported only on the DeepSpeed path
+
+    return frozen_engine(model, suite, batch_size)
+
+
+def frozen_state_bytes(model: torch.nn.Module) -> dict[str, int]:
+    """Bytes of a frozen model's parameters on this rank: under ZeRO-3 its own partitions (``ds_tensor``)."""
+    states = model_state_bytes(model)
+    states["params"] = tensor_bytes([getattr(p, "ds_tensor", p) for p in model.parameters()])
+    return states

@@ -27,10 +27,15 @@ def heldout_prompts(suite, limit: int | None = None) -> list[str]:
 def gold_reward_of(model, tokenizer, suite, prompts: list[str], batch_size: int = 64) -> dict[str, float]:
     """Mean gold reward of greedy answers, and their mean length in tokens."""
     shared = suite.shared
+    ds = suite.runtime.deepspeed
+    # Under ZeRO-3 every rank must run the same number of forwards (see rollout.synced_generation).
+    synced = (ds.enabled and ds.zero_stage == 3 and torch.distributed.is_initialized()
+              and torch.distributed.get_world_size() > 1)
     scores, lengths = [], []
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start : start + batch_size]
-        batch = generate(model, tokenizer, chunk, shared.max_prompt_length, shared.max_response_length, greedy=True)
+        batch = generate(model, tokenizer, chunk, shared.max_prompt_length, shared.max_response_length, greedy=True,
+                         synced_gpus=synced)
         for prompt, response in zip(chunk, decode_responses(tokenizer, batch)):
             scores.append(gold_score(prompt, response))
         lengths.extend(batch.response_lengths.tolist())

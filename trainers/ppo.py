@@ -38,23 +38,26 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, response_mask: torch.Tensor
     return advantages.detach(), (advantages + values).detach()
 
 
-def whiten(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """(x - mean) / std over the unmasked entries; masked entries become 0."""
-    mean = masked_mean(values, mask)
-    var = masked_mean((values - mean) ** 2, mask)
+def whiten(values: torch.Tensor, mask: torch.Tensor, mean_of=masked_mean) -> torch.Tensor:
+    """(x - mean) / std over the unmasked entries; masked entries become 0. ``mean_of``: with several ranks,
+    StageRun.global_mean, so the statistics are those of the global rollout batch."""
+    mean = mean_of(values, mask)
+    var = mean_of((values - mean) ** 2, mask)
     return ((values - mean) * torch.rsqrt(var + 1e-8)) * mask
 
 
-def ppo_policy_loss(logprobs, old_logprobs, advantages, response_mask, clip_range: float) -> torch.Tensor:
+def ppo_policy_loss(logprobs, old_logprobs, advantages, response_mask, clip_range: float,
+                    mean=masked_mean) -> torch.Tensor:
     ratio = torch.exp(logprobs - old_logprobs)
     unclipped = -advantages * ratio
     clipped = -advantages * ratio.clamp(1.0 - clip_range, 1.0 + clip_range)
-    return masked_mean(torch.maximum(unclipped, clipped), response_mask)
+    return mean(torch.maximum(unclipped, clipped), response_mask)
 
 
-def ppo_value_loss(values, old_values, returns, response_mask, clip_range: float) -> torch.Tensor:
+def ppo_value_loss(values, old_values, returns, response_mask, clip_range: float,
+                   mean=masked_mean) -> torch.Tensor:
     clipped_values = old_values + (values - old_values).clamp(-clip_range, clip_range)
-    return 0.5 * masked_mean(torch.maximum((values - returns) ** 2, (clipped_values - returns) ** 2), response_mask)
+    return 0.5 * mean(torch.maximum((values - returns) ** 2, (clipped_values - returns) ** 2), response_mask)
 
 
 @torch.no_grad()
@@ -94,9 +97,9 @@ def train(run: StageRun) -> dict:
         raise StageError("PPO's critic needs a reward model with a `score` head (a *ForSequenceClassification model)")
     if suite.shared.gradient_checkpointing:
         critic_model.gradient_checkpointing_enable()
-    critic = build_engine(critic_model, cfg.critic_learning_rate, suite, suite.shared.train_batch_size)
+    mini_batch = run.per_rank("shared.train_batch_size")  # this rank's share of each global mini-batch
+    critic = build_engine(critic_model, cfg.critic_learning_rate, suite, mini_batch)
     rollouts = RolloutEngine(run, models)
-    mini_batch = suite.shared.train_batch_size
 
     def step(iteration: int, prompts: list[str]) -> dict:
         ro = rollouts.collect(prompts, iteration)
@@ -106,7 +109,7 @@ def train(run: StageRun) -> dict:
         with run.timer.phase("train"):
             rewards = ro.rewards(suite.shared.kl_coef, suite.shared.reward_clip)
             advantages, returns = gae(rewards, old_values, mask, cfg.gamma, cfg.gae_lambda)
-            advantages = whiten(advantages, mask)
+            advantages = whiten(advantages, mask, run.global_mean)
             policy_losses, value_losses, grad_norms, diagnostics = [], [], [], []
             for _ in range(cfg.ppo_epochs):
                 order = torch.randperm(len(prompts))
@@ -116,17 +119,18 @@ def train(run: StageRun) -> dict:
                     with run.autocast():
                         logprobs = token_logprobs(forward_logits(policy.module, part), part.response_ids)
                         policy_loss = ppo_policy_loss(logprobs, ro.old_logprobs[rows], advantages[rows], part_mask,
-                                                      cfg.clip_range)
+                                                      cfg.clip_range, run.token_mean)
                     check_finite("policy_loss", policy_loss, iteration)  # before the update
                     grad_norms.append(policy.step(policy_loss))
                     with run.autocast():
                         values = critic_values(critic.module, part)
                         value_loss = ppo_value_loss(values, old_values[rows], returns[rows], part_mask,
-                                                    cfg.value_clip_range)
+                                                    cfg.value_clip_range, run.token_mean)
                     check_finite("value_loss", value_loss, iteration)
                     critic.step(value_loss)
-                    policy_losses.append(policy_loss.item())
-                    value_losses.append(value_loss.item())
+                    # With several ranks a rank's loss is its scaled part of the global mean; their mean is it.
+                    policy_losses.append(run.mean_over_ranks(policy_loss.detach()))
+                    value_losses.append(run.mean_over_ranks(value_loss.detach()))
                     diagnostics.append(ppo_diagnostics(logprobs, ro.old_logprobs[rows], values, returns[rows],
                                                        part_mask, cfg.clip_range))
         return {

@@ -65,8 +65,12 @@ def remax_returns(scores: torch.Tensor, baseline_scores: torch.Tensor, kl_penalt
     return (returns * response_mask).detach()
 
 
-def remax_loss(logprobs: torch.Tensor, returns: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
-    """L = -sum_t G_t * log pi(a_t) / (number of response tokens in the batch)."""
+def remax_loss(logprobs: torch.Tensor, returns: torch.Tensor, response_mask: torch.Tensor, mean=None) -> torch.Tensor:
+    """L = -sum_t G_t * log pi(a_t) / (number of response tokens in the batch).
+
+    ``mean``: the masked mean to take; with several ranks, StageRun.token_mean (tokens of the global batch)."""
+    if mean is not None:
+        return -mean(returns * logprobs, response_mask)
     return -(returns * logprobs * response_mask).sum() / response_mask.sum().clamp(min=1)
 
 
@@ -92,7 +96,7 @@ def train(run: StageRun) -> dict:
                 logprobs = token_logprobs(logits, ro.batch.response_ids)
             kl = kl_penalty(logprobs.detach(), ro.ref_logprobs, suite.shared.kl_coef)
             returns = remax_returns(ro.scores, baseline, kl, mask, cfg.gamma, suite.shared.reward_clip, cfg.kl_mode)
-            loss = remax_loss(logprobs, returns, mask)
+            loss = remax_loss(logprobs, returns, mask, run.token_mean)
             check_finite("policy_loss", loss, iteration)  # before the update: bad numbers never reach the weights
             grad_norm = policy.step(loss)
         with torch.no_grad():
@@ -103,7 +107,7 @@ def train(run: StageRun) -> dict:
             "baseline_reward_mean": ro.raw_greedy_scores.mean().item(),
             "advantage_mean": (ro.scores - baseline).mean().item(),
             "kl": sequence_kl(logprobs.detach(), ro.ref_logprobs, mask),
-            "policy_loss": loss.item(),
+            "policy_loss": run.mean_over_ranks(loss.detach()),  # the global batch's loss
             "grad_norm": grad_norm,
             "entropy": token_entropy,
             "response_length": mask.sum(-1).float().mean().item(),

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 
 from remax_bench.data import load_preferences
 from remax_bench.models import load_reward_model, load_tokenizer
-from trainers.common import StageError, StageRun, batches, check_finite, split_heldout, stage_main
+from trainers.common import (StageError, StageRun, batches, check_finite, rank_batches, split_heldout, stage_main,
+                            steps_per_pass)
 from trainers.engine import build_engine
 from trainers.sequences import encode_pairs, sequence_scores
 from trainers.sft import keep_fitting
@@ -64,18 +65,17 @@ def train(run: StageRun) -> dict:
     model = run.record_dtype("reward", load_reward_model(base, seed=run.seed, new_head=True).to(run.device))
     if suite.shared.gradient_checkpointing:
         model.gradient_checkpointing_enable()
-    engine = build_engine(model, cfg.learning_rate, suite, cfg.batch_size)
+    engine = build_engine(model, cfg.learning_rate, suite, run.per_rank("reward_model.batch_size"))
     model = engine.module
     accuracy_before = pairwise_accuracy(model, tokenizer, eval_rows, suite, run.device, cfg.batch_size)
-    steps_per_epoch = -(-len(train_rows) // cfg.batch_size)
+    steps_per_epoch = steps_per_pass(run, len(train_rows), "reward_model.batch_size")
     total_steps = min(cfg.max_steps or cfg.epochs * steps_per_epoch, cfg.epochs * steps_per_epoch)
     eval_every = max(1, total_steps // 5)
     rng = random.Random(run.seed)
     step, start = 0, time.time()
     while step < total_steps:
-        for chunk in batches(train_rows, cfg.batch_size, rng):
-            if step >= total_steps:
-                break
+        # Each rank's share is the same number of pairs, so DeepSpeed's gradient average is the global mean.
+        for chunk in rank_batches(run, train_rows, "reward_model.batch_size", rng, "data.preferences"):
             with run.autocast():
                 chosen, rejected = score_pairs(model, tokenizer, chunk, suite, run.device)
                 loss = bradley_terry_loss(chosen, rejected)
@@ -83,13 +83,16 @@ def train(run: StageRun) -> dict:
             engine.step(loss)
             if step == 0:
                 run.component_bytes["reward"] = engine.state_bytes()
-            metrics = {"loss": loss.item(), "accuracy": (chosen > rejected).float().mean().item(),
-                       "reward_margin": (chosen - rejected).mean().item()}
+            metrics = {"loss": run.mean_over_ranks(loss.detach()),
+                       "accuracy": run.mean_over_ranks((chosen > rejected).float().mean()),
+                       "reward_margin": run.mean_over_ranks((chosen - rejected).mean().detach())}
             if (step + 1) % eval_every == 0 or step + 1 == total_steps:
                 metrics["eval_accuracy"] = pairwise_accuracy(model, tokenizer, eval_rows, suite, run.device, cfg.batch_size)
                 engine.save_pretrained(run.checkpoint_dir, tokenizer)
             run.log(step, **metrics)
             step += 1
+            if step >= total_steps:
+                break  # before the next draw, so no rank draws a batch it does not train on
     engine.save_pretrained(run.checkpoint_dir, tokenizer)
     return {
         "iterations": step,

@@ -18,10 +18,9 @@ from typing import Callable
 import torch
 
 from remax_bench.data import load_prompts
-from remax_bench.metrics import model_state_bytes
 from remax_bench.models import load_causal_lm, load_reward_model, load_tokenizer
 from trainers.common import StageError, StageRun, check_finite
-from trainers.engine import build_engine, freeze
+from trainers.engine import build_engine, frozen_state_bytes, place_frozen
 from trainers.heldout import gold_reward_of, heldout_prompts, is_synthetic
 from trainers.sequences import (
     SequenceBatch,
@@ -107,21 +106,33 @@ def load_online_models(run: StageRun) -> OnlineModels:
     policy = run.record_dtype("policy", load_causal_lm(sft, seed=run.seed).to(run.device))  # fp32 master weights
     if suite.shared.gradient_checkpointing:
         policy.gradient_checkpointing_enable()
-    engine = build_engine(policy, suite.shared.learning_rate, suite, suite.shared.train_batch_size)
+    engine = build_engine(policy, suite.shared.learning_rate, suite, run.per_rank("shared.train_batch_size"))
     # Scoring-only models may run in bf16 outright; the trained ones keep fp32 master weights.
     frozen_precision = suite.shared.precision
-    reference = freeze(load_causal_lm(sft, seed=run.seed, precision=frozen_precision).to(run.device))
-    reward = freeze(load_reward_model(reward_dir, seed=run.seed, precision=frozen_precision).to(run.device))
-    run.record_dtype("reference", reference)
-    run.record_dtype("reward", reward)
+    per_rank = run.per_rank("shared.rollout_batch_size")
+    reference = run.record_dtype("reference", load_causal_lm(sft, seed=run.seed, precision=frozen_precision))
+    reward = run.record_dtype("reward", load_reward_model(reward_dir, seed=run.seed, precision=frozen_precision))
+    reference = place_frozen(reference.to(run.device), suite, per_rank)
+    reward = place_frozen(reward.to(run.device), suite, per_rank)
     reward_tokenizer = load_tokenizer(reward_dir)
     same = reward_tokenizer.get_vocab() == tokenizer.get_vocab()
     return OnlineModels(tokenizer, engine, reference, reward, reward_tokenizer, same)
 
 
+def synced_generation(run: StageRun) -> bool:
+    """Whether ``generate`` must keep every rank stepping until all ranks are done.
+
+    Under ZeRO-3 every forward all-gathers the partitioned parameters, so all ranks must run the same number
+    of forwards: a rank whose answers end early would otherwise leave the others waiting in a gather forever.
+    transformers' ``synced_gpus`` keeps finished ranks running dummy forwards until every rank is done (the
+    ReMax authors' DeepSpeed-Chat code passes it under ZeRO-3 too)."""
+    ds = run.suite.runtime.deepspeed
+    return run.world_size > 1 and ds.enabled and ds.zero_stage == 3
+
+
 def frozen_states(models: OnlineModels) -> dict:
     """Bytes of the scoring-only models: parameters only (no gradients, no optimizer)."""
-    return {"reference": model_state_bytes(models.reference), "reward": model_state_bytes(models.reward)}
+    return {"reference": frozen_state_bytes(models.reference), "reward": frozen_state_bytes(models.reward)}
 
 
 class PromptSampler:
@@ -131,24 +142,27 @@ class PromptSampler:
         suite = run.suite
         rows = load_prompts(suite.data.prompts, suite.data.synthetic, split_kind="train")
         limit = suite.shared.max_prompt_length
+        self.run = run
         self.prompts = [r["prompt"] for r in rows if prompt_fits(tokenizer, r["prompt"], limit)]
         if len(self.prompts) < len(rows):
             run.warn(f"{len(rows) - len(self.prompts)} of {len(rows)} prompts exceed shared.max_prompt_length="
                      f"{limit} tokens and were dropped")
         if not self.prompts:
             raise StageError(f"data.prompts has no prompt within shared.max_prompt_length={limit}")
-        # Each data-parallel rank draws its own prompts (one process: rank 0, the plain seed).
-        self.rng = random.Random(run.seed + 1_000_003 * run.rank)
-        self.order: list[str] = []
+        # Every rank shuffles with the same seed and draws the same global batch, then keeps its own slice:
+        # N ranks together generate for exactly the prompts one process would.
+        self.rng = random.Random(run.seed)
+        self.order: list[int] = []
 
     def next(self, n: int) -> list[str]:
-        out = []
-        while len(out) < n:
+        """This rank's share of the next global batch of ``n`` prompts."""
+        drawn = []
+        while len(drawn) < n:
             if not self.order:
-                self.order = self.prompts[:]
+                self.order = list(range(len(self.prompts)))
                 self.rng.shuffle(self.order)
-            out.append(self.order.pop())
-        return out
+            drawn.append(self.order.pop())
+        return [self.prompts[i] for i in self.run.shard("data.prompts", drawn)]
 
 
 # -- one rollout ------------------------------------------------------------------------------------
@@ -187,9 +201,12 @@ class RolloutEngine:
     def generate(self, prompts: list[str], greedy=False) -> SequenceBatch:
         shared, models = self.run.suite.shared, self.models
         with self.run.timer.phase("generate"):
-            return generate(models.policy.module, models.tokenizer, prompts, shared.max_prompt_length,
+            batch = generate(models.policy.module, models.tokenizer, prompts, shared.max_prompt_length,
                             shared.max_response_length, temperature=shared.generation.temperature,
-                            top_p=shared.generation.top_p, top_k=shared.generation.top_k, greedy=greedy)
+                            top_p=shared.generation.top_p, top_k=shared.generation.top_k, greedy=greedy,
+                            synced_gpus=synced_generation(self.run))
+        self.run.generated_widths.append(int(batch.response_ids.shape[1]))
+        return batch
 
     @torch.no_grad()
     def reward_scores(self, prompts: list[str], batch: SequenceBatch) -> torch.Tensor:
@@ -203,6 +220,15 @@ class RolloutEngine:
             rescored = encode_pairs(models.reward_tokenizer, prompts, texts, shared.max_prompt_length,
                                     shared.max_response_length).to(run.device)
             return sequence_scores(models.reward, rescored)
+
+    def _all_ranks(self, values: torch.Tensor) -> torch.Tensor:
+        """The values of every rank's share of the global batch (ranks hold equal shares), in rank order: the
+        running reward statistics are those of the global batch, the same on every rank."""
+        if self.run.world_size == 1:
+            return values
+        parts = [torch.empty_like(values) for _ in range(self.run.world_size)]
+        torch.distributed.all_gather(parts, values.contiguous())
+        return torch.cat(parts)
 
     def collect(self, prompts: list[str], step: int, *, greedy_baseline: bool = False,
                 policy_logprobs: bool = True) -> Rollout:
@@ -234,7 +260,7 @@ class RolloutEngine:
         scores, greedy_scores = raw_scores, raw_greedy
         if self.moments is not None:
             # Statistics of the sampled scores only; the greedy baseline is put on the same scale.
-            self.moments.update(raw_scores)
+            self.moments.update(self._all_ranks(raw_scores))
             scores = self.moments.normalise(raw_scores)
             greedy_scores = self.moments.normalise(raw_greedy) if greedy_baseline else None
         return Rollout(prompts, sampled, scores, raw_scores, ref_logprobs, old_logprobs, token_entropy,
@@ -260,6 +286,7 @@ def online_loop(run: StageRun, models: OnlineModels, step_fn: Callable[[int, lis
     """
     suite = run.suite
     sampler = PromptSampler(run, models.tokenizer)
+    run.per_rank("shared.rollout_batch_size")
     iterations = suite.iterations
     synthetic = is_synthetic(suite) and not run.config.get("skip_heldout")
     eval_prompts = heldout_prompts(suite) if synthetic else []
@@ -275,6 +302,7 @@ def online_loop(run: StageRun, models: OnlineModels, step_fn: Callable[[int, lis
     for step in range(iterations):
         start = time.perf_counter()
         metrics = step_fn(step, sampler.next(suite.shared.rollout_batch_size))
+        metrics["reward_mean"] = run.mean_over_ranks(metrics["reward_mean"])  # over the global batch
         elapsed = time.perf_counter() - start
         phases = run.timer.pop()
         missing = [name for name in SHARED_DIAGNOSTICS if name not in metrics]

@@ -164,12 +164,17 @@ def generate(
     top_p: float = 1.0,
     top_k: int = 0,
     greedy: bool | torch.Tensor = False,
+    synced_gpus: bool = False,
 ) -> SequenceBatch:
-    """Batched generation with left padding. ``greedy`` is all-greedy (True) or a per-row mask."""
+    """Batched generation with left padding. ``greedy`` is all-greedy (True) or a per-row mask.
+
+    ``synced_gpus``: keep stepping until every rank is done (needed under ZeRO-3 with several ranks)."""
     device = next(model.parameters()).device
     prompts = encode_prompts(tokenizer, instructions, max_prompt_length).to(device)
     all_greedy = isinstance(greedy, bool) and greedy
     kwargs = dict(max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    if synced_gpus:
+        kwargs["synced_gpus"] = True
     if all_greedy:
         kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
     else:

@@ -14,15 +14,18 @@ import torch
 
 from remax_bench.data import load_sft
 from remax_bench.models import load_causal_lm, load_tokenizer
-from trainers.common import StageError, StageRun, batches, check_finite, split_heldout, stage_main
+from trainers.common import (StageError, StageRun, batches, check_finite, rank_batches, split_heldout, stage_main,
+                            steps_per_pass)
 from trainers.engine import build_engine
 from trainers.heldout import gold_reward_of, heldout_prompts, is_synthetic
 from trainers.sequences import encode_pairs, forward_logits, masked_mean, prompt_fits, token_logprobs
 
 
-def sft_loss(logits: torch.Tensor, tokens: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
-    """Mean negative log-likelihood of the response tokens. logits [B,R,V], tokens/mask [B,R]."""
-    return -masked_mean(token_logprobs(logits, tokens), response_mask)
+def sft_loss(logits: torch.Tensor, tokens: torch.Tensor, response_mask: torch.Tensor, mean=masked_mean) -> torch.Tensor:
+    """Mean negative log-likelihood of the response tokens. logits [B,R,V], tokens/mask [B,R].
+
+    ``mean`` is the masked mean to take; with several ranks, StageRun.token_mean (over the global batch)."""
+    return -mean(token_logprobs(logits, tokens), response_mask)
 
 
 def keep_fitting(run: StageRun, tokenizer, rows: list[dict], field: str) -> list[dict]:
@@ -62,35 +65,36 @@ def train(run: StageRun) -> dict:
     model = run.record_dtype("policy", load_causal_lm(suite.models.policy, seed=run.seed).to(run.device))
     if suite.shared.gradient_checkpointing:
         model.gradient_checkpointing_enable()
-    engine = build_engine(model, cfg.learning_rate, suite, cfg.batch_size)
+    engine = build_engine(model, cfg.learning_rate, suite, run.per_rank("sft.batch_size"))
     model = engine.module
     loss_before = heldout_loss(model, tokenizer, eval_rows, suite, cfg.batch_size)
-    steps_per_epoch = -(-len(train_rows) // cfg.batch_size)
+    steps_per_epoch = steps_per_pass(run, len(train_rows), "sft.batch_size")
     total_steps = min(cfg.max_steps or cfg.epochs * steps_per_epoch, cfg.epochs * steps_per_epoch)
     rng = random.Random(run.seed)
     step, tokens_seen, start = 0, 0, time.time()
     eval_every = max(1, total_steps // 5)
     while step < total_steps:
-        for chunk in batches(train_rows, cfg.batch_size, rng):
-            if step >= total_steps:
-                break
+        for chunk in rank_batches(run, train_rows, "sft.batch_size", rng, "data.sft"):
             batch = encode_pairs(tokenizer, [r["prompt"] for r in chunk], [r["response"] for r in chunk],
                                  suite.shared.max_prompt_length, suite.shared.max_response_length).to(run.device)
             t0 = time.time()
             with run.autocast():
-                loss = sft_loss(forward_logits(model, batch), batch.response_ids, batch.response_mask)
+                loss = sft_loss(forward_logits(model, batch), batch.response_ids, batch.response_mask, run.token_mean)
             check_finite("SFT loss", loss, step)
             grad_norm = engine.step(loss)
+            loss_value = run.mean_over_ranks(loss.detach())  # the global batch's token mean
             if step == 0:
                 run.component_bytes["policy"] = engine.state_bytes()  # optimizer states exist from now on
             tokens = int(batch.attention_mask.sum())
             tokens_seen += tokens
-            metrics = {"loss": loss.item(), "grad_norm": grad_norm, "tokens_per_second": tokens / (time.time() - t0)}
+            metrics = {"loss": loss_value, "grad_norm": grad_norm, "tokens_per_second": tokens / (time.time() - t0)}
             if (step + 1) % eval_every == 0 or step + 1 == total_steps:
                 metrics["eval_loss"] = heldout_loss(model, tokenizer, eval_rows, suite, cfg.batch_size)
                 engine.save_pretrained(run.checkpoint_dir, tokenizer)  # the last good checkpoint
             run.log(step, **metrics)
             step += 1
+            if step >= total_steps:
+                break  # before the next draw, so no rank draws a batch it does not train on
     engine.save_pretrained(run.checkpoint_dir, tokenizer)
     summary = {
         "iterations": step,

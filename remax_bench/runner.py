@@ -64,11 +64,11 @@ def plan(suite: Suite, seeds: list[int] | None = None, only: list[str] | None = 
     prep_seed = seeds[0]
     enabled = suite.enabled_algorithms()
     stages = [StagePlan("sft", prep_seed, given=suite.sft.path)]
-    if algorithms.needing_reward_model(enabled) or (suite.eval.enabled and suite.eval.judge.type == "reward_model"):
+    if suite.needs_reward_model_stage():
         stages.append(StagePlan("reward_model", prep_seed, needs=[f"sft/seed{prep_seed}"], given=suite.reward_model.path))
     for seed in seeds:
         for name in enabled:
-            stages.append(algorithm_stage(name, seed, prep_seed))
+            stages.append(algorithm_stage(name, seed, prep_seed, suite.shared.reward_function))
         if suite.eval.enabled:
             needs = [f"sft/seed{prep_seed}"] + [f"{a}/seed{seed}" for a in enabled]
             if suite.eval.judge.type == "reward_model":
@@ -83,10 +83,11 @@ def plan(suite: Suite, seeds: list[int] | None = None, only: list[str] | None = 
     return stages
 
 
-def algorithm_stage(name: str, seed: int, prep_seed: int) -> StagePlan:
-    """One algorithm's stage: it starts from the SFT model and, if it optimises one, the reward model."""
+def algorithm_stage(name: str, seed: int, prep_seed: int, reward_function: str | None = None) -> StagePlan:
+    """One algorithm's stage: it starts from the SFT model and, if it optimises one (or starts a critic from
+    it), the reward model; with shared.reward_function the online algorithms score with that instead."""
     needs = [f"sft/seed{prep_seed}"]
-    if algorithms.get(name).reward_model:
+    if algorithms.needs_reward_model_stage(name, reward_function):
         needs.append(f"reward_model/seed{prep_seed}")
     return StagePlan(name, seed, needs=needs)
 

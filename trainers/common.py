@@ -120,6 +120,7 @@ class StageRun:
         self.timer = PhaseTimer(self.device)
         self.start_time = time.time()
         self.component_bytes: dict[str, dict[str, int]] = {}
+        self.manifest_extra: dict[str, Any] = {}  # stage-specific records (e.g. an online stage's matched budget)
         self.warnings: list[str] = []
         self._metrics_file = None
         self._last_log = 0.0
@@ -147,6 +148,7 @@ class StageRun:
             "end": datetime.now(timezone.utc).isoformat() if status != "running" else None,
             "warnings": self.warnings,
             "deepspeed_configs": ENGINE_CONFIGS,
+            **self.manifest_extra,
             **extra,
         }
 

@@ -24,6 +24,7 @@ import html
 import json
 import math
 import re
+import shutil
 import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -1064,12 +1065,42 @@ def write_report(results_dir: str | Path, reports_dir: str | Path, suite_name: s
         md += [f"### {p.title}", "", f"![{p.title}]({p.file})", "", p.caption, ""]
     if omitted:
         md += ["Left out:", "", *[f"- {o}" for o in omitted], ""]
+    variance = _variance_section(root / name, out)
+    md += variance
     (out / "summary.md").write_text("\n".join(md))
 
     index = out / "index.html"
-    index.write_text(_html(name, suite_hash, generated, res, agg, table, paper, differed, env, problems,
-                           missing_algos, plots, omitted, prep))
+    page = _html(name, suite_hash, generated, res, agg, table, paper, differed, env, problems, missing_algos, plots,
+                 omitted, prep)
+    if variance:
+        e = html.escape
+        table_rows = [line.strip("|").split("|") for line in variance if line.startswith("| ") and "---" not in line]
+        cells = "".join("<tr>" + "".join(f"<{'th' if i == 0 else 'td'}>{e(c.strip())}</{'th' if i == 0 else 'td'}>"
+                                          for c in row) + "</tr>" for i, row in enumerate(table_rows))
+        page = page.replace("</body></html>", f"<h2>Policy-gradient variance</h2><p>{e(variance[2])}</p>"
+                            f"<table>{cells}</table><figure><img src='variance.png' alt='variance'></figure>"
+                            "</body></html>")
+    index.write_text(page)
     return index
+
+
+def _variance_section(suite_dir: Path, out: Path) -> list[str]:
+    """The gradient-variance measurement (`remax-bench variance`), when one was made for this suite."""
+    path = suite_dir / "variance" / "variance.json"
+    (out / "variance.png").unlink(missing_ok=True)
+    if not path.is_file():
+        return []
+    from remax_bench.variance import variance_markdown
+
+    record = json.loads(path.read_text())
+    if (suite_dir / "variance" / "variance.png").is_file():
+        shutil.copyfile(suite_dir / "variance" / "variance.png", out / "variance.png")
+    return ["## Policy-gradient variance", "",
+            f"`remax-bench variance` on `{record['checkpoint']}` (reward: {record['reward']}): {record['repeats']} "
+            f"batches of {record['answers']} generated answers per estimator (greedy answers count), k = "
+            f"{record['k']}; trace of the covariance of the gradient over the batches, and the same divided by "
+            "the squared norm of the mean gradient (scale-free: GRPO's division by the std rescales g).", "",
+            *variance_markdown(record), "", "![Policy-gradient variance](variance.png)", ""]
 
 
 CSS = """

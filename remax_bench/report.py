@@ -377,12 +377,13 @@ def _per_token(summary: dict, steps: pd.DataFrame, tokens_per_second: float) -> 
     """Cost and quality per generated token (every generated answer, greedy baselines included), so that
     algorithms that draw different numbers of answers per prompt compare at equal generation cost."""
     generated = _num_or_nan(summary.get("generated_tokens"))
-    if math.isnan(generated) and "tokens" in steps:
+    if math.isnan(generated) and "tokens" in steps and steps["tokens"].notna().any():
         generated = float(steps["tokens"].sum())
     gain = _num_or_nan(summary.get("heldout_gold_reward")) - _num_or_nan(summary.get("heldout_gold_reward_before"))
+    generates = not math.isnan(generated) and tokens_per_second > 0  # SFT and DPO generate nothing
     return {
         "generated_tokens": generated,
-        "time_per_1k_generated_tokens_s": 1000.0 / tokens_per_second if tokens_per_second > 0 else math.nan,
+        "time_per_1k_generated_tokens_s": 1000.0 / tokens_per_second if generates else math.nan,
         "gold_gain_per_10k_tokens": 1e4 * gain / generated if generated > 0 else math.nan,
     }
 

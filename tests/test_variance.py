@@ -70,3 +70,22 @@ def test_measure_on_the_nano_model_and_the_report_section(tmp_path, one_torch_th
     assert section[0] == "## Policy-gradient variance"
     assert len([line for line in section if line.startswith("| ")]) == 2 + len(rows)  # header, rule, rows
     assert variance_markdown(record)[2].startswith("| REINFORCE, no baseline | 6 × (1 + 0)")
+
+
+def test_variance_command_needs_a_policy_and_writes_what_the_report_reads(tmp_path, one_torch_thread):
+    from click.testing import CliRunner
+
+    from remax_bench.cli import main
+
+    nano = "tests/fixtures/nano.yaml"
+    result = CliRunner().invoke(main, ["variance", nano, "--results-dir", str(tmp_path)])
+    assert result.exit_code == 2 and "no SFT checkpoint at" in result.output and "--only sft" in result.output
+    result = CliRunner().invoke(main, ["variance", nano, "--checkpoint", "tiny:nano", "--results-dir", str(tmp_path),
+                                       "--answers", "4", "--k", "4"])
+    assert result.exit_code == 2 and "--answers must be at least --k + 1 = 5" in result.output
+    result = CliRunner().invoke(main, ["variance", nano, "--checkpoint", "tiny:nano", "--results-dir", str(tmp_path),
+                                       "--answers", "6", "--k", "2", "--repeats", "2"])
+    assert result.exit_code == 0, result.output
+    written = tmp_path / "nano" / "variance"
+    record = json.loads((written / "variance.json").read_text())
+    assert record["reward"] == "gold" and len(record["rows"]) == 6 and (written / "variance.png").is_file()

@@ -196,12 +196,15 @@ def plot_variance(rows: list[dict], path: Path, dpi: int = 110) -> None:
     labels = [r["label"] for r in rows]
     for ax, key, title in ((axes[0], "trace_cov", "trace of Cov(g)"),
                            (axes[1], "noise_to_signal", "trace Cov(g) / ||mean g||^2")):
-        ax.barh(labels, [r[key] for r in rows], color="#d62728")
-        ax.set_xscale("log")
+        # an unbounded ratio (no signal above the noise of the mean) is left blank rather than drawn
+        values = [r[key] if math.isfinite(r[key]) and r[key] > 0 else 0.0 for r in rows]
+        ax.barh(labels, values, color="#d62728")
+        if any(values):
+            ax.set_xscale("log")
         ax.set_title(title, fontsize=10)
         ax.invert_yaxis()
         ax.grid(alpha=0.3, axis="x")
-    axes[1].set_yticklabels([])
+    axes[1].tick_params(labelleft=False)
     fig.suptitle(f"Policy-gradient variance at {rows[0]['answers_per_batch']} generated answers per batch "
                  f"({rows[0]['repeats']} batches each)", fontsize=10)
     fig.tight_layout()

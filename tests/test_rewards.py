@@ -113,3 +113,27 @@ def test_a_stage_trains_on_the_gold_reward_without_a_reward_model(tmp_path, one_
     assert summary["matched_budget"]["reward"] == "gold"
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert all(0.0 <= r["reward_mean"] <= 1.0 for r in rows)  # gold scores lie in [0, 1]
+
+
+def test_the_family_runs_end_to_end_on_the_true_reward_and_the_report_compares_it(tmp_path):
+    import subprocess
+
+    from remax_bench.report import load_results, summary_table
+
+    data = yaml.safe_load((SUITES_DIR.parent / "tests" / "fixtures" / "nano.yaml").read_text())
+    data["name"] = "nano_family"
+    data["shared"].update(reward_function="gold", rollout_batch_unit="samples")
+    data["ppo"], data["dpo"] = {"enabled": False}, {"enabled": False}
+    for name in ("reinforce", "grpo", "rloo", "reinforce_pp"):
+        data[name] = {"enabled": True, "samples_per_prompt": 1 if name == "reinforce" else 2}
+    data["remax"] = {"samples_per_prompt": 2}
+    suite = tmp_path / "nano_family.yaml"
+    suite.write_text(yaml.safe_dump(data))
+    result = subprocess.run([sys.executable, "-m", "remax_bench.cli", "run", str(suite), "--results-dir",
+                             str(tmp_path / "results")], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "reward_model" not in result.stdout  # nothing reads a reward model: none is trained
+    table = summary_table(load_results(tmp_path / "results", "nano_family")).set_index("algorithm")
+    assert list(table.index) == ["sft", "remax", "reinforce", "grpo", "rloo", "reinforce_pp"]
+    online = table.drop(index="sft")
+    assert (online["generated_tokens"] > 0).all() and online["time_per_1k_generated_tokens_s"].notna().all()

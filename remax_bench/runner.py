@@ -6,6 +6,10 @@ sft ──> reward_model ──┬──> ppo   ─┐
                        └──> dpo   ─┘   (dpo needs the SFT model and preference data only)
 ```
 
+Every registered algorithm a suite enables gets its stage (REINFORCE, GRPO, RLOO and REINFORCE++ sit beside
+ReMax). With ``shared.reward_function`` the online algorithms score answers with that function, so only a
+critic (PPO's) or a reward-model judge still needs the reward_model stage.
+
 SFT and the reward model are trained once (with the first seed): every algorithm then starts from the very
 same policy and optimises the very same reward, which is what makes the comparison matched. PPO, ReMax, DPO
 and eval run once per seed.

@@ -46,6 +46,9 @@ class ReMaxBlock(Strict):
     """ReMax: REINFORCE with the greedy answer's reward as baseline; nothing is required beyond shared."""
 
     enabled: bool = True
+    samples_per_prompt: int = Field(
+        default=1, ge=1, description="k sampled answers per prompt, all centred by the prompt's one greedy answer "
+        "(the paper: 1; verl runs k > 1)")
     gamma: float = Field(default=1.0, gt=0, le=1, description="gamma: discount of the centred score")
     kl_mode: Literal["per_token", "return_to_go"] = Field(
         default="per_token",
@@ -53,6 +56,50 @@ class ReMaxBlock(Strict):
         "clipped centred score; return_to_go: verl's estimator, the reverse cumulative sum of the token-level "
         "rewards minus the greedy baseline",
     )
+
+
+# The critic-free family beyond the paper. Off unless a suite enables them, so suites written before them
+# (tiny.yaml and its committed baseline) run exactly the algorithms they always ran.
+def _samples(default: int, least: int):
+    return Field(default=default, ge=least, description=f"k sampled answers per prompt (at least {least})")
+
+
+class ReinforceBlock(Strict):
+    """REINFORCE without a baseline: the control of the variance comparison."""
+
+    enabled: bool = False
+    samples_per_prompt: int = _samples(1, 1)
+    gamma: float = Field(default=1.0, gt=0, le=1, description="gamma: discount of the return-to-go")
+
+
+class GRPOBlock(Strict):
+    """GRPO (Shao et al. 2024): group-normalised outcome advantage, clipped ratio, k3 KL in the loss."""
+
+    enabled: bool = False
+    samples_per_prompt: int = _samples(4, 2)
+    clip_range: float = Field(default=0.2, gt=0, description="epsilon: the policy ratio is clipped to 1 +- epsilon")
+    kl_mode: Literal["loss", "reward"] = Field(
+        default="loss", description="loss: beta * k3 KL estimate added to the loss (GRPO); reward: -beta * sum of "
+        "log-ratios subtracted from each score before the group normalisation")
+    epochs: int = Field(default=1, gt=0, description="mu: passes over each rollout batch (mini-batches of "
+                        "shared.train_batch_size answers)")
+    std_normalize: bool = Field(default=True, description="divide by the group's std (false: Dr. GRPO's mean only)")
+
+
+class RLOOBlock(Strict):
+    """RLOO (Ahmadian et al. 2024): each sample's baseline is the mean score of the other k - 1."""
+
+    enabled: bool = False
+    samples_per_prompt: int = _samples(4, 2)
+    gamma: float = Field(default=1.0, gt=0, le=1, description="gamma: discount of the return-to-go")
+
+
+class ReinforcePPBlock(Strict):
+    """REINFORCE++ with baseline (OpenRLHF's reinforce_baseline): group mean, then batch normalisation."""
+
+    enabled: bool = False
+    samples_per_prompt: int = _samples(4, 2)
+    gamma: float = Field(default=1.0, gt=0, le=1, description="gamma: discount of the return-to-go")
 
 
 # -- the registry -------------------------------------------------------------------------------------
@@ -83,6 +130,15 @@ REGISTRY: dict[str, Algorithm] = {
                   reward_model=True, greedy_baseline=True, color="#d62728"),
         Algorithm("dpo", "DPO", DPOBlock, "trainers/dpo.py:dpo_loss", online=False, reward_model=False,
                   preference_data=True, color="#2ca02c"),
+        Algorithm("reinforce", "REINFORCE", ReinforceBlock, "trainers/reinforce.py:reinforce_returns",
+                  online=True, reward_model=True, color="#8c564b"),
+        Algorithm("grpo", "GRPO", GRPOBlock, "trainers/grpo.py:grpo_advantages, grpo_loss", online=True,
+                  reward_model=True, color="#ff7f0e"),
+        Algorithm("rloo", "RLOO", RLOOBlock, "trainers/rloo.py:rloo_baselines", online=True, reward_model=True,
+                  color="#9467bd"),
+        Algorithm("reinforce_pp", "REINFORCE++", ReinforcePPBlock,
+                  "trainers/reinforce_pp.py:reinforce_pp_advantages", online=True, reward_model=True,
+                  color="#17becf"),
     )
 }
 NAMES: tuple[str, ...] = tuple(REGISTRY)  # the order of stages, tables and plots
@@ -112,13 +168,26 @@ def needing_reward_model(names=NAMES) -> list[str]:
     return [n for n in names if REGISTRY[n].reward_model]
 
 
+def needs_reward_model_stage(name: str, reward_function: str | None = None) -> bool:
+    """Whether an algorithm's stage reads the trained reward model: to optimise its score (unless the suite
+    names a reward function instead, shared.reward_function) or to initialise a critic from it."""
+    spec = get(name)
+    return spec.critic or (spec.reward_model and reward_function is None)
+
+
+def samples_per_prompt(block) -> int:
+    """k of an algorithm's suite block; 1 for an algorithm that samples one answer per prompt."""
+    return getattr(block, "samples_per_prompt", 1)
+
+
 def needing_preferences(names=NAMES) -> list[str]:
     return [n for n in names if REGISTRY[n].preference_data]
 
 
 # The papers' symbols for the settings that have one (shown by `remax-bench validate --table`).
 SYMBOLS = {"kl_coef": "beta", "gamma": "gamma", "gae_lambda": "lambda", "clip_range": "epsilon",
-           "value_clip_range": "epsilon_v", "beta": "beta_DPO", "reward_clip": "c", "learning_rate": "eta"}
+           "value_clip_range": "epsilon_v", "beta": "beta_DPO", "reward_clip": "c", "learning_rate": "eta",
+           "samples_per_prompt": "k", "epochs": "mu"}
 
 
 def hyperparameter_table(suite) -> list[dict[str, str]]:

@@ -196,6 +196,42 @@ def check(results_dir, baseline_path, update_baseline, reproduce):
         sys.exit(1)
 
 
+@main.command()
+@click.argument("suite")
+@click.option("--checkpoint", help="the policy to measure (default: the suite's SFT checkpoint in RESULTS_DIR)")
+@click.option("--results-dir", default="results", show_default=True, type=click.Path(file_okay=False))
+@click.option("--answers", default=32, show_default=True, type=click.IntRange(min=3),
+              help="generated answers per batch, the same for every estimator (greedy ones included)")
+@click.option("--k", default=4, show_default=True, type=click.IntRange(min=2), help="answers per prompt of the "
+              "group estimators")
+@click.option("--repeats", default=16, show_default=True, type=click.IntRange(min=2), help="batches per estimator")
+@click.option("--reward", help="gold or pkg.module:function (default: shared.reward_function, else gold)")
+@click.option("--seed", default=0, show_default=True, type=int)
+def variance(suite, checkpoint, results_dir, answers, k, repeats, reward, seed):
+    """Variance of the policy-gradient estimate under no baseline, ReMax's greedy baseline, the group mean,
+    GRPO and RLOO, at equal generated answers; writes RESULTS_DIR/<suite>/variance/ (the report shows it)."""
+    from remax_bench.rewards import RewardFunctionError
+    from remax_bench.variance import run_variance
+
+    loaded = _load(suite)
+    if checkpoint is None:
+        sft = Path(results_dir) / loaded.name / "sft" / f"seed{loaded.seeds[0]}" / "checkpoint"
+        checkpoint = loaded.sft.path or str(sft)
+        if not Path(checkpoint).exists():
+            _fail(f"no SFT checkpoint at {checkpoint}: run `remax-bench run {suite} --only sft` first, or give "
+                  "--checkpoint (a policy directory or a tiny: spec)")
+    if answers < k + 1:
+        _fail(f"--answers must be at least --k + 1 = {k + 1} (one group and its greedy answer), got {answers}")
+    try:
+        record = run_variance(loaded, checkpoint, Path(results_dir) / loaded.name / "variance", answers=answers,
+                              k=k, repeats=repeats, reward=reward, seed=seed, echo=click.echo)
+    except RewardFunctionError as err:
+        _fail(f"--reward: {err}")
+    from remax_bench.variance import variance_markdown
+
+    click.echo("\n".join(variance_markdown(record)))
+    click.echo(f"written to {Path(results_dir) / loaded.name / 'variance'}/ (remax-bench report shows it)")
+
 
 def _add_estimate():
     from remax_bench.estimate import estimate_cli

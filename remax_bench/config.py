@@ -97,6 +97,11 @@ class Shared(Strict):
     max_prompt_length: int = PositiveInt
     max_response_length: int = PositiveInt
     rollout_batch_size: int = PositiveInt
+    # What rollout_batch_size counts when algorithms draw different numbers k of answers per prompt:
+    # "prompts": every algorithm sees the same prompts per iteration and one with k > 1 generates k times the
+    # tokens; "samples": every algorithm generates the same number of sampled answers per iteration, from
+    # rollout_batch_size / k prompts, so generated tokens (and a token_budget) are held equal.
+    rollout_batch_unit: Literal["prompts", "samples"] = "prompts"
     train_batch_size: int = PositiveInt
     learning_rate: float = Field(gt=0)
     iterations: Optional[int] = Field(default=None, gt=0)
@@ -110,6 +115,21 @@ class Shared(Strict):
     weight_decay: float = Field(default=0.0, ge=0)
     max_grad_norm: Optional[float] = Field(default=1.0, gt=0)
     heldout_eval_every: int = Field(default=0, ge=0)  # 0: only at the end
+    # A verifiable reward for the online algorithms instead of the learned reward model: "gold" (the synthetic
+    # task's scorer) or "pkg.module:function" taking (prompt: str, response: str) and returning a number.
+    reward_function: Optional[str] = None
+
+    @field_validator("reward_function")
+    @classmethod
+    def _reward_function(cls, spec: Optional[str]) -> Optional[str]:
+        if spec is not None:
+            from remax_bench.rewards import RewardFunctionError, load_reward_function
+
+            try:
+                load_reward_function(spec)
+            except RewardFunctionError as err:
+                raise ValueError(str(err)) from None
+        return spec
 
     @model_validator(mode="after")
     def _one_budget(self) -> "Shared":
@@ -339,8 +359,7 @@ class Suite(_AlgorithmBlocks):
                 errors.append(f"eval.mt_bench.questions: {gold_only}: expected 'synthetic' "
                               f"(got {self.eval.mt_bench.questions!r})")
         # Each data source that a planned stage trains on must be given (the plan is runner.plan's).
-        needs_reward_model = bool(algorithms.needing_reward_model(enabled)) or (
-            self.eval.enabled and judge == "reward_model")
+        needs_reward_model = self.needs_reward_model_stage()
         readers = {
             "sft": ["the sft stage"] if self.sft.path is None else [],
             "preferences": algorithms.needing_preferences(enabled)
@@ -356,6 +375,11 @@ class Suite(_AlgorithmBlocks):
                 per_rank_batch(self.batch_size(field), world, field)
             except SuiteError as err:
                 errors.append(str(err))
+        errors.extend(self._budget_errors(enabled))
+        if self.shared.reward_function == "gold" and self.data.prompts is not None \
+                and self.data.prompts.source != "synthetic" and algorithms.online(enabled):
+            errors.append("shared.reward_function: 'gold' scores the synthetic task only; set data.prompts to "
+                          f"synthetic or name another function (got data.prompts {self.data.prompts.source!r})")
         if errors:
             raise ValueError("\n".join(errors))
         return self
@@ -364,6 +388,44 @@ class Suite(_AlgorithmBlocks):
         """A global batch size by its dotted name, e.g. ``shared.train_batch_size``."""
         block, name = field.split(".")
         return int(getattr(getattr(self, block), name))
+
+    def _budget_errors(self, enabled: list[str]) -> list[str]:
+        errors, shared = [], self.shared
+        ks = {name: self.samples_per_prompt(name) for name in algorithms.online(enabled)}
+        if shared.rollout_batch_unit == "samples":
+            for name, k in ks.items():
+                if shared.rollout_batch_size % k:
+                    errors.append(f"shared.rollout_batch_size: with rollout_batch_unit 'samples' it must be a multiple "
+                                  f"of {name}.samples_per_prompt={k} (got {shared.rollout_batch_size})")
+        elif shared.token_budget is not None and len(set(ks.values())) > 1:
+            listed = ", ".join(f"{n}.samples_per_prompt={k}" for n, k in ks.items())
+            errors.append(f"shared.rollout_batch_unit: a token_budget holds generated tokens equal only when every "
+                          f"algorithm generates as many answers per iteration; with {listed} set "
+                          f"shared.rollout_batch_unit: samples (got 'prompts')")
+        return errors
+
+    def samples_per_prompt(self, name: str) -> int:
+        return algorithms.samples_per_prompt(getattr(self, name))
+
+    def prompts_per_iteration(self, name: str) -> int:
+        """Prompts an online algorithm draws per iteration under shared.rollout_batch_unit."""
+        if self.shared.rollout_batch_unit == "samples":
+            return self.shared.rollout_batch_size // self.samples_per_prompt(name)
+        return self.shared.rollout_batch_size
+
+    def matched_budget(self, name: str) -> dict:
+        """What one iteration of an online algorithm consumes, as recorded in its manifest and summary."""
+        k, prompts = self.samples_per_prompt(name), self.prompts_per_iteration(name)
+        return {"rollout_batch_unit": self.shared.rollout_batch_unit, "samples_per_prompt": k,
+                "prompts_per_iteration": prompts, "samples_per_iteration": k * prompts,
+                "greedy_per_iteration": prompts if algorithms.get(name).greedy_baseline else 0,
+                "iterations": self.iterations, "reward": self.shared.reward_function or "reward model"}
+
+    def needs_reward_model_stage(self) -> bool:
+        """Whether the plan trains the reward model: an enabled algorithm reads it, or the eval judge does."""
+        reward_function = self.shared.reward_function
+        return any(algorithms.needs_reward_model_stage(n, reward_function) for n in self.enabled_algorithms()) or (
+            self.eval.enabled and self.eval.judge.type == "reward_model")
 
     @property
     def iterations(self) -> int:

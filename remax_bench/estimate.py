@@ -264,7 +264,9 @@ class EstimateInputs:
 
     prompt_length: int = 256
     response_length: int = 256
-    rollout_batch_per_gpu: int = 8  # prompts generated per rank per iteration (PPO, ReMax)
+    rollout_batch_per_gpu: int = 8  # prompts (or sampled answers, see rollout_batch_unit) per rank per iteration
+    rollout_batch_unit: str = "prompts"  # shared.rollout_batch_unit: what rollout_batch_per_gpu counts
+    samples_per_prompt: dict = field(default_factory=dict)  # k per online algorithm (absent: 1)
     train_batch_per_gpu: int = 8  # micro batch of one forward/backward (pairs for DPO and the reward model)
     precision: str = "bf16"  # bf16 | fp32
     gradient_checkpointing: bool = True
@@ -327,6 +329,9 @@ class EstimateInputs:
             zero_stage=int(getattr(ds, "zero_stage", 0) or 0) if use_ds else 0,
             offload_optimizer=bool(getattr(ds, "offload_optimizer", False)) if use_ds else False,
             offload_params=bool(getattr(ds, "offload_params", False)) if use_ds else False,
+            rollout_batch_unit=getattr(shared, "rollout_batch_unit", "prompts"),
+            samples_per_prompt={n: suite.samples_per_prompt(n) for n in registry.online()}
+            if hasattr(suite, "samples_per_prompt") else {},
         )
         if use_ds:
             # Where the trainers put the frozen models (runtime.deepspeed.frozen_models).
@@ -540,6 +545,10 @@ def estimate(model_config: Any, inputs: EstimateInputs, algorithm: str, reward_c
     else:  # online algorithms: one rollout engine, with or without a critic and a greedy baseline
         spec = registry.get(algorithm)
         greedy, critic = spec.greedy_baseline, spec.critic
+        # k sampled answers per prompt: gen_b counts prompts, or sampled answers (gen_b / k prompts).
+        k = inputs.samples_per_prompt.get(algorithm, 1)
+        prompts = gen_b if inputs.rollout_batch_unit == "prompts" else max(1, gen_b // k)
+        gen_b = prompts * k
         result.param_counts = {"policy": n_lm, "reference": n_lm, "reward": n_rm}
         add(_trained_states("policy", n_lm, inputs))
         if critic:
@@ -548,14 +557,14 @@ def estimate(model_config: Any, inputs: EstimateInputs, algorithm: str, reward_c
         add(_frozen_states("reference", n_lm, inputs))
         add(_frozen_states("reward", n_rm, inputs))
         if greedy and inputs.remax_greedy_batched:
-            add([Component("policy", "kv_cache", "generate", kv_cache_bytes(policy, s, 2 * gen_b, inputs), 0,
+            add([Component("policy", "kv_cache", "generate", kv_cache_bytes(policy, s, gen_b + prompts, inputs), 0,
                            "sampled + greedy in one pass")])
         else:
             add([Component("policy", "kv_cache", "generate", kv_cache_bytes(policy, s, gen_b, inputs), 0,
                            "sampled" + (", then greedy" if greedy else ""))])
         add(_score_phase("policy", policy, s, gen_b, inputs, lm=True))
         add(_score_phase("reference", policy, s, gen_b, inputs, lm=True))
-        add(_score_phase("reward", reward, s, (2 if greedy else 1) * gen_b, inputs, lm=False))
+        add(_score_phase("reward", reward, s, gen_b + (prompts if greedy else 0), inputs, lm=False))
         if critic:
             add(_score_phase("critic", reward, s, gen_b, inputs, lm=False))
         sequential = not critic or inputs.ppo_sequential_updates

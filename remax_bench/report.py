@@ -24,6 +24,7 @@ import html
 import json
 import math
 import re
+import shutil
 import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -353,6 +354,7 @@ def summary_table(res: SuiteResults) -> pd.DataFrame:
             "time_per_iteration_s": per_iter,
             **{f"time_{p}_s": v for p, v in phase_times(summary, steps).items()},
             "tokens_per_second": tokens,
+            **_per_token(summary, steps, tokens),
         }
         for comp, kinds in _component_bytes(summary).items():
             row[f"model_state_{comp}_mib"] = sum(v for v in kinds.values() if not math.isnan(v)) / MIB
@@ -369,6 +371,21 @@ def summary_table(res: SuiteResults) -> pd.DataFrame:
     order = {a: i for i, a in enumerate(POLICY_STAGES)}
     table = table.sort_values(["algorithm", "seed"], key=lambda s: s.map(order) if s.name == "algorithm" else s)
     return table.reset_index(drop=True)
+
+
+def _per_token(summary: dict, steps: pd.DataFrame, tokens_per_second: float) -> dict[str, float]:
+    """Cost and quality per generated token (every generated answer, greedy baselines included), so that
+    algorithms that draw different numbers of answers per prompt compare at equal generation cost."""
+    generated = _num_or_nan(summary.get("generated_tokens"))
+    if math.isnan(generated) and "tokens" in steps and steps["tokens"].notna().any():
+        generated = float(steps["tokens"].sum())
+    gain = _num_or_nan(summary.get("heldout_gold_reward")) - _num_or_nan(summary.get("heldout_gold_reward_before"))
+    generates = not math.isnan(generated) and tokens_per_second > 0  # SFT and DPO generate nothing
+    return {
+        "generated_tokens": generated,
+        "time_per_1k_generated_tokens_s": 1000.0 / tokens_per_second if generates else math.nan,
+        "gold_gain_per_10k_tokens": 1e4 * gain / generated if generated > 0 else math.nan,
+    }
 
 
 def _add_ratios(table: pd.DataFrame) -> pd.DataFrame:
@@ -443,6 +460,9 @@ AGG_COLUMNS = [
     ("model states (MiB)", "model_state_mib"),
     ("time / iteration (s)", "time_per_iteration_s"),
     ("tokens / s", "tokens_per_second"),
+    ("generated tokens", "generated_tokens"),
+    ("time / 1k generated tokens (s)", "time_per_1k_generated_tokens_s"),
+    ("held-out gold gain / 10k generated tokens", "gold_gain_per_10k_tokens"),
     ("win rate vs {ref} (%)", "win_rate_pct"),
     ("MT-bench (1–10)", "mt_bench_score"),
 ]
@@ -661,6 +681,8 @@ def _curve_plot(res: SuiteResults, column: str, x: str, path: Path, dpi: int, yl
     unit, div = "s", 1.0
     if x == "wall_time_s":
         unit, div = _time_unit(float(m.loc[m["stage"].isin(algos), "wall_time_s"].max()))
+    elif x == "generated_tokens":
+        unit, div = "thousands", 1000.0
     drawn = []
     for algo in algos:
         rows = m[(m["stage"] == algo)].dropna(subset=[column, x])
@@ -695,7 +717,8 @@ def _curve_plot(res: SuiteResults, column: str, x: str, path: Path, dpi: int, yl
         from matplotlib.ticker import MaxNLocator
 
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("iteration (step)" if x == "step" else f"wall time since stage start ({unit})")
+    ax.set_xlabel("iteration (step)" if x == "step" else f"generated tokens ({unit}, greedy answers included)"
+                  if x == "generated_tokens" else f"wall time since stage start ({unit})")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
@@ -863,8 +886,12 @@ def _bar_plot(groups: list[tuple[str, pd.DataFrame]], value: str, lo: str | None
     plt.close(fig)
 
 
+# Curves against iterations, wall time and generated tokens (quality per iteration and per generated token).
+CURVE_XS = (("step", "step", "iteration"), ("wall_time_s", "time", "wall time"),
+            ("generated_tokens", "tokens", "generated tokens"))
 PLOT_FILES = (
-    "reward_vs_step.png", "reward_vs_time.png", "kl_vs_step.png", "kl_vs_time.png", "memory_by_component.png",
+    "reward_vs_step.png", "reward_vs_time.png", "reward_vs_tokens.png", "kl_vs_step.png", "kl_vs_time.png",
+    "gold_vs_step.png", "gold_vs_tokens.png", "memory_by_component.png",
     "time_by_phase.png", "win_rate.png", "mt_bench.png", "heldout_gold_reward.png",
 )
 
@@ -878,14 +905,16 @@ def make_plots(res: SuiteResults, table: pd.DataFrame, out: Path, dpi: int = 110
         missing = [LABELS[a] for a in ALGORITHMS if res.has(a) and a not in drawn]
         return f" Not logged by: {', '.join(missing)}." if missing else ""
 
-    for column, name, ylabel, what in (
-        ("reward_mean", "reward", "training reward (reward-model score, batch mean)", "Training reward"),
-        ("kl", "kl", "KL to the reference policy (nats)", "KL to the reference"),
+    for column, name, ylabel, what, xs in (
+        ("reward_mean", "reward", "training reward (reward-model score, batch mean)", "Training reward", CURVE_XS),
+        ("kl", "kl", "KL to the reference policy (nats)", "KL to the reference", CURVE_XS[:2]),
+        ("heldout_gold_reward", "gold", "held-out gold reward (greedy answers)", "Held-out gold reward",
+         (CURVE_XS[0], CURVE_XS[2])),
     ):
         if not _algorithms_with(res, column, ALGORITHMS):
             omitted.append(f"{what} curves: no algorithm logged `{column}`.")
             continue
-        for x, suffix, xtext in (("step", "step", "iteration"), ("wall_time_s", "time", "wall time")):
+        for x, suffix, xtext in xs:
             if x not in res.metrics:
                 omitted.append(f"{what} vs {xtext}: metrics have no `{x}`.")
                 continue
@@ -1064,12 +1093,42 @@ def write_report(results_dir: str | Path, reports_dir: str | Path, suite_name: s
         md += [f"### {p.title}", "", f"![{p.title}]({p.file})", "", p.caption, ""]
     if omitted:
         md += ["Left out:", "", *[f"- {o}" for o in omitted], ""]
+    variance = _variance_section(root / name, out)
+    md += variance
     (out / "summary.md").write_text("\n".join(md))
 
     index = out / "index.html"
-    index.write_text(_html(name, suite_hash, generated, res, agg, table, paper, differed, env, problems,
-                           missing_algos, plots, omitted, prep))
+    page = _html(name, suite_hash, generated, res, agg, table, paper, differed, env, problems, missing_algos, plots,
+                 omitted, prep)
+    if variance:
+        e = html.escape
+        table_rows = [line.strip("|").split("|") for line in variance if line.startswith("| ") and "---" not in line]
+        cells = "".join("<tr>" + "".join(f"<{'th' if i == 0 else 'td'}>{e(c.strip())}</{'th' if i == 0 else 'td'}>"
+                                          for c in row) + "</tr>" for i, row in enumerate(table_rows))
+        page = page.replace("</body></html>", f"<h2>Policy-gradient variance</h2><p>{e(variance[2])}</p>"
+                            f"<table>{cells}</table><figure><img src='variance.png' alt='variance'></figure>"
+                            "</body></html>")
+    index.write_text(page)
     return index
+
+
+def _variance_section(suite_dir: Path, out: Path) -> list[str]:
+    """The gradient-variance measurement (`remax-bench variance`), when one was made for this suite."""
+    path = suite_dir / "variance" / "variance.json"
+    (out / "variance.png").unlink(missing_ok=True)
+    if not path.is_file():
+        return []
+    from remax_bench.variance import variance_markdown
+
+    record = json.loads(path.read_text())
+    if (suite_dir / "variance" / "variance.png").is_file():
+        shutil.copyfile(suite_dir / "variance" / "variance.png", out / "variance.png")
+    return ["## Policy-gradient variance", "",
+            f"`remax-bench variance` on `{record['checkpoint']}` (reward: {record['reward']}): {record['repeats']} "
+            f"batches of {record['answers']} generated answers per estimator (greedy answers count), k = "
+            f"{record['k']}; trace of the covariance of the gradient over the batches, and the same divided by "
+            "the squared norm of the mean gradient (scale-free: GRPO's division by the std rescales g).", "",
+            *variance_markdown(record), "", "![Policy-gradient variance](variance.png)", ""]
 
 
 CSS = """

@@ -6,6 +6,10 @@ sft ──> reward_model ──┬──> ppo   ─┐
                        └──> dpo   ─┘   (dpo needs the SFT model and preference data only)
 ```
 
+Every registered algorithm a suite enables gets its stage (REINFORCE, GRPO, RLOO and REINFORCE++ sit beside
+ReMax). With ``shared.reward_function`` the online algorithms score answers with that function, so only a
+critic (PPO's) or a reward-model judge still needs the reward_model stage.
+
 SFT and the reward model are trained once (with the first seed): every algorithm then starts from the very
 same policy and optimises the very same reward, which is what makes the comparison matched. PPO, ReMax, DPO
 and eval run once per seed.
@@ -64,11 +68,11 @@ def plan(suite: Suite, seeds: list[int] | None = None, only: list[str] | None = 
     prep_seed = seeds[0]
     enabled = suite.enabled_algorithms()
     stages = [StagePlan("sft", prep_seed, given=suite.sft.path)]
-    if algorithms.needing_reward_model(enabled) or (suite.eval.enabled and suite.eval.judge.type == "reward_model"):
+    if suite.needs_reward_model_stage():
         stages.append(StagePlan("reward_model", prep_seed, needs=[f"sft/seed{prep_seed}"], given=suite.reward_model.path))
     for seed in seeds:
         for name in enabled:
-            stages.append(algorithm_stage(name, seed, prep_seed))
+            stages.append(algorithm_stage(name, seed, prep_seed, suite.shared.reward_function))
         if suite.eval.enabled:
             needs = [f"sft/seed{prep_seed}"] + [f"{a}/seed{seed}" for a in enabled]
             if suite.eval.judge.type == "reward_model":
@@ -83,10 +87,11 @@ def plan(suite: Suite, seeds: list[int] | None = None, only: list[str] | None = 
     return stages
 
 
-def algorithm_stage(name: str, seed: int, prep_seed: int) -> StagePlan:
-    """One algorithm's stage: it starts from the SFT model and, if it optimises one, the reward model."""
+def algorithm_stage(name: str, seed: int, prep_seed: int, reward_function: str | None = None) -> StagePlan:
+    """One algorithm's stage: it starts from the SFT model and, if it optimises one (or starts a critic from
+    it), the reward model; with shared.reward_function the online algorithms score with that instead."""
     needs = [f"sft/seed{prep_seed}"]
-    if algorithms.get(name).reward_model:
+    if algorithms.needs_reward_model_stage(name, reward_function):
         needs.append(f"reward_model/seed{prep_seed}")
     return StagePlan(name, seed, needs=needs)
 

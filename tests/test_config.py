@@ -29,7 +29,7 @@ def _error(text: str) -> str:
 
 
 # -- shipped suites --------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["tiny", "small_gpu", "7b_comparison", "7b_mistral"])
+@pytest.mark.parametrize("name", ["tiny", "tiny_family", "tiny_family_gold", "small_gpu", "7b_comparison", "7b_mistral"])
 def test_shipped_suites_validate_and_round_trip(name):
     suite = load_suite(name)
     assert suite.name == name and suite.iterations > 0

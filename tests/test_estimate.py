@@ -174,6 +174,30 @@ def test_remax_kv_cache_doubles_when_batched():
     assert kv(estimate(SMALL, small_inputs(remax_greedy_batched=False), "remax")) == 16384
 
 
+def test_k_answers_per_prompt_scale_generation_unless_samples_are_held_equal():
+    def kv(est):
+        return sum(c.gpu_bytes for c in est.components if c.kind == "kv_cache")
+
+    # small_inputs: 2 rollout rows per GPU -> PPO's cache is 16384 bytes for 2 sequences
+    k = {"grpo": 4, "remax": 4}
+    by_prompts = small_inputs(samples_per_prompt=k)
+    assert kv(estimate(SMALL, by_prompts, "grpo")) == 4 * 16384  # 2 prompts x 4 answers
+    assert kv(estimate(SMALL, by_prompts, "remax")) == 5 * 16384  # and one greedy answer per prompt
+    by_samples = small_inputs(samples_per_prompt=k, rollout_batch_per_gpu=4, rollout_batch_unit="samples")
+    assert kv(estimate(SMALL, by_samples, "grpo")) == 2 * 16384  # 4 answers: 1 prompt x 4
+    assert kv(estimate(SMALL, by_samples, "reinforce")) == 2 * 16384  # 4 prompts x 1
+    assert kv(estimate(SMALL, by_samples, "remax")) == 2 * 16384 + 16384 // 2  # 4 answers + 1 greedy
+
+
+def test_estimate_inputs_read_k_from_the_suite():
+    from remax_bench.config import load_suite
+
+    inputs = EstimateInputs.from_suite(load_suite("tiny_family"))
+    assert inputs.rollout_batch_unit == "samples"
+    assert inputs.samples_per_prompt == {"ppo": 1, "remax": 4, "reinforce": 1, "grpo": 4, "rloo": 4,
+                                         "reinforce_pp": 4}
+
+
 def test_phased_peak_by_hand():
     inputs = small_inputs()
     ppo = estimate(SMALL, inputs, "ppo")

@@ -1,5 +1,6 @@
 import copy
 import json
+import math
 import re
 
 import pandas as pd
@@ -67,7 +68,9 @@ def _metrics(algo, seed):
         row = {"step": step, "wall_time_s": 10.0 * (step + 1) + seed, "loss": 1.0 - 0.1 * step}
         if algo in ("ppo", "remax"):
             row.update(reward_mean=(0.1 if algo == "ppo" else 0.13) * step + 0.05 * seed, kl=(0.01 if algo == "ppo" else 0.008) * step, time_generate_s=0.5,
-                       time_score_s=0.2, time_train_s=0.3)
+                       time_score_s=0.2, time_train_s=0.3, tokens=200, generated_tokens=200 * (step + 1))
+            if step % 2:
+                row["heldout_gold_reward"] = 0.5 + 0.05 * step
         if algo == "dpo":
             row.update(accuracy=0.5 + 0.1 * step, reward_margin=0.1 * step)
         rows.append(row)
@@ -254,3 +257,20 @@ def test_ratio_against_a_zero_or_missing_baseline_is_nan():
     assert comparison.ratio(3.0, 2.0) == 1.5
     assert comparison.saving(3.0, 4.0) == 0.25  # 25% less memory than PPO
     assert comparison.speedup(2.0, 3.0) == 1.5  # PPO takes 3 s, the algorithm 2 s
+
+
+def test_cost_and_quality_per_generated_token(tmp_path):
+    from remax_bench.report import load_results, summary_table
+
+    root = build_tree(tmp_path / "results", algorithms=("ppo", "remax"), seeds=(0,), with_eval=False)
+    summary = json.loads((root / "remax" / "seed0" / "summary.json").read_text())
+    summary.update(generated_tokens=5000, heldout_gold_reward_before=0.5)
+    (root / "remax" / "seed0" / "summary.json").write_text(json.dumps(summary))
+    table = summary_table(load_results(tmp_path / "results", "tiny")).set_index("algorithm")
+    remax, ppo = table.loc["remax"], table.loc["ppo"]
+    # the summary's own count; PPO's summary has none, so its metrics' per-step tokens are summed: 4 x 200
+    assert remax["generated_tokens"] == 5000 and ppo["generated_tokens"] == 800
+    assert remax["time_per_1k_generated_tokens_s"] == pytest.approx(1000 / remax["tokens_per_second"])
+    # (gold - gold before) per 10k generated tokens
+    assert remax["gold_gain_per_10k_tokens"] == pytest.approx(1e4 * (remax["heldout_gold_reward"] - 0.5) / 5000)
+    assert math.isnan(ppo["gold_gain_per_10k_tokens"])  # no figure before training: no gain to report

@@ -130,6 +130,7 @@ class StageRun:
         self.start_time = time.time()
         self.component_bytes: dict[str, dict[str, int]] = {}
         self.model_dtypes: dict[str, str] = {}  # component -> dtype of its weights, as loaded
+        self.manifest_extra: dict[str, Any] = {}  # stage-specific records (e.g. an online stage's matched budget)
         self.warnings: list[str] = []
         self._metrics_file = None
         self._last_log = 0.0
@@ -159,6 +160,7 @@ class StageRun:
             "deepspeed_configs": ENGINE_CONFIGS,
             "model_dtypes": self.model_dtypes,
             "data_parallel": {"world_size": self.world_size, "batch_sizes": self.batch_sizes},
+            **self.manifest_extra,
             **extra,
         }
 

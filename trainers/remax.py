@@ -84,10 +84,12 @@ def train(run: StageRun) -> dict:
         # Sampled and greedy answers in one generation pass, both scored by the reward model. The policy's
         # log-probs come from the training forward below (one gradient step per batch: they are the
         # rollout policy's), so no separate no_grad pass of the policy is spent on them.
-        ro = rollouts.collect(prompts, iteration, greedy_baseline=True, policy_logprobs=False)
+        ro = rollouts.collect(prompts, iteration, samples_per_prompt=cfg.samples_per_prompt, greedy_baseline=True,
+                              policy_logprobs=False)
         # ReMax's one addition to REINFORCE: the greedy answer a_g to each prompt (decoded in the same batched
         # generate call as the sampled one: sequences.GreedyRows makes its rows pick the argmax) and its
-        # reward-model score as the baseline b(x) = r(x, a_g).
+        # reward-model score as the baseline b(x) = r(x, a_g). With k > 1 samples per prompt (as verl runs it)
+        # the k answers to x share that one greedy baseline (ro.greedy_scores has one entry per row).
         baseline = ro.greedy_scores
         mask = ro.mask
         with run.timer.phase("train"):
@@ -103,7 +105,7 @@ def train(run: StageRun) -> dict:
             token_entropy = masked_mean(entropy(logits.detach()), mask).item()
         return {
             "reward_mean": ro.raw_scores.mean().item(),
-            "reward_std": ro.raw_scores.std().item() if len(prompts) > 1 else 0.0,
+            "reward_std": ro.raw_scores.std().item() if len(ro.prompts) > 1 else 0.0,
             "baseline_reward_mean": ro.raw_greedy_scores.mean().item(),
             "advantage_mean": (ro.scores - baseline).mean().item(),
             "kl": sequence_kl(logprobs.detach(), ro.ref_logprobs, mask),

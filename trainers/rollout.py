@@ -1,4 +1,8 @@
-"""The rollout engine PPO and ReMax share: prompts, generation, scoring, KL-penalised rewards, the loop.
+"""The rollout engine every online algorithm shares: prompts, generation, scoring, KL-penalised rewards, the loop.
+
+An algorithm may draw k sampled answers per prompt (``samples_per_prompt``): prompt i's answers are rows
+i*k .. i*k + k - 1 of the batch, so ``scores.view(-1, k)`` is one group per row. The score is the reward
+model's, or that of a reward function when the suite names one (shared.reward_function).
 
 Per-token reward of a sampled response a = (a_1..a_T) to prompt x:
 
@@ -91,17 +95,20 @@ class OnlineModels:
     tokenizer: object
     policy: object  # engine: .module, .step(loss), .state_bytes(), .save_pretrained()
     reference: torch.nn.Module
-    reward: torch.nn.Module
+    reward: torch.nn.Module | None  # None when a reward function scores instead
     reward_tokenizer: object
     same_tokenizer: bool
+    reward_function: Callable[[str, str], float] | None = None
 
 
 def load_online_models(run: StageRun) -> OnlineModels:
     """Trained policy and frozen reference from the SFT checkpoint; frozen reward model from its own."""
     sft, reward_dir = run.inputs.get("sft"), run.inputs.get("reward_model")
-    if not sft or not reward_dir:
-        raise StageError(f"{run.stage} needs an SFT checkpoint and a reward model (inputs.sft, inputs.reward_model)")
     suite = run.suite
+    function_spec = suite.shared.reward_function
+    if not sft or not (reward_dir or function_spec):
+        raise StageError(f"{run.stage} needs an SFT checkpoint and a reward model (inputs.sft, inputs.reward_model)"
+                         " or shared.reward_function")
     tokenizer = load_tokenizer(sft)
     policy = run.record_dtype("policy", load_causal_lm(sft, seed=run.seed).to(run.device))  # fp32 master weights
     if suite.shared.gradient_checkpointing:
@@ -111,8 +118,12 @@ def load_online_models(run: StageRun) -> OnlineModels:
     frozen_precision = suite.shared.precision
     per_rank = run.per_rank("shared.rollout_batch_size")
     reference = run.record_dtype("reference", load_causal_lm(sft, seed=run.seed, precision=frozen_precision))
-    reward = run.record_dtype("reward", load_reward_model(reward_dir, seed=run.seed, precision=frozen_precision))
     reference = place_frozen(reference.to(run.device), suite, per_rank)
+    if function_spec:
+        from remax_bench.rewards import load_reward_function
+
+        return OnlineModels(tokenizer, engine, reference, None, tokenizer, True, load_reward_function(function_spec))
+    reward = run.record_dtype("reward", load_reward_model(reward_dir, seed=run.seed, precision=frozen_precision))
     reward = place_frozen(reward.to(run.device), suite, per_rank)
     reward_tokenizer = load_tokenizer(reward_dir)
     same = reward_tokenizer.get_vocab() == tokenizer.get_vocab()
@@ -132,7 +143,10 @@ def synced_generation(run: StageRun) -> bool:
 
 def frozen_states(models: OnlineModels) -> dict:
     """Bytes of the scoring-only models: parameters only (no gradients, no optimizer)."""
-    return {"reference": frozen_state_bytes(models.reference), "reward": frozen_state_bytes(models.reward)}
+    states = {"reference": frozen_state_bytes(models.reference)}
+    if models.reward is not None:
+        states["reward"] = frozen_state_bytes(models.reward)
+    return states
 
 
 class PromptSampler:
@@ -168,7 +182,9 @@ class PromptSampler:
 # -- one rollout ------------------------------------------------------------------------------------
 @dataclass
 class Rollout:
-    """One batch of experience: n sampled responses, their scores and log-probs, in the shared layout."""
+    """One batch of experience: n sampled responses (k per prompt), their scores and log-probs, in the shared
+    layout. ``prompts`` has one entry per row (each prompt k times); greedy scores are per row too (the k
+    answers of a prompt share its one greedy answer)."""
 
     prompts: list[str]
     batch: SequenceBatch  # sampled responses [n, P + R]
@@ -177,10 +193,15 @@ class Rollout:
     ref_logprobs: torch.Tensor  # [n, R] log pi_ref(a_t)
     old_logprobs: torch.Tensor | None  # [n, R] log pi(a_t) at generation time; None when the trainer takes them
     entropy: float | None  # mean per-token entropy of pi on the sampled tokens (with old_logprobs)
-    greedy_batch: SequenceBatch | None  # greedy responses to the same prompts (ReMax's baseline)
-    greedy_scores: torch.Tensor | None  # [n] their scores, on the same scale as ``scores``
+    greedy_batch: SequenceBatch | None  # one greedy response per distinct prompt (ReMax's baseline)
+    greedy_scores: torch.Tensor | None  # [n] the greedy score of each row's prompt, on the scale of ``scores``
     raw_greedy_scores: torch.Tensor | None
     generated_tokens: int  # every generated response token, greedy ones included
+    samples_per_prompt: int = 1
+
+    def groups(self, values: torch.Tensor) -> torch.Tensor:
+        """[n] per-row values as [n / k, k]: one row per prompt."""
+        return values.view(-1, self.samples_per_prompt)
 
     @property
     def mask(self) -> torch.Tensor:
@@ -212,6 +233,11 @@ class RolloutEngine:
     def reward_scores(self, prompts: list[str], batch: SequenceBatch) -> torch.Tensor:
         """Reward-model scores of whole responses; re-tokenised when the reward model has its own vocabulary."""
         run, models = self.run, self.models
+        if models.reward_function is not None:
+            from remax_bench.rewards import score_all
+
+            texts = decode_responses(models.tokenizer, batch)
+            return torch.tensor(score_all(models.reward_function, prompts, texts), device=run.device)
         with run.autocast():
             if models.same_tokenizer:
                 return sequence_scores(models.reward, batch)
@@ -230,23 +256,25 @@ class RolloutEngine:
         torch.distributed.all_gather(parts, values.contiguous())
         return torch.cat(parts)
 
-    def collect(self, prompts: list[str], step: int, *, greedy_baseline: bool = False,
+    def collect(self, prompts: list[str], step: int, *, samples_per_prompt: int = 1, greedy_baseline: bool = False,
                 policy_logprobs: bool = True) -> Rollout:
-        """Sample one response per prompt (and, with ``greedy_baseline``, the greedy one too, in the same
-        batched pass), then score: reward model, reference log-probs and (``policy_logprobs``) the policy's
-        own log-probs under no_grad, the "old" log-probs of PPO's ratio."""
-        n, run = len(prompts), self.run
+        """Sample k = ``samples_per_prompt`` responses per prompt (and, with ``greedy_baseline``, one greedy
+        response per prompt too, in the same batched pass), then score: reward, reference log-probs and
+        (``policy_logprobs``) the policy's own log-probs under no_grad, the "old" log-probs of PPO's ratio."""
+        run, k = self.run, samples_per_prompt
+        rows = [p for p in prompts for _ in range(k)]  # prompt i's answers are rows i*k .. i*k + k - 1
+        n, m = len(rows), len(prompts)
         if greedy_baseline:
-            # First copy of the prompts sampled, second copy greedy: one generate call for both.
-            greedy = torch.tensor([False] * n + [True] * n)
-            both = self.generate(prompts + prompts, greedy=greedy)
-            sampled, greedy_batch = both.select(slice(0, n)), both.select(slice(n, 2 * n))
+            # The sampled rows first, then one greedy row per prompt: one generate call for both.
+            greedy = torch.tensor([False] * n + [True] * m)
+            both = self.generate(rows + prompts, greedy=greedy)
+            sampled, greedy_batch = both.select(slice(0, n)), both.select(slice(n, n + m))
         else:
-            both = sampled = self.generate(prompts)
+            both = sampled = self.generate(rows)
             greedy_batch = None
         generated_tokens = int(both.response_mask.sum().item())
         with run.timer.phase("score"), torch.no_grad():
-            raw = self.reward_scores(prompts + prompts if greedy_baseline else prompts, both)
+            raw = self.reward_scores(rows + prompts if greedy_baseline else rows, both)
             check_finite("reward-model score", raw, step)
             with run.autocast():
                 ref_logprobs = response_logprobs(self.models.reference, sampled)
@@ -256,15 +284,16 @@ class RolloutEngine:
                     old_logprobs = token_logprobs(logits, sampled.response_ids)
                     token_entropy = masked_mean(entropy(logits), sampled.response_mask).item()
                     del logits
-        raw_scores, raw_greedy = (raw[:n], raw[n:]) if greedy_baseline else (raw, None)
+        # Each sampled row is centred by its own prompt's greedy answer: k rows share one.
+        raw_scores, raw_greedy = (raw[:n], raw[n:].repeat_interleave(k)) if greedy_baseline else (raw, None)
         scores, greedy_scores = raw_scores, raw_greedy
         if self.moments is not None:
             # Statistics of the sampled scores only; the greedy baseline is put on the same scale.
             self.moments.update(self._all_ranks(raw_scores))
             scores = self.moments.normalise(raw_scores)
             greedy_scores = self.moments.normalise(raw_greedy) if greedy_baseline else None
-        return Rollout(prompts, sampled, scores, raw_scores, ref_logprobs, old_logprobs, token_entropy,
-                       greedy_batch, greedy_scores, raw_greedy, generated_tokens)
+        return Rollout(rows, sampled, scores, raw_scores, ref_logprobs, old_logprobs, token_entropy,
+                       greedy_batch, greedy_scores, raw_greedy, generated_tokens, k)
 
 
 # -- the loop ---------------------------------------------------------------------------------------
@@ -299,9 +328,13 @@ def online_loop(run: StageRun, models: OnlineModels, step_fn: Callable[[int, lis
     step_times, phase_totals = [], {"generate": 0.0, "score": 0.0, "train": 0.0}
     tokens_total = sampled_total = 0
     rewards, last_eval = [], None
+    # Prompts per iteration follow shared.rollout_batch_unit (rollout_batch_size / k when it counts samples).
+    budget = suite.matched_budget(run.stage)
+    run.manifest_extra["matched_budget"] = budget
+    generated = 0
     for step in range(iterations):
         start = time.perf_counter()
-        metrics = step_fn(step, sampler.next(suite.shared.rollout_batch_size))
+        metrics = step_fn(step, sampler.next(budget["prompts_per_iteration"]))
         metrics["reward_mean"] = run.mean_over_ranks(metrics["reward_mean"])  # over the global batch
         elapsed = time.perf_counter() - start
         phases = run.timer.pop()
@@ -321,8 +354,9 @@ def online_loop(run: StageRun, models: OnlineModels, step_fn: Callable[[int, lis
                 phase_totals[name] += phases.get(name, 0.0)
             tokens_total += metrics.get("tokens", 0)
             sampled_total += metrics.get("sampled_tokens", 0)
+        generated += metrics.get("tokens", 0)
         rewards.append(metrics["reward_mean"])
-        row = {**metrics, "time_step_s": elapsed, "tokens_per_second": metrics.get("tokens", 0) / elapsed}
+        row = {**metrics, "generated_tokens": generated, "time_step_s": elapsed, "tokens_per_second": metrics.get("tokens", 0) / elapsed}
         row.update({f"time_{k}_s": phases.get(k, 0.0) for k in phase_totals})
         last_eval = None
         if synthetic and suite.shared.heldout_eval_every and (step + 1) % suite.shared.heldout_eval_every == 0:
@@ -341,6 +375,8 @@ def online_loop(run: StageRun, models: OnlineModels, step_fn: Callable[[int, lis
         time_split_s={k: v / measured for k, v in phase_totals.items()},
         tokens_per_second=tokens_total / max(sum(step_times), 1e-9),
         sampled_tokens_per_second=sampled_total / max(sum(step_times), 1e-9),
+        generated_tokens=generated,  # every step's, the first included: the quality-per-token denominator
+        matched_budget=budget,
     )
     if synthetic:
         summary.update(last_eval or gold_reward_of(models.policy.module, models.tokenizer, suite, eval_prompts))

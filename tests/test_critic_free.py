@@ -1,0 +1,198 @@
+"""The critic-free family (REINFORCE, GRPO, RLOO, REINFORCE++, ReMax with k answers per prompt): each
+estimator against numbers worked out by hand, and every stage run for real on the nano model."""
+
+import json
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+import yaml
+
+from remax_bench.config import load_suite_text
+from remax_bench.models import load_causal_lm, load_reward_model, load_tokenizer, save_pretrained
+from trainers import grpo, reinforce, reinforce_pp, remax, rloo
+from trainers.common import stage_main
+from trainers.critic_free import group_mean, policy_gradient_loss, returns_to_go
+from trainers.grpo import grpo_advantages, grpo_loss, k3_kl
+from trainers.reinforce_pp import reinforce_pp_advantages
+from trainers.rloo import rloo_baselines
+
+T = torch.tensor
+NANO = Path(__file__).parent / "fixtures" / "nano.yaml"
+SCORES = T([1.0, 2.0, 3.0, 6.0])
+
+
+def test_rloo_baseline_is_the_mean_of_the_others():
+    # k = 2: groups [1, 2], [3, 6] -> each answer's baseline is its partner's score
+    assert torch.allclose(rloo_baselines(SCORES, 2), T([2.0, 1.0, 6.0, 3.0]))
+    # k = 4: sum 12, b_i = (12 - r_i) / 3
+    assert torch.allclose(rloo_baselines(SCORES, 4), T([11 / 3, 10 / 3, 3.0, 2.0]))
+    # r_i - b_i = k / (k - 1) * (r_i - mean): [-2, -1, 0, 3] * 4/3
+    assert torch.allclose(SCORES - rloo_baselines(SCORES, 4), T([-8 / 3, -4 / 3, 0.0, 4.0]))
+
+
+def test_group_mean_and_grpo_advantages_by_hand():
+    assert torch.allclose(group_mean(SCORES, 2), T([1.5, 1.5, 4.5, 4.5]))
+    # k = 2: each group is mean +- d with unbiased std d * sqrt(2): advantages +- 1 / sqrt(2)
+    a = 1 / math.sqrt(2)
+    assert torch.allclose(grpo_advantages(SCORES, 2), T([-a, a, -a, a]), atol=1e-5)
+    # k = 4: deviations [-2, -1, 0, 3], unbiased variance 14 / 3
+    std = math.sqrt(14 / 3)
+    assert torch.allclose(grpo_advantages(SCORES, 4), T([-2 / std, -1 / std, 0.0, 3 / std]), atol=1e-5)
+    assert torch.allclose(grpo_advantages(SCORES, 4, std_normalize=False), T([-2.0, -1.0, 0.0, 3.0]))
+    # a group whose answers all score the same teaches nothing (no division by zero)
+    assert torch.equal(grpo_advantages(T([0.7, 0.7]), 2), T([0.0, 0.0]))
+
+
+def test_k3_and_the_grpo_loss_by_hand():
+    # d = log pi_ref - log pi: d = -1 -> e^-1 + 1 - 1 = 0.36788; d = 1 -> e - 2 = 0.71828; d = 0 -> 0
+    assert torch.allclose(k3_kl(T([-1.0, -2.0, -1.0]), T([-2.0, -1.0, -1.0])),
+                          T([math.exp(-1), math.e - 2, 0.0]), atol=1e-6)
+    mask = T([[1.0, 1.0], [1.0, 0.0]])
+    logprobs = T([[-1.0, -1.0], [-1.0, -1.0]])
+    ref = T([[-2.0, -1.0], [-1.0, -1.0]])
+    advantages = T([2.0, -1.0])
+    # ratio 1: token losses -A: [-2, -2 | 1] -> mean over 3 tokens -1; plus 0.5 * k3 mean (0.36788 / 3)
+    loss = grpo_loss(logprobs, logprobs, ref, advantages, mask, clip_range=0.2, kl_coef=0.0)
+    assert loss.item() == pytest.approx(-1.0)
+    loss = grpo_loss(logprobs, logprobs, ref, advantages, mask, clip_range=0.2, kl_coef=0.5)
+    assert loss.item() == pytest.approx(-1.0 + 0.5 * math.exp(-1) / 3, abs=1e-6)
+    # ratio 1.5, clip 0.2: A > 0 takes the clipped -1.2 A, A < 0 the unclipped -1.5 A:
+    # [-2.4, -2.4 | 1.5] -> -3.3 / 3 = -1.1
+    old = logprobs - math.log(1.5)
+    loss = grpo_loss(logprobs, old, ref, advantages, mask, clip_range=0.2, kl_coef=0.0)
+    assert loss.item() == pytest.approx(-1.1, abs=1e-6)
+
+
+def test_returns_to_go_and_the_policy_gradient_loss_by_hand():
+    rewards, mask = T([[1.0, 0.0, 2.0, 9.0]]), T([[1.0, 1.0, 1.0, 0.0]])
+    # gamma 1: [3, 2, 2, 0] (the 9 on padding never counts); gamma 0.5: G2 = 2, G1 = 1, G0 = 1.5
+    assert torch.allclose(returns_to_go(rewards, mask, 1.0), T([[3.0, 2.0, 2.0, 0.0]]))
+    assert torch.allclose(returns_to_go(rewards, mask, 0.5), T([[1.5, 1.0, 2.0, 0.0]]))
+    logprobs = T([[-1.0, -2.0, -0.5, -7.0]], requires_grad=True)
+    # -(3 * -1 + 2 * -2 + 2 * -0.5) / 3 = 8 / 3
+    loss = policy_gradient_loss(logprobs, T([[3.0, 2.0, 2.0, 0.0]]), mask)
+    assert loss.item() == pytest.approx(8 / 3)
+    loss.backward()
+    assert torch.allclose(logprobs.grad, T([[-1.0, -2 / 3, -2 / 3, 0.0]]))
+
+
+def _family_returns(scores, mask, kl_penalty=None, gamma=1.0, clip=5.0):
+    from trainers.rollout import kl_penalised_rewards
+
+    kl = torch.zeros_like(mask) if kl_penalty is None else kl_penalty
+
+    def kl_shaped_returns(centred):
+        # kl_penalised_rewards takes log-probs: log pi - log pi_ref = -kl / beta with beta 1
+        return returns_to_go(kl_penalised_rewards(centred, -kl, torch.zeros_like(mask), mask, 1.0, clip), mask, gamma)
+
+    return SimpleNamespace(scores=scores, samples_per_prompt=2, mask=mask), kl_shaped_returns
+
+
+def test_reinforce_pp_group_mean_then_batch_normalisation_by_hand():
+    # global normalisation alone: tokens 1, 3, 2 -> mean 2, population std sqrt(2/3)
+    s = math.sqrt(2 / 3)
+    got = reinforce_pp_advantages(T([[1.0, 3.0, 0.0], [2.0, 0.0, 0.0]]), T([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]]))
+    assert torch.allclose(got, T([[-1 / s, 1 / s, 0.0], [0.0, 0.0, 0.0]]), atol=1e-5)
+    # the whole estimator: scores [1, 3] (one group of k = 2) -> centred [-1, 1]; no KL; returns-to-go
+    # row 0 [-1, -1], row 1 [1, pad] -> tokens -1, -1, 1: mean -1/3, population std sqrt(8/9)
+    mask = T([[1.0, 1.0], [1.0, 0.0]])
+    ro, shaped = _family_returns(T([1.0, 3.0]), mask)
+    advantages, extra = reinforce_pp._advantages(ro, shaped)
+    std = math.sqrt(8 / 9)
+    assert torch.allclose(advantages, T([[-2 / 3 / std, -2 / 3 / std], [4 / 3 / std, 0.0]]), atol=1e-5)
+    assert extra["baseline_reward_mean"] == pytest.approx(2.0)
+
+
+def test_rloo_and_reinforce_carry_the_kl_penalty_in_the_return():
+    mask = T([[1.0, 1.0], [1.0, 0.0]])
+    kl = T([[0.1, -0.2], [0.3, 4.0]])  # -beta * log-ratio per token; 4.0 sits on padding
+    ro, shaped = _family_returns(T([1.0, 3.0]), mask, kl)
+    # RLOO: baselines [3, 1] -> centred [-2, 2]; rewards row 0 [0.1, -0.2 - 2], row 1 [0.3 + 2]
+    # returns row 0 [0.1 - 2.2, -2.2] = [-2.1, -2.2], row 1 [2.3, 0]
+    advantages, _ = rloo.rloo_advantages(ro, shaped)
+    assert torch.allclose(advantages, T([[-2.1, -2.2], [2.3, 0.0]]))
+    # REINFORCE: no baseline -> row 0 [0.1 + 1 - 0.2, 1 - 0.2] = [0.9, 0.8], row 1 [3.3, 0]
+    advantages, _ = reinforce.reinforce_returns(ro, shaped)
+    assert torch.allclose(advantages, T([[0.9, 0.8], [3.3, 0.0]]))
+
+
+# -- the stages, for real on the nano model --------------------------------------------------------
+def _stage_config(tmp_path, stage, block=None, with_reward_model=True, **shared):
+    data = yaml.safe_load(NANO.read_text())
+    data["shared"].update(shared)
+    if block is not None:
+        data[stage] = block
+    suite = load_suite_text(yaml.safe_dump(data))
+    sft, rm = tmp_path / "sft", tmp_path / "rm"
+    save_pretrained(load_causal_lm("tiny:nano", seed=0), load_tokenizer("tiny:nano"), sft)
+    inputs = {"sft": str(sft)}
+    if with_reward_model:
+        save_pretrained(load_reward_model(str(sft), seed=1), load_tokenizer(str(sft)), rm)
+        inputs["reward_model"] = str(rm)
+    path = tmp_path / f"{stage}.json"
+    path.write_text(json.dumps({"stage": stage, "seed": 0, "suite": suite.resolved(), "inputs": inputs}))
+    return path
+
+
+MODULES = {"reinforce": reinforce, "grpo": grpo, "rloo": rloo, "reinforce_pp": reinforce_pp, "remax": remax}
+
+
+@pytest.mark.parametrize("stage,k", [("reinforce", 1), ("grpo", 2), ("rloo", 2), ("reinforce_pp", 2), ("remax", 2)])
+def test_each_stage_runs_with_k_answers_per_prompt_at_a_matched_sample_budget(tmp_path, stage, k, one_torch_thread):
+    config = _stage_config(tmp_path, stage, {"enabled": True, "samples_per_prompt": k}, iterations=2,
+                           rollout_batch_unit="samples")
+    out = tmp_path / stage / "seed0"
+    assert stage_main(stage, MODULES[stage].train, ["--config", str(config), "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    # 4 sampled answers per iteration whatever k: 4 / k prompts; ReMax adds one greedy answer per prompt
+    budget = summary["matched_budget"]
+    assert budget == {"rollout_batch_unit": "samples", "samples_per_prompt": k, "prompts_per_iteration": 4 // k,
+                      "samples_per_iteration": 4, "greedy_per_iteration": 4 // k if stage == "remax" else 0,
+                      "iterations": 2, "reward": "reward model"}
+    assert json.loads((out / "manifest.json").read_text())["matched_budget"] == budget
+    assert set(summary["model_state_bytes"]) == {"policy", "reference", "reward"}  # no critic
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1]
+    for row in rows:
+        assert row["sampled_tokens"] <= 4 * 8  # 4 answers of at most 8 tokens
+        greedy = 4 // k if stage == "remax" else 0
+        assert row["sampled_tokens"] <= row["tokens"] <= (4 + greedy) * 8
+    assert rows[1]["generated_tokens"] == rows[0]["tokens"] + rows[1]["tokens"] == summary["generated_tokens"]
+    assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-5)  # the first batch comes from the reference itself
+
+
+def test_grpo_with_several_mini_batches_and_epochs_takes_a_step_each(tmp_path, one_torch_thread, monkeypatch):
+    steps = []
+    real = grpo.grpo_loss
+
+    def counting(*args):
+        steps.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(grpo, "grpo_loss", counting)
+    config = _stage_config(tmp_path, "grpo", {"enabled": True, "samples_per_prompt": 2, "epochs": 2,
+                                              "kl_mode": "reward"}, iterations=1, train_batch_size=2)
+    out = tmp_path / "grpo" / "seed0"
+    assert stage_main("grpo", grpo.train, ["--config", str(config), "--out", str(out)]) == 0
+    # rollout_batch_unit prompts: 4 prompts x 2 answers = 8 rows, mini-batches of 2, two epochs: 8 steps
+    assert len(steps) == 8
+    assert json.loads((out / "summary.json").read_text())["matched_budget"]["samples_per_iteration"] == 8
+
+
+def test_remax_with_k_answers_shares_one_greedy_answer_per_prompt(tmp_path):
+    from trainers.common import StageRun
+    from trainers.rollout import RolloutEngine, load_online_models
+
+    config = json.loads(_stage_config(tmp_path, "remax", {"samples_per_prompt": 3}).read_text())
+    run = StageRun("remax", config, tmp_path / "out")
+    engine = RolloutEngine(run, load_online_models(run))
+    ro = engine.collect(["Reverse: abc", "Uppercase: bad"], 0, samples_per_prompt=3, greedy_baseline=True)
+    assert ro.prompts == ["Reverse: abc"] * 3 + ["Uppercase: bad"] * 3
+    assert ro.batch.input_ids.shape[0] == 6 and ro.greedy_batch.input_ids.shape[0] == 2
+    groups = ro.groups(ro.greedy_scores)
+    assert torch.equal(groups, groups[:, :1].expand(2, 3))  # one greedy score per prompt, shared by its 3 rows
+    # every generated token counts: 6 sampled and 2 greedy answers
+    assert ro.generated_tokens == int(ro.batch.response_mask.sum() + ro.greedy_batch.response_mask.sum())

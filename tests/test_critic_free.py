@@ -130,7 +130,7 @@ def _stage_config(tmp_path, stage, block=None, with_reward_model=True, **shared)
     save_pretrained(load_causal_lm("tiny:nano", seed=0), load_tokenizer("tiny:nano"), sft)
     inputs = {"sft": str(sft)}
     if with_reward_model:
-        save_pretrained(load_reward_model(str(sft), seed=1), load_tokenizer(str(sft)), rm)
+        save_pretrained(load_reward_model(str(sft), seed=1, new_head=True), load_tokenizer(str(sft)), rm)
         inputs["reward_model"] = str(rm)
     path = tmp_path / f"{stage}.json"
     path.write_text(json.dumps({"stage": stage, "seed": 0, "suite": suite.resolved(), "inputs": inputs}))

@@ -62,3 +62,12 @@ def test_validate_table_lists_shared_settings_once_and_each_algorithms_own():
     assert kl == ["shared.kl_coef", "beta", "0.2"]  # one value, the same for every algorithm
     clip = next(line.split() for line in lines if line.strip().startswith("ppo.clip_range"))
     assert clip == ["ppo.clip_range", "epsilon", "0.2", "–", "–"]  # PPO's own; not ReMax's or DPO's
+
+
+def test_the_readme_map_names_every_algorithms_update():
+    readme = (ROOT / "README.md").read_text()
+    for spec in algorithms.REGISTRY.values():
+        path, functions = spec.update.split(":")
+        row = next((line for line in readme.splitlines() if line.startswith(f"| {spec.label} |")), None)
+        assert row is not None, f"README's map has no row for {spec.label}"
+        assert f"`{path}`" in row and all(f"`{f.strip()}`" in row for f in functions.split(",")), row

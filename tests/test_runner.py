@@ -97,3 +97,122 @@ def test_full_run_resume_and_failure_isolation(tmp_path):
     assert "reward_model/seed0  failed" in table and "missing.jsonl not found" in table
     assert "remax/seed0" in table and "blocked" in table
     assert (tmp_path / "b" / "nano" / "reward_model" / "seed0.failed" / "manifest.json").is_file()
+
+    # Once the data is there, the re-run completes the stage and its stale failure record is gone.
+    fixed = _run(tmp_path / "b", "--only", "sft,reward_model")
+    assert fixed.returncode == 0, fixed.stdout
+    assert not (tmp_path / "b" / "nano" / "reward_model" / "seed0.failed").exists()
+
+
+def _cli(cwd, *args):
+    import os
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    return subprocess.run([sys.executable, "-m", "remax_bench.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_resume_does_not_depend_on_where_results_sit(tmp_path):
+    """Run with a relative results path, then copy the folder elsewhere: a dry-run on the copy (given by an
+    absolute path, from another directory) sees every stage complete, the copy's reproduce rule passes,
+    and a dry-run gives the reason for each stage it would run."""
+    (tmp_path / "work").mkdir()
+    data = yaml.safe_load(NANO.read_text())
+    data["shared"]["iterations"] = 3  # the reproduce rule re-runs the first three steps
+    suite = tmp_path / "nano.yaml"
+    suite.write_text(yaml.safe_dump(data))
+    first = _cli(tmp_path / "work", "run", str(suite), "--results-dir", "res", "--only", "sft,reward_model,remax")
+    assert first.returncode == 0, first.stdout + first.stderr
+    manifest = json.loads((tmp_path / "work" / "res" / "nano" / "remax" / "seed0" / "manifest.json").read_text())
+    assert manifest["config"]["inputs"] == {"sft": "sft/seed0/checkpoint", "reward_model": "reward_model/seed0/checkpoint"}
+    copy = tmp_path / "elsewhere" / "copy"
+    shutil.copytree(tmp_path / "work" / "res", copy)
+    shutil.rmtree(tmp_path / "work" / "res")
+
+    dry = _cli(tmp_path, "run", str(suite), "--results-dir", str(copy), "--only", "sft,reward_model,remax", "--dry-run")
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    for key in ("sft/seed0", "reward_model/seed0", "remax/seed0"):
+        assert f"{key}: complete" in dry.stdout, dry.stdout
+    assert "will run" not in dry.stdout
+
+    check = _cli(tmp_path, "check", str(copy / "nano"), "--baseline", str(tmp_path / "none.json"), "--update-baseline")
+    assert "rule: remax reproducible with a fixed seed" in check.stdout, check.stdout + check.stderr
+    line = next(l for l in check.stdout.splitlines() if "rule: remax reproducible" in l)
+    assert "  pass  " in line, check.stdout
+
+    # Reasons: a changed field, a changed input, a missing and a partial stage.
+    data["shared"]["kl_coef"] = 0.1
+    data["reward_model"]["epochs"] = 2
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(yaml.safe_dump(data))
+    (copy / "nano" / "dpo" / ".seed0.partial").mkdir(parents=True)
+    dry = _cli(tmp_path, "run", str(changed), "--results-dir", str(copy), "--dry-run")
+    out = dry.stdout
+    # Every stage's config holds the whole resolved suite; a downstream stage names its changed input.
+    assert "sft/seed0: will run (config changed: reward_model.epochs, shared.kl_coef)" in out, out
+    assert "reward_model/seed0: will run (input changed: sft/seed0)" in out, out
+    assert "remax/seed0: will run (input changed: sft/seed0, reward_model/seed0)" in out, out
+    assert "ppo/seed0: will run (missing)" in out and "dpo/seed0: will run (partial: " in out, out
+    assert not (copy / "nano" / ".configs" / "ppo-seed0.json").exists()  # a dry run writes nothing
+
+
+def _long_sft_suite(tmp_path):
+    data = yaml.safe_load(NANO.read_text())
+    data["sft"]["epochs"] = 100000  # runs until stopped
+    suite = tmp_path / "long.yaml"
+    suite.write_text(yaml.safe_dump(data))
+    return suite
+
+
+def _start_runner_and_its_stage(tmp_path, suite):
+    import os
+    import time
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    runner = subprocess.Popen([sys.executable, "-m", "remax_bench.cli", "run", str(suite), "--results-dir",
+                               str(tmp_path / "res"), "--only", "sft"], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    children = Path(f"/proc/{runner.pid}/task/{runner.pid}/children")
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        stage = children.read_text().split() if children.exists() else []
+        if stage and (tmp_path / "res" / "nano" / "sft" / ".seed0.partial" / "metrics.jsonl").exists():
+            return runner, int(stage[0])
+        time.sleep(0.1)
+    runner.kill()
+    raise AssertionError("the stage never started")
+
+
+def _gone(pid, within=10.0):
+    import time
+
+    deadline = time.time() + within
+    while time.time() < deadline:
+        status = Path(f"/proc/{pid}/status")
+        if not status.exists() or "zombie" in status.read_text():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_stage_dies_with_its_runner_on_sigkill_and_sigterm(tmp_path):
+    import os
+    import signal
+
+    suite = _long_sft_suite(tmp_path)
+    runner, stage = _start_runner_and_its_stage(tmp_path, suite)
+    os.kill(runner.pid, signal.SIGKILL)
+    runner.wait()
+    assert _gone(stage), "the stage outlived a SIGKILLed runner"
+
+    # SIGTERM (a scheduler): the stage is stopped, recorded as interrupted, and the runner exits 1.
+    shutil.rmtree(tmp_path / "res" / "nano" / "sft" / ".seed0.partial")  # left by the SIGKILLed stage
+    runner, stage = _start_runner_and_its_stage(tmp_path, suite)
+    os.kill(runner.pid, signal.SIGTERM)
+    out, _ = runner.communicate(timeout=60)
+    assert runner.returncode == 1, out
+    assert _gone(stage) and "interrupted" in out
+    failed = tmp_path / "res" / "nano" / "sft" / "seed0.failed" / "manifest.json"
+    assert failed.is_file(), out + (tmp_path / "res" / "nano" / "logs" / "sft-seed0.log").read_text()
+    assert json.loads(failed.read_text())["status"] == "interrupted"

@@ -31,9 +31,21 @@ def _int_list(text: str | None) -> list[int] | None:
     if text is None:
         return None
     try:
-        return [int(x) for x in text.split(",") if x.strip()]
+        seeds = [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
         _fail(f"--seeds expects comma-separated integers like 0,1,2; got {text!r}")
+    if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        _fail(f"--seeds expects distinct non-negative integers like 0,1,2; got {text!r}")
+    return seeds
+
+
+def _preflight(suite, stages: list[str] | None = None) -> None:
+    """Everything that can be checked before a stage starts; one line per problem, exit 2."""
+    from remax_bench.preflight import problems
+
+    found = problems(suite, stages)
+    if found:
+        _fail(f"suite {suite.name!r} cannot run:\n" + "\n".join(f"  {p}" for p in found))
 
 
 class LiveLine:
@@ -73,6 +85,7 @@ def validate(suite):
     from remax_bench.config import to_yaml
 
     loaded = _load(suite)
+    _preflight(loaded)
     click.echo(to_yaml(loaded))
     click.echo(f"# suite {loaded.name!r} is valid (config hash {loaded.config_hash()})", err=True)
 
@@ -92,6 +105,7 @@ def run(suite, only, seeds, results_dir, dry_run):
         stages = plan(loaded, _int_list(seeds), only.split(",") if only else None)
     except ValueError as err:
         _fail(str(err))
+    _preflight(loaded, sorted({s.stage for s in stages}))
     runner = Runner(loaded, results_dir, echo=LiveLine())
     click.echo(f"suite {loaded.name!r}: {len(stages)} stages, results in {runner.root}")
     outcomes = runner.run(stages, dry_run=dry_run)

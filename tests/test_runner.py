@@ -85,7 +85,8 @@ def test_full_run_resume_and_failure_isolation(tmp_path):
     # A failing stage does not stop independent ones; the table says what failed and the exit code is 1.
     broken = tmp_path / "broken.yaml"
     data = yaml.safe_load(NANO.read_text())
-    data["data"]["preferences"] = str(tmp_path / "missing.jsonl")  # dpo and reward_model fail
+    (tmp_path / "broken.jsonl").write_text('{"prompt": "a", "chosen": \n')
+    data["data"]["preferences"] = str(tmp_path / "broken.jsonl")  # dpo and reward_model fail
     broken.write_text(yaml.safe_dump(data))
     result = subprocess.run(
         [sys.executable, "-m", "remax_bench.cli", "run", str(broken), "--results-dir", str(tmp_path / "b")],
@@ -94,7 +95,7 @@ def test_full_run_resume_and_failure_isolation(tmp_path):
     assert result.returncode == 1
     table = result.stdout[result.stdout.index("stage "):]
     assert "sft/seed0" in table and "completed" in table
-    assert "reward_model/seed0  failed" in table and "missing.jsonl not found" in table
+    assert "reward_model/seed0  failed" in table and "broken.jsonl" in table
     assert "remax/seed0" in table and "blocked" in table
     assert (tmp_path / "b" / "nano" / "reward_model" / "seed0.failed" / "manifest.json").is_file()
 
@@ -216,3 +217,42 @@ def test_stage_dies_with_its_runner_on_sigkill_and_sigterm(tmp_path):
     failed = tmp_path / "res" / "nano" / "sft" / "seed0.failed" / "manifest.json"
     assert failed.is_file(), out + (tmp_path / "res" / "nano" / "logs" / "sft-seed0.log").read_text()
     assert json.loads(failed.read_text())["status"] == "interrupted"
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d, t: d["data"].update(prompts=str(t / "missing.jsonl")), "data.prompts.source: data file"),
+    (lambda d, t: d["models"].update(policy="tiny:huge"), "unknown tiny preset 'huge'"),
+    (lambda d, t: d["models"].update(policy="./no/such/model"), "models.policy: model directory ./no/such/model not found"),
+    (lambda d, t: d["eval"].update(enabled=True, judge={"type": "openai", "model": "m", "api_key_env": "REMAX_BENCH_NO_SUCH_KEY"}),
+     "eval.judge.api_key_env: the environment variable REMAX_BENCH_NO_SUCH_KEY is not set"),
+])
+def test_problems_found_before_any_stage_starts(tmp_path, edit, message):
+    data = yaml.safe_load(NANO.read_text())
+    edit(data, tmp_path)
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(yaml.safe_dump(data))
+    for args in (["validate", str(suite)], ["run", str(suite), "--results-dir", str(tmp_path / "res")]):
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 2 and message in result.output, result.output
+        assert "Traceback" not in result.output
+    assert not (tmp_path / "res").exists()
+
+
+@pytest.mark.parametrize("seeds", ["-1", "0,0"])
+def test_bad_seeds_are_refused(tmp_path, seeds):
+    result = CliRunner().invoke(main, ["run", str(NANO), "--seeds", seeds, "--dry-run", "--results-dir", str(tmp_path)])
+    assert result.exit_code == 2 and "distinct non-negative" in result.output
+
+
+def test_cuda_without_a_gpu_is_found_before_any_stage_starts(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    data = yaml.safe_load(NANO.read_text())
+    data["runtime"]["device"] = "cuda"
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(yaml.safe_dump(data))
+    result = CliRunner().invoke(main, ["run", str(suite), "--results-dir", str(tmp_path / "res")])
+    assert result.exit_code == 2 and "runtime.device: 'cuda' but no CUDA device" in result.output, result.output
+    assert not (tmp_path / "res").exists()

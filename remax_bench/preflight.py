@@ -12,7 +12,7 @@ from pathlib import Path
 
 from remax_bench.config import Suite
 
-DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
+DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 NAMED_SOURCES = ("synthetic", "default")
 
 

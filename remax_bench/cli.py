@@ -167,8 +167,8 @@ def bench(model, iterations, suite_arg, algorithms, device, gradient_checkpointi
 
 @main.command()
 @click.argument("results_dir", default="results/tiny", type=click.Path(file_okay=False))
-@click.option("--baseline", "baseline_path", default="suites/baselines/tiny.json", show_default=True,
-              type=click.Path(dir_okay=False))
+@click.option("--baseline", "baseline_path", default=None,
+              help="baseline JSON (default: suites/baselines/<suite>.json in this repository)")
 @click.option("--update-baseline", is_flag=True, help="rewrite the baseline's values from these results")
 @click.option("--reproduce/--no-reproduce", default=True, show_default=True,
               help="re-run the first ReMax iterations and require identical figures")
@@ -181,7 +181,13 @@ def check(results_dir, baseline_path, update_baseline, reproduce):
         _fail(f"{suite_dir} is not a results directory (expected results/<suite>)")
     metrics = checks.collect_metrics(suite_dir)
     if not metrics:
-        _fail(f"no complete stages with figures under {suite_dir}", code=1)
+        inner = sorted(p.name for p in suite_dir.iterdir() if p.is_dir() and checks.collect_metrics(p))
+        hint = f"; it holds the suite results {inner}: give {suite_dir / inner[0]}" if inner else ""
+        _fail(f"no complete stages with figures under {suite_dir}{hint}", code=1)
+    if baseline_path is None:
+        from remax_bench.config import SUITES_DIR
+
+        baseline_path = SUITES_DIR / "baselines" / f"{suite_dir.resolve().name}.json"
     if update_baseline:
         old = checks.load_baseline(baseline_path) if Path(baseline_path).is_file() else None
         checks.update_baseline(baseline_path, metrics, old, suite_dir.name)
@@ -190,6 +196,9 @@ def check(results_dir, baseline_path, update_baseline, reproduce):
         baseline = checks.load_baseline(baseline_path)
     except FileNotFoundError as err:
         _fail(str(err))
+    if baseline.get("suite") not in (None, suite_dir.resolve().name):
+        click.echo(f"warning: baseline {baseline_path} is for suite {baseline['suite']!r}, "
+                   f"these results are of {suite_dir.resolve().name!r}", err=True)
     rows = checks.compare(metrics, baseline) + checks.rules(suite_dir, metrics)
     if reproduce:
         rows.append(checks.reproduce(suite_dir))

@@ -188,6 +188,8 @@ def reproduce(suite_dir: str | Path, stage: str = "remax", seed: int | None = No
     config = results.read_json(original / "manifest.json")["config"]
     recorded = results.read_jsonl(original / "metrics.jsonl")[:steps]
     config = json.loads(json.dumps(config))
+    # Inputs are recorded relative to the results folder: resolve them where this folder sits now.
+    config["inputs"] = results.resolve_inputs(config.get("inputs", {}), results.suite_root_of(original))
     config["suite"]["shared"].update(iterations=steps, token_budget=None)
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         config_path = Path(tmp) / "config.json"

@@ -32,9 +32,21 @@ def _int_list(text: str | None) -> list[int] | None:
     if text is None:
         return None
     try:
-        return [int(x) for x in text.split(",") if x.strip()]
+        seeds = [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
         _fail(f"--seeds expects comma-separated integers like 0,1,2; got {text!r}")
+    if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        _fail(f"--seeds expects distinct non-negative integers like 0,1,2; got {text!r}")
+    return seeds
+
+
+def _preflight(suite, stages: list[str] | None = None) -> None:
+    """Everything that can be checked before a stage starts; one line per problem, exit 2."""
+    from remax_bench.preflight import problems
+
+    found = problems(suite, stages)
+    if found:
+        _fail(f"suite {suite.name!r} cannot run:\n" + "\n".join(f"  {p}" for p in found))
 
 
 class LiveLine:
@@ -71,11 +83,16 @@ def main():
 @click.argument("suite")
 @click.option("--table", is_flag=True,
               help="print the resolved hyperparameters per algorithm (as a paper's appendix lists them)")
-def validate(suite, table):
+@click.option("--config-only", is_flag=True,
+              help="check the suite's fields only, not whether this machine can run it (files, models, GPU, keys): "
+                   "for a suite written here to run on a GPU cluster")
+def validate(suite, table, config_only):
     """Check SUITE (a YAML path or a name in suites/) and print the resolved config."""
     from remax_bench.config import to_yaml
 
     loaded = _load(suite)
+    if not config_only:
+        _preflight(loaded)
     if table:
         import pandas as pd
 
@@ -102,6 +119,7 @@ def run(suite, only, seeds, results_dir, dry_run):
         stages = plan(loaded, _int_list(seeds), only.split(",") if only else None)
     except ValueError as err:
         _fail(str(err))
+    _preflight(loaded, sorted({s.stage for s in stages}))
     runner = Runner(loaded, results_dir, echo=LiveLine())
     click.echo(f"suite {loaded.name!r}: {len(stages)} stages, results in {runner.root}")
     outcomes = runner.run(stages, dry_run=dry_run)
@@ -163,8 +181,8 @@ def bench(model, iterations, suite_arg, algorithms, device, gradient_checkpointi
 
 @main.command()
 @click.argument("results_dir", default="results/tiny", type=click.Path(file_okay=False))
-@click.option("--baseline", "baseline_path", default="suites/baselines/tiny.json", show_default=True,
-              type=click.Path(dir_okay=False))
+@click.option("--baseline", "baseline_path", default=None,
+              help="baseline JSON (default: suites/baselines/<suite>.json in this repository)")
 @click.option("--update-baseline", is_flag=True, help="rewrite the baseline's values from these results")
 @click.option("--reproduce/--no-reproduce", default=True, show_default=True,
               help="re-run the first ReMax iterations and require identical figures")
@@ -177,7 +195,13 @@ def check(results_dir, baseline_path, update_baseline, reproduce):
         _fail(f"{suite_dir} is not a results directory (expected results/<suite>)")
     metrics = checks.collect_metrics(suite_dir)
     if not metrics:
-        _fail(f"no complete stages with figures under {suite_dir}", code=1)
+        inner = sorted(p.name for p in suite_dir.iterdir() if p.is_dir() and checks.collect_metrics(p))
+        hint = f"; it holds the suite results {inner}: give {suite_dir / inner[0]}" if inner else ""
+        _fail(f"no complete stages with figures under {suite_dir}{hint}", code=1)
+    if baseline_path is None:
+        from remax_bench.config import SUITES_DIR
+
+        baseline_path = SUITES_DIR / "baselines" / f"{suite_dir.resolve().name}.json"
     if update_baseline:
         old = checks.load_baseline(baseline_path) if Path(baseline_path).is_file() else None
         checks.update_baseline(baseline_path, metrics, old, suite_dir.name)
@@ -186,6 +210,9 @@ def check(results_dir, baseline_path, update_baseline, reproduce):
         baseline = checks.load_baseline(baseline_path)
     except FileNotFoundError as err:
         _fail(str(err))
+    if baseline.get("suite") not in (None, suite_dir.resolve().name):
+        click.echo(f"warning: baseline {baseline_path} is for suite {baseline['suite']!r}, "
+                   f"these results are of {suite_dir.resolve().name!r}", err=True)
     rows = checks.compare(metrics, baseline) + checks.rules(suite_dir, metrics)
     if reproduce:
         rows.append(checks.reproduce(suite_dir))

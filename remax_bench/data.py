@@ -87,6 +87,35 @@ def _size(src: Any, synthetic: Any, name: str) -> int:
 
 
 # -- reading ----------------------------------------------------------------------------------------
+def _check_text(path: Path, where: str) -> None:
+    """UTF-8 and, for JSON files, valid JSON, or a DataError naming the file and line: the datasets
+    library reports these as a byte position or a generic DatasetGenerationError."""
+    import json
+
+    suffix = path.suffix.lower()
+    if suffix not in (".jsonl", ".json", ".csv"):
+        return
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise DataError(f"{where}: {path}, line {line}: not UTF-8 text (byte 0x{raw[err.start]:02x}); "
+                        "save the file as UTF-8") from None
+    if suffix == ".jsonl":
+        for number, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise DataError(f"{where}: {path}, line {number}: not valid JSON ({err.msg}, column {err.colno})") from None
+    elif suffix == ".json":
+        try:
+            json.loads(text)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{where}: {path}, line {err.lineno}: not valid JSON ({err.msg}, column {err.colno})") from None
+
+
 def _holds_no_rows(path: Path) -> bool:
     """An empty file, ``[]``, or a parquet file of zero rows (datasets' own error for these is obscure)."""
     if path.stat().st_size == 0:
@@ -113,6 +142,7 @@ def _read_rows(src: Any, field: str) -> list[dict]:
             raise DataError(f"{where}: data file {path} not found")
         if _holds_no_rows(path):
             raise DataError(f"{where}: data file {path} is empty")
+        _check_text(path, where)
         try:
             dataset = datasets.load_dataset(LOCAL_FORMATS[suffix], data_files=str(path), split="train")
         except Exception as err:  # noqa: BLE001 - any parse failure is a data error

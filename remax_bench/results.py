@@ -49,6 +49,25 @@ def is_complete(final: Path) -> bool:
         return False
 
 
+def suite_root_of(final: Path) -> Path:
+    """The results folder of a suite, from one of its stage directories (<root>/<stage>/seed<k>)."""
+    return Path(final).parent.parent
+
+
+def resolve_inputs(inputs: Any, root: Path) -> Any:
+    """A stage config's input paths with those recorded relative to the suite's results folder made real.
+
+    Trained checkpoints are recorded as ``<stage>/seed<k>/checkpoint`` so that a stage's config, its hash
+    and its manifest do not depend on where the results folder sits; a given checkpoint (a path or a hub
+    id) is kept as written.
+    """
+    if isinstance(inputs, dict):
+        return {k: resolve_inputs(v, root) for k, v in inputs.items()}
+    if isinstance(inputs, str) and not os.path.isabs(inputs) and (Path(root) / inputs).exists():
+        return str(Path(root) / inputs)
+    return inputs
+
+
 def write_json(path: Path, data: Any) -> None:
     """Write JSON via a temp file and rename, so a reader never sees half a file."""
     tmp = path.with_name(path.name + ".tmp")

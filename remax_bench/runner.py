@@ -29,6 +29,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -109,10 +110,23 @@ class Runner:
         return results.stage_dir(self.root.parent, self.suite.name, stage, int(seed))
 
     def checkpoint_of(self, key: str, plans: dict[str, StagePlan]) -> str:
+        """A given checkpoint as written; a trained one relative to the suite's results folder, so that the
+        stage's config (and hash) is the same wherever the folder sits or however its path is spelled."""
         plan_ = plans.get(key)
         if plan_ is not None and plan_.given:
             return plan_.given
-        return str(self.final_dir(key) / "checkpoint")
+        return str(self.final_dir(key).relative_to(self.root) / "checkpoint")
+
+    def identity_of(self, key: str, plans: dict[str, StagePlan]) -> str | None:
+        """What an input is, not where it is: the config hash of the stage that trained it (None while it
+        has no complete result)."""
+        plan_ = plans.get(key)
+        if plan_ is not None and plan_.given:
+            return f"given:{plan_.given}"
+        final = self.final_dir(key)
+        if not results.is_complete(final):
+            return None
+        return results.read_json(final / "manifest.json").get("config_hash")
 
     def stage_config(self, item: StagePlan, plans: dict[str, StagePlan]) -> dict:
         inputs: dict = {}
@@ -126,7 +140,8 @@ class Runner:
                     inputs["checkpoints"][stage] = self.checkpoint_of(need, plans)
             else:
                 inputs[stage] = self.checkpoint_of(need, plans)
-        return {"stage": item.stage, "seed": item.seed, "suite": self.suite.resolved(), "inputs": inputs}
+        return {"stage": item.stage, "seed": item.seed, "suite": self.suite.resolved(), "inputs": inputs,
+                "input_ids": {need: self.identity_of(need, plans) for need in item.needs}}
 
     def config_path(self, item: StagePlan) -> Path:
         return self.root / ".configs" / f"{item.stage}-seed{item.seed}.json"
@@ -144,19 +159,38 @@ class Runner:
         return [self.python, "-m", item.module, "--config", str(self.config_path(item)), "--out", out]
 
     # -- running ---------------------------------------------------------------------------------
-    def is_done(self, item: StagePlan, config: dict) -> bool:
+    def why_run(self, item: StagePlan, config: dict, rerun: set[str] = frozenset()) -> str | None:
+        """None when the stage's complete result matches its config and inputs; else why it must run."""
         final = self.final_dir(item.key)
-        if not results.is_complete(final):
-            return False
-        manifest = results.read_json(final / "manifest.json")
         from trainers.common import config_hash
 
-        return manifest.get("config_hash") == config_hash(config)
+        if results.is_complete(final):
+            manifest = results.read_json(final / "manifest.json")
+            if manifest.get("config_hash") == config_hash(config):
+                return None
+            old = manifest.get("config") or {}
+            changed_inputs = [n for n in item.needs
+                              if n in rerun or (old.get("input_ids") or {}).get(n) != config["input_ids"].get(n)]
+            if changed_inputs:
+                return f"input changed: {', '.join(changed_inputs)}"
+            fields = _changed_fields(old.get("suite"), config["suite"], "")
+            if fields:
+                return f"config changed: {', '.join(fields[:5])}{' ...' if len(fields) > 5 else ''}"
+            return "config changed: " + (", ".join(_changed_fields(old, config, "")[:5]) or "stage identity")
+        if results.partial_dir(final).exists():
+            return "partial: an interrupted attempt, redone from the start"
+        if results.failed_dir(final).exists():
+            return "failed: the last attempt failed"
+        return "missing"
+
+    def is_done(self, item: StagePlan, config: dict) -> bool:
+        return self.why_run(item, config) is None
 
     def run(self, stages: list[StagePlan], dry_run: bool = False) -> list[Outcome]:
         plans = {s.key: s for s in stages}
         outcomes: dict[str, Outcome] = {}
         total = len(stages)
+        will_run: set[str] = set()
         for index, item in enumerate(stages, 1):
             label = f"[{index}/{total}] {item.key}"
             if item.given:
@@ -165,8 +199,14 @@ class Runner:
                 continue
             config = self.stage_config(item, plans)
             if dry_run:
-                self.echo(f"{label}: needs {item.needs or '-'}\n    {' '.join(self.command(item))}")
-                outcomes[item.key] = Outcome(item.key, "planned")
+                reason = self.why_run(item, config, will_run)
+                if reason is None:
+                    self.echo(f"{label}: complete")
+                    outcomes[item.key] = Outcome(item.key, "complete")
+                else:
+                    will_run.add(item.key)
+                    self.echo(f"{label}: will run ({reason})\n    {' '.join(self.command(item))}")
+                    outcomes[item.key] = Outcome(item.key, "planned", detail=reason)
                 continue
             blocked = [n for n in item.needs if n in outcomes and outcomes[n].status not in ("completed", "skipped", "given")]
             missing = [n for n in item.needs if n not in outcomes and not results.is_complete(self.final_dir(n))]
@@ -175,10 +215,12 @@ class Runner:
                 outcomes[item.key] = Outcome(item.key, "blocked", detail=f"needs {why}")
                 self.echo(f"{label}: blocked, needs {why}")
                 continue
-            if self.is_done(item, config):
+            reason = self.why_run(item, config)
+            if reason is None:
                 outcomes[item.key] = Outcome(item.key, "skipped", detail="already complete")
                 self.echo(f"{label}: already complete, skipped")
                 continue
+            self.echo(f"{label}: will run ({reason})")
             outcome = self.run_stage(item, config, label)
             outcomes[item.key] = outcome
             if outcome.status == "interrupted":
@@ -195,10 +237,12 @@ class Runner:
         expected = self.expected_steps(item)
         start = time.time()
         self.echo(f"{label}: running (log: {log_path})")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
-        with open(log_path, "w") as log:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false",
+               RUNNER_PID_ENV: str(os.getpid())}
+        with open(log_path, "w") as log, _sigterm_as_interrupt():
             process = subprocess.Popen(
-                self.command(item), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, bufsize=1
+                self.command(item), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, bufsize=1,
+                preexec_fn=_die_with_parent,
             )
             try:
                 for line in process.stdout:
@@ -210,16 +254,18 @@ class Runner:
                         self.echo(f"    {line.rstrip()}")
                 code = process.wait()
             except KeyboardInterrupt:
+                # Ctrl-C or a scheduler's SIGTERM: the stage records itself as interrupted, then stops.
                 process.send_signal(signal.SIGINT)
                 try:
                     process.wait(timeout=30)
                 except subprocess.TimeoutExpired:
                     process.kill()
-                return Outcome(item.key, "interrupted", time.time() - start, "Ctrl-C")
+                return Outcome(item.key, "interrupted", time.time() - start, "Ctrl-C / SIGTERM")
         seconds = time.time() - start
         final = self.final_dir(item.key)
         if code == 0 and results.is_complete(final):
             (final / "stage.log").write_text(log_path.read_text())
+            results.discard(results.failed_dir(final))  # an earlier failure is no longer this stage's state
             self.echo(f"{label}: completed in {seconds:.1f}s")
             return Outcome(item.key, "completed", seconds)
         detail = self.failure_reason(log_path, code)
@@ -255,6 +301,48 @@ class Runner:
             return f"killed by signal {-code}"
         tail = log_path.read_text().strip().splitlines()[-1:] or ["no output"]
         return f"exit code {code}: {tail[0][:200]}"
+
+
+RUNNER_PID_ENV = "REMAX_BENCH_RUNNER_PID"
+
+
+def _die_with_parent() -> None:
+    """In the stage process before exec: the kernel kills it when the runner dies, even by SIGKILL, so a
+    stage never keeps a GPU busy and races a re-run. (Stages also watch the runner's pid as a fallback.)"""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+@contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM (a scheduler stopping the job) takes the same path as Ctrl-C while a stage runs."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _changed_fields(old, new, prefix: str) -> list[str]:
+    """Dotted names of the fields that differ between two configs."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in sorted(set(old) | set(new), key=str):
+            out += _changed_fields(old.get(key), new.get(key), f"{prefix}{key}.")
+        return out
+    return [] if old == new else [prefix.rstrip(".") or "(whole config)"]
 
 
 def outcome_table(outcomes: list[Outcome]) -> str:

@@ -93,3 +93,21 @@ def test_update_baseline_keeps_tolerances_and_sets_defaults(tmp_path):
     assert new["metrics"]["remax.heldout_gold_reward"] == {"value": 0.6667, "tolerance": 0.05, "direction": "higher"}
     assert new["metrics"]["remax.peak_memory_ratio_vs_ppo"] == {"value": 0.5, "tolerance": 0.075, "direction": "lower"}
     assert json.loads(path.read_text()) == new
+
+
+def test_check_cli_points_at_the_suite_folder_and_warns_on_another_suites_baseline(suite_dir, tmp_path):
+    from click.testing import CliRunner
+
+    from remax_bench.cli import main
+
+    result = CliRunner().invoke(main, ["check", str(tmp_path), "--no-reproduce"])
+    assert result.exit_code == 1 and f"give {suite_dir}" in result.output, result.output
+
+    other = tmp_path / "other.json"
+    check.update_baseline(other, check.collect_metrics(suite_dir), None, "small_gpu")
+    result = CliRunner().invoke(main, ["check", str(suite_dir), "--baseline", str(other), "--no-reproduce"])
+    assert "baseline" in result.output and "is for suite 'small_gpu'" in result.output, result.output
+
+    # Without --baseline, the repository's baseline of this suite is used, from any working directory.
+    result = CliRunner().invoke(main, ["check", str(suite_dir), "--no-reproduce"])
+    assert "not found" not in result.output and "is for suite" not in result.output, result.output

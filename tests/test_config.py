@@ -266,3 +266,18 @@ def test_algorithm_config_merges_shared():
 def test_enabled_algorithms():
     suite = load_suite_text(_with(lambda d: d["ppo"].update(enabled=False)))
     assert suite.enabled_algorithms() == ["remax", "dpo"]
+
+
+def test_validate_config_only_checks_a_gpu_suite_on_a_cpu_machine(monkeypatch):
+    from click.testing import CliRunner
+
+    from remax_bench.cli import main
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    checked = CliRunner().invoke(main, ["validate", "7b_comparison", "--config-only"])
+    assert checked.exit_code == 0, checked.output
+    import torch
+
+    if not torch.cuda.is_available():  # this machine cannot run it: said before any stage starts
+        full = CliRunner().invoke(main, ["validate", "7b_comparison"])
+        assert full.exit_code == 2 and "runtime.device" in full.output

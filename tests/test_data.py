@@ -159,8 +159,14 @@ def test_errors_name_the_field_and_the_problem(tmp_path):
     with pytest.raises(DataError, match=r"data file .*empty\.json is empty"):
         load_sft(src(tmp_path / "empty.json"), SYN)
     (tmp_path / "broken.json").write_text("{not json")
-    with pytest.raises(DataError, match=r"could not read .*broken\.json"):
+    with pytest.raises(DataError, match=r"data\.sft\.source: .*broken\.json, line 1: not valid JSON"):
         load_sft(src(tmp_path / "broken.json"), SYN)
+    (tmp_path / "torn.jsonl").write_text('{"prompt": "a", "response": "b"}\n{"prompt": "c", "resp\n')
+    with pytest.raises(DataError, match=r"torn\.jsonl, line 2: not valid JSON"):
+        load_sft(src(tmp_path / "torn.jsonl"), SYN)
+    (tmp_path / "latin1.jsonl").write_bytes(b'{"prompt": "a", "response": "b"}\n{"prompt": "caf\xe9", "response": "b"}\n')
+    with pytest.raises(DataError, match=r"latin1\.jsonl, line 2: not UTF-8 text \(byte 0xe9\)"):
+        load_sft(src(tmp_path / "latin1.jsonl"), SYN)
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(DataError, match=r"notes\.txt is not a \.jsonl / \.json / \.parquet / \.csv file"):
         load_sft(src(tmp_path / "notes.txt"), SYN)

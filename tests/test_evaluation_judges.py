@@ -403,3 +403,50 @@ def test_build_judge_from_the_suite_block(tmp_path):
                         log_dir=tmp_path)
     assert local.command == ["vllm", "serve", "org/j", "--host", "127.0.0.1", "--port", "8999", "--dtype", "bfloat16"]
     assert local.log_path == tmp_path / "vllm_judge_server.log"
+
+
+def test_judging_killed_midway_keeps_every_verdict_and_the_rerun_asks_only_the_rest(key, tmp_path):
+    """A judging process killed with SIGKILL after four answers: the four are on disk, a torn last line is
+    tolerated, and the re-run sends exactly the four requests not yet answered."""
+    import os
+    import signal
+    import subprocess
+
+    release = {"hang": True}
+
+    def reply(body, headers):
+        while release["hang"] and "Task 4:" in body["messages"][-1]["content"]:
+            time.sleep(0.05)
+        return default_reply(body, headers)
+
+    cache_path = tmp_path / "cache.jsonl"
+    script = (
+        "import json, sys\n"
+        "from remax_bench.evaluation.alpaca import judge_alpaca_eval\n"
+        "from remax_bench.evaluation.cache import JudgmentCache\n"
+        "from remax_bench.evaluation.judges import OpenAIJudge\n"
+        "model, reference = json.load(open(sys.argv[2]))\n"
+        f"judge = OpenAIJudge('judge-model', base_url=sys.argv[1], api_key_env={KEY_ENV!r}, workers=1, max_retries=0)\n"
+        "judge_alpaca_eval(model, reference, judge, JudgmentCache(sys.argv[3]))\n"
+    )
+    data = tmp_path / "outputs.json"
+    data.write_text(json.dumps([MODEL, REFERENCE]))
+    with FakeOpenAI(reply) as fake:
+        proc = subprocess.Popen([sys.executable, "-c", script, fake.url, str(data), str(cache_path)])
+        deadline = time.time() + 120
+        while time.time() < deadline and (not cache_path.is_file() or len(cache_path.read_text().splitlines()) < 4):
+            assert proc.poll() is None, "the judging process ended before it was killed"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        release["hang"] = False
+        lines = cache_path.read_text().splitlines()
+        assert len(lines) == 4 and all(json.loads(line)["value"] is not None for line in lines)
+        with open(cache_path, "a") as f:
+            f.write('{"key": "torn')  # a write cut short by the kill
+        asked = len(fake.chat_requests())
+        result, rows = judge_alpaca_eval(MODEL, REFERENCE, _judge(fake.url), JudgmentCache(cache_path))
+        assert len(fake.chat_requests()) - asked == 4  # only what was not yet answered
+    assert result["n_cached"] == 4 and result["n_unjudged"] == 0
+    assert result["win_rate"] == pytest.approx(75.0)
+    assert len(JudgmentCache(cache_path).entries) == 8

@@ -85,7 +85,8 @@ def test_full_run_resume_and_failure_isolation(tmp_path):
     # A failing stage does not stop independent ones; the table says what failed and the exit code is 1.
     broken = tmp_path / "broken.yaml"
     data = yaml.safe_load(NANO.read_text())
-    data["data"]["preferences"] = str(tmp_path / "missing.jsonl")  # dpo and reward_model fail
+    (tmp_path / "broken.jsonl").write_text('{"prompt": "a", "chosen": \n')
+    data["data"]["preferences"] = str(tmp_path / "broken.jsonl")  # dpo and reward_model fail
     broken.write_text(yaml.safe_dump(data))
     result = subprocess.run(
         [sys.executable, "-m", "remax_bench.cli", "run", str(broken), "--results-dir", str(tmp_path / "b")],
@@ -94,6 +95,164 @@ def test_full_run_resume_and_failure_isolation(tmp_path):
     assert result.returncode == 1
     table = result.stdout[result.stdout.index("stage "):]
     assert "sft/seed0" in table and "completed" in table
-    assert "reward_model/seed0  failed" in table and "missing.jsonl not found" in table
+    assert "reward_model/seed0  failed" in table and "broken.jsonl" in table
     assert "remax/seed0" in table and "blocked" in table
     assert (tmp_path / "b" / "nano" / "reward_model" / "seed0.failed" / "manifest.json").is_file()
+
+    # Once the data is there, the re-run completes the stage and its stale failure record is gone.
+    fixed = _run(tmp_path / "b", "--only", "sft,reward_model")
+    assert fixed.returncode == 0, fixed.stdout
+    assert not (tmp_path / "b" / "nano" / "reward_model" / "seed0.failed").exists()
+
+
+def _cli(cwd, *args):
+    import os
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    return subprocess.run([sys.executable, "-m", "remax_bench.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_resume_does_not_depend_on_where_results_sit(tmp_path):
+    """Run with a relative results path, then copy the folder elsewhere: a dry-run on the copy (given by an
+    absolute path, from another directory) sees every stage complete, the copy's reproduce rule passes,
+    and a dry-run gives the reason for each stage it would run."""
+    (tmp_path / "work").mkdir()
+    data = yaml.safe_load(NANO.read_text())
+    data["shared"]["iterations"] = 3  # the reproduce rule re-runs the first three steps
+    suite = tmp_path / "nano.yaml"
+    suite.write_text(yaml.safe_dump(data))
+    first = _cli(tmp_path / "work", "run", str(suite), "--results-dir", "res", "--only", "sft,reward_model,remax")
+    assert first.returncode == 0, first.stdout + first.stderr
+    manifest = json.loads((tmp_path / "work" / "res" / "nano" / "remax" / "seed0" / "manifest.json").read_text())
+    assert manifest["config"]["inputs"] == {"sft": "sft/seed0/checkpoint", "reward_model": "reward_model/seed0/checkpoint"}
+    copy = tmp_path / "elsewhere" / "copy"
+    shutil.copytree(tmp_path / "work" / "res", copy)
+    shutil.rmtree(tmp_path / "work" / "res")
+
+    dry = _cli(tmp_path, "run", str(suite), "--results-dir", str(copy), "--only", "sft,reward_model,remax", "--dry-run")
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    for key in ("sft/seed0", "reward_model/seed0", "remax/seed0"):
+        assert f"{key}: complete" in dry.stdout, dry.stdout
+    assert "will run" not in dry.stdout
+
+    check = _cli(tmp_path, "check", str(copy / "nano"), "--baseline", str(tmp_path / "none.json"), "--update-baseline")
+    assert "rule: remax reproducible with a fixed seed" in check.stdout, check.stdout + check.stderr
+    line = next(l for l in check.stdout.splitlines() if "rule: remax reproducible" in l)
+    assert "  pass  " in line, check.stdout
+
+    # Reasons: a changed field, a changed input, a missing and a partial stage.
+    data["shared"]["kl_coef"] = 0.1
+    data["reward_model"]["epochs"] = 2
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(yaml.safe_dump(data))
+    (copy / "nano" / "dpo" / ".seed0.partial").mkdir(parents=True)
+    dry = _cli(tmp_path, "run", str(changed), "--results-dir", str(copy), "--dry-run")
+    out = dry.stdout
+    # Every stage's config holds the whole resolved suite; a downstream stage names its changed input.
+    assert "sft/seed0: will run (config changed: reward_model.epochs, shared.kl_coef)" in out, out
+    assert "reward_model/seed0: will run (input changed: sft/seed0)" in out, out
+    assert "remax/seed0: will run (input changed: sft/seed0, reward_model/seed0)" in out, out
+    assert "ppo/seed0: will run (missing)" in out and "dpo/seed0: will run (partial: " in out, out
+    assert not (copy / "nano" / ".configs" / "ppo-seed0.json").exists()  # a dry run writes nothing
+
+
+def _long_sft_suite(tmp_path):
+    data = yaml.safe_load(NANO.read_text())
+    data["sft"]["epochs"] = 100000  # runs until stopped
+    suite = tmp_path / "long.yaml"
+    suite.write_text(yaml.safe_dump(data))
+    return suite
+
+
+def _start_runner_and_its_stage(tmp_path, suite):
+    import os
+    import time
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    runner = subprocess.Popen([sys.executable, "-m", "remax_bench.cli", "run", str(suite), "--results-dir",
+                               str(tmp_path / "res"), "--only", "sft"], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    children = Path(f"/proc/{runner.pid}/task/{runner.pid}/children")
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        stage = children.read_text().split() if children.exists() else []
+        if stage and (tmp_path / "res" / "nano" / "sft" / ".seed0.partial" / "metrics.jsonl").exists():
+            return runner, int(stage[0])
+        time.sleep(0.1)
+    runner.kill()
+    raise AssertionError("the stage never started")
+
+
+def _gone(pid, within=10.0):
+    import time
+
+    deadline = time.time() + within
+    while time.time() < deadline:
+        status = Path(f"/proc/{pid}/status")
+        if not status.exists() or "zombie" in status.read_text():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_stage_dies_with_its_runner_on_sigkill_and_sigterm(tmp_path):
+    import os
+    import signal
+
+    suite = _long_sft_suite(tmp_path)
+    runner, stage = _start_runner_and_its_stage(tmp_path, suite)
+    os.kill(runner.pid, signal.SIGKILL)
+    runner.wait()
+    assert _gone(stage), "the stage outlived a SIGKILLed runner"
+
+    # SIGTERM (a scheduler): the stage is stopped, recorded as interrupted, and the runner exits 1.
+    shutil.rmtree(tmp_path / "res" / "nano" / "sft" / ".seed0.partial")  # left by the SIGKILLed stage
+    runner, stage = _start_runner_and_its_stage(tmp_path, suite)
+    os.kill(runner.pid, signal.SIGTERM)
+    out, _ = runner.communicate(timeout=60)
+    assert runner.returncode == 1, out
+    assert _gone(stage) and "interrupted" in out
+    failed = tmp_path / "res" / "nano" / "sft" / "seed0.failed" / "manifest.json"
+    assert failed.is_file(), out + (tmp_path / "res" / "nano" / "logs" / "sft-seed0.log").read_text()
+    assert json.loads(failed.read_text())["status"] == "interrupted"
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d, t: d["data"].update(prompts=str(t / "missing.jsonl")), "data.prompts.source: data file"),
+    (lambda d, t: d["models"].update(policy="tiny:huge"), "unknown tiny preset 'huge'"),
+    (lambda d, t: d["models"].update(policy="./no/such/model"), "models.policy: model directory ./no/such/model not found"),
+    (lambda d, t: d["eval"].update(enabled=True, judge={"type": "openai", "model": "m", "api_key_env": "REMAX_BENCH_NO_SUCH_KEY"}),
+     "eval.judge.api_key_env: the environment variable REMAX_BENCH_NO_SUCH_KEY is not set"),
+])
+def test_problems_found_before_any_stage_starts(tmp_path, edit, message):
+    data = yaml.safe_load(NANO.read_text())
+    edit(data, tmp_path)
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(yaml.safe_dump(data))
+    for args in (["validate", str(suite)], ["run", str(suite), "--results-dir", str(tmp_path / "res")]):
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 2 and message in result.output, result.output
+        assert "Traceback" not in result.output
+    assert not (tmp_path / "res").exists()
+
+
+@pytest.mark.parametrize("seeds", ["-1", "0,0"])
+def test_bad_seeds_are_refused(tmp_path, seeds):
+    result = CliRunner().invoke(main, ["run", str(NANO), "--seeds", seeds, "--dry-run", "--results-dir", str(tmp_path)])
+    assert result.exit_code == 2 and "distinct non-negative" in result.output
+
+
+def test_cuda_without_a_gpu_is_found_before_any_stage_starts(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    data = yaml.safe_load(NANO.read_text())
+    data["runtime"]["device"] = "cuda"
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(yaml.safe_dump(data))
+    result = CliRunner().invoke(main, ["run", str(suite), "--results-dir", str(tmp_path / "res")])
+    assert result.exit_code == 2 and "runtime.device: 'cuda' but no CUDA device" in result.output, result.output
+    assert not (tmp_path / "res").exists()

@@ -113,8 +113,8 @@ class StageRun:
         self.config = config
         self.suite = Suite.model_validate(config["suite"])
         self.seed = int(config.get("seed", 0))
-        self.inputs: dict[str, Any] = config.get("inputs", {})
         self.final_dir = Path(out_dir)
+        self.inputs: dict[str, Any] = results.resolve_inputs(config.get("inputs", {}), results.suite_root_of(self.final_dir))
         self.rank = process_rank()[0]
         self.world_size = world_size()
         self.batch_sizes: dict[str, dict[str, int]] = {}  # field -> global and per-rank size, for the manifest
@@ -317,6 +317,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _stop_with_runner() -> None:
+    """Fallback to the runner's PR_SET_PDEATHSIG (which a launcher in between, or another OS, may not pass
+    on): end this stage within a second of its runner's death."""
+    if not os.environ.get("REMAX_BENCH_RUNNER_PID"):
+        return  # started by hand: no runner to follow
+    import threading
+
+    parent = os.getppid()  # the runner, or the launcher it started; re-parenting means it is gone
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(137)
+
+    threading.Thread(target=watch, daemon=True, name="runner-watchdog").start()
+
+
 def stage_main(stage: str, train: Callable[[StageRun], dict], argv: list[str] | None = None) -> int:
     """Entry point of ``python -m trainers.<stage>``. Exit code 0 on success, 1 on failure."""
     from transformers.utils import logging as hf_logging
@@ -324,6 +341,7 @@ def stage_main(stage: str, train: Callable[[StageRun], dict], argv: list[str] | 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
     args = parse_args(argv)
+    _stop_with_runner()
     config = json.loads(Path(args.config).read_text())
     run = StageRun(stage, config, Path(args.out))
     run.open()

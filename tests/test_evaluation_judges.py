@@ -237,11 +237,13 @@ def _free_port() -> int:
 
 
 def test_vllm_serve_command_line():
+    # The server runs under this environment's own Python, never a `vllm` found first on PATH.
+    server = [sys.executable, "-m", "vllm.entrypoints.openai.api_server"]
     assert vllm_serve_command("org/judge-7b", 8011, ["--max-model-len", "4096", "--dtype", "bfloat16"]) == [
-        "vllm", "serve", "org/judge-7b", "--host", "127.0.0.1", "--port", "8011",
+        *server, "--model", "org/judge-7b", "--host", "127.0.0.1", "--port", "8011",
         "--max-model-len", "4096", "--dtype", "bfloat16"]
     judge = VLLMLocalJudge("org/judge-7b", port=8123, serve_args=["--served-model-name", "judge"])
-    assert judge.command[:7] == ["vllm", "serve", "org/judge-7b", "--host", "127.0.0.1", "--port", "8123"]
+    assert judge.command[:9] == [*server, "--model", "org/judge-7b", "--host", "127.0.0.1", "--port", "8123"]
     assert judge.base_url == "http://127.0.0.1:8123/v1" and judge.request_model == "judge"
 
 
@@ -317,14 +319,21 @@ def test_vllm_generator_builds_engine_and_sampling_arguments(tmp_path, monkeypat
 
     checkpoint = save_pretrained(*build_tiny_model("tiny:nano", 0), tmp_path / "ckpt")
     calls = {"llm": [], "sampling": [], "generate": []}
+    from remax_bench.models import load_tokenizer
+
+    gen_tokenizer = [load_tokenizer(str(checkpoint))]  # the stand-in engine answers in the checkpoint's tokens
 
     class LLM:
         def __init__(self, **kwargs):
             calls["llm"].append(kwargs)
+            self.llm_engine = types.SimpleNamespace(model_config=types.SimpleNamespace(max_model_len=512))
 
-        def generate(self, prompts, params):
+        def generate(self, prompts, params, use_tqdm=True):
             calls["generate"].append((prompts, params))
-            return [types.SimpleNamespace(outputs=[types.SimpleNamespace(text=f" answer {i} ")]) for i in range(len(prompts))]
+            tok = gen_tokenizer[0]
+            return [types.SimpleNamespace(outputs=[types.SimpleNamespace(
+                token_ids=tok(f" answer {i} ", add_special_tokens=False)["input_ids"] + [tok.eos_token_id])])
+                for i in range(len(prompts))]
 
     class SamplingParams:
         def __init__(self, **kwargs):
@@ -333,6 +342,7 @@ def test_vllm_generator_builds_engine_and_sampling_arguments(tmp_path, monkeypat
     monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=LLM, SamplingParams=SamplingParams))
     monkeypatch.setattr(generation, "vllm_available", lambda: True)
     monkeypatch.setattr(generation, "cuda_available", lambda: True)
+    monkeypatch.setattr(generation, "vllm_is_cpu_build", lambda: False)  # the CUDA build's arguments
     ev = Eval.model_validate({"backend": "auto", "generation": {"max_new_tokens": 32, "temperature": 0.7, "top_p": 0.9}})
     with generation.open_generator(str(checkpoint), ev, seed=5, precision="bf16") as gen:
         answers = gen.generate([[{"role": "user", "content": "Reverse: abc"}], [{"role": "user", "content": "Hi"}]])
@@ -401,5 +411,6 @@ def test_build_judge_from_the_suite_block(tmp_path):
     assert (judge.model, judge.base_url, judge.max_retries, judge.timeout_s) == ("gpt-4", "http://127.0.0.1:9/v1", 5, 7.0)
     local = build_judge(Judge(type="vllm_local", model="org/j", port=8999, serve_args=["--dtype", "bfloat16"]),
                         log_dir=tmp_path)
-    assert local.command == ["vllm", "serve", "org/j", "--host", "127.0.0.1", "--port", "8999", "--dtype", "bfloat16"]
+    assert local.command == [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", "org/j",
+                             "--host", "127.0.0.1", "--port", "8999", "--dtype", "bfloat16"]
     assert local.log_path == tmp_path / "vllm_judge_server.log"

@@ -110,6 +110,7 @@ def generate_checkpoint(checkpoint_dir: str | Path, eval_cfg: Any, out_dir: str 
     fingerprint = stable_hash({
         "checkpoint": dir_fingerprint(checkpoint_dir), "settings": asdict(settings), "backend": eval_cfg.backend,
         "template": eval_cfg.conversation_template, "generator": generator_name, "seed": seed, "precision": precision,
+        "mt_bench_temperature": eval_cfg.mt_bench.temperature,
         "instructions": [r["instruction"] for r in data.instructions or []], "questions": data.questions,
     })
     wanted = ([ALPACA_OUTPUTS] if data.instructions is not None else []) + ([MT_ANSWERS] if data.questions is not None else [])
@@ -127,7 +128,7 @@ def generate_checkpoint(checkpoint_dir: str | Path, eval_cfg: Any, out_dir: str 
         if data.instructions is not None:
             write_json(out / ALPACA_OUTPUTS, alpaca_eval_outputs(gen, data.instructions, generator_name))
         if data.questions is not None:
-            turns = mt_bench_turns(gen, data.questions)
+            turns = mt_bench_turns(gen, data.questions, eval_cfg.mt_bench.temperature)
             write_jsonl(out / MT_ANSWERS, mt_bench_answer_records(data.questions, turns, generator_name))
         record = {k: v for k, v in gen.record.items()}
     record.update(fingerprint=fingerprint, generator_name=generator_name, reused=False)

@@ -176,6 +176,9 @@ class AlpacaEvalConfig(Strict):
     enabled: bool = True
     prompts: str = "synthetic"  # "synthetic" | "default" (the public 805 instructions) | a local path
     max_instances: Optional[int] = Field(default=None, gt=0)
+    # With an LLM judge (openai, vllm_local): alpaca_eval's own annotator config by name, pointed at the judge's
+    # endpoint; the leaderboard's is weighted_alpaca_eval_gpt4_turbo. null: remax-bench's own pairwise prompt.
+    annotator: Optional[str] = "weighted_alpaca_eval_gpt4_turbo"
 
 
 class MTBenchConfig(Strict):

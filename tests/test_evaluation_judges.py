@@ -414,3 +414,50 @@ def test_build_judge_from_the_suite_block(tmp_path):
     assert local.command == [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", "org/j",
                              "--host", "127.0.0.1", "--port", "8999", "--dtype", "bfloat16"]
     assert local.log_path == tmp_path / "vllm_judge_server.log"
+
+
+def test_alpaca_eval_pairs_go_through_alpaca_evals_own_annotator(monkeypatch, tmp_path):
+    """The leaderboard's annotator (weighted_alpaca_eval_gpt4_turbo) pointed at an OpenAI-compatible server on
+    127.0.0.1: the server must see exactly alpaca_eval's requests, and the weighted preferences come back."""
+    import alpaca_eval
+
+    from remax_bench.config import Judge
+    from remax_bench.evaluation.alpaca import judge_alpaca_eval
+
+    monkeypatch.setenv(KEY_ENV, "sk-alpaca-test")
+    outputs = [{"instruction": f"task {i}", "output": f"model answer {i}" + (" GOOD" if i % 2 else ""),
+                "generator": "policy"} for i in range(4)]
+    reference = [{"instruction": f"task {i}", "output": f"reference answer {i}" + ("" if i % 2 else " GOOD"),
+                  "generator": "gpt4_turbo"} for i in range(4)]
+    with FakeOpenAI() as server:
+        from remax_bench.evaluation.judges import build_judge
+
+        judge = build_judge(Judge(type="openai", model="judge-model", base_url=server.url, api_key_env=KEY_ENV),
+                            alpaca_annotator="weighted_alpaca_eval_gpt4_turbo")
+        with judge:
+            result, rows = judge_alpaca_eval(outputs, reference, judge, None, bootstrap_samples=50)
+            client_dir = Path(judge._client_config_dir.name)
+            modes = {oct(p.stat().st_mode)[-3:] for p in client_dir.glob("*/client_configs.yaml")}
+            assert modes == {"600"}  # readable by this user alone
+        assert not client_dir.exists()  # the file holding the key goes with the judge
+        requests = server.chat_requests()
+    template = (Path(alpaca_eval.__file__).parent / "evaluators_configs" / "alpaca_eval_clf_gpt4_turbo" /
+                "alpaca_eval_clf.txt").read_text()
+    assert len(requests) == 4
+    for request in requests:
+        body = request["body"]
+        # alpaca_eval's completion settings for this annotator, unchanged but for the model's name
+        assert {k: body[k] for k in ("model", "max_tokens", "temperature", "logprobs", "top_logprobs")} == {
+            "model": "judge-model", "max_tokens": 1, "temperature": 1, "logprobs": True, "top_logprobs": 5}
+        system, user = body["messages"]
+        assert system["role"] == "system" and system["content"] in template
+        assert user["role"] == "user" and "## Best Model Identifier" in user["content"]
+        assert request["headers"]["authorization"] == "Bearer sk-alpaca-test"
+    # The model (output_2) has the GOOD answer for odd instructions: a weighted preference near 2 there, near 1
+    # elsewhere (logprobs -0.1 vs -2.4: p = e^-0.1 / (e^-0.1 + e^-2.4) = 0.909).
+    prefs = {r["instruction"]: r["preference"] for r in rows}
+    for i in range(4):
+        expected = 1 + 0.909 if i % 2 else 2 - 0.909
+        assert prefs[f"task {i}"] == pytest.approx(expected, abs=0.01)
+    assert result["win_rate"] == pytest.approx(50.0, abs=0.5) and result["n_unjudged"] == 0
+    assert judge.identity()["alpaca_eval_annotator"] == "weighted_alpaca_eval_gpt4_turbo"

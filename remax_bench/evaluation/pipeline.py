@@ -367,5 +367,31 @@ def run_eval_stage(stage_config: dict, out_dir: str | Path, log: Callable[[str],
         "generation": generation,
         "warnings": [w for row in rows for w in _warnings(row)],
     }
+    if data.questions is not None:
+        summary["fastchat_dir"] = str(fastchat_layout(out, order, judge).relative_to(out))
     write_json(out / SUMMARY, summary)
     return summary
+
+
+def fastchat_judge_name(judge: Judge) -> str:
+    """The judge's name as FastChat's file names use it (``gpt-4`` -> model_judgment/gpt-4_single.jsonl)."""
+    name = judge.identity().get("model") or judge.type
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(Path(str(name)).name))
+
+
+def fastchat_layout(out: Path, names: list[str], judge: Judge) -> Path:
+    """Every checkpoint's MT-bench answers and judgments in FastChat's own layout, under out/fastchat:
+    data/mt_bench/model_answer/<model>.jsonl and data/mt_bench/model_judgment/<judge>_single.jsonl (all models
+    in one file, as FastChat's gen_judgment writes it). From that folder, FastChat's own
+    ``python -m fastchat.llm_judge.show_result --bench-name mt_bench --judge-model <judge>`` prints the
+    same scores as the report."""
+    root = out / "fastchat"
+    bench = root / "data" / "mt_bench"
+    judgments = []
+    for name in names:
+        if (out / name / MT_ANSWERS).is_file():
+            write_jsonl(bench / "model_answer" / f"{name}.jsonl", read_jsonl(out / name / MT_ANSWERS))
+        if (out / name / MT_JUDGMENTS).is_file():
+            judgments += read_jsonl(out / name / MT_JUDGMENTS)
+    write_jsonl(bench / "model_judgment" / f"{fastchat_judge_name(judge)}_single.jsonl", judgments)
+    return root

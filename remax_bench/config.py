@@ -176,12 +176,18 @@ class AlpacaEvalConfig(Strict):
     enabled: bool = True
     prompts: str = "synthetic"  # "synthetic" | "default" (the public 805 instructions) | a local path
     max_instances: Optional[int] = Field(default=None, gt=0)
+    # With an LLM judge (openai, vllm_local): alpaca_eval's own annotator config by name, pointed at the judge's
+    # endpoint; the leaderboard's is weighted_alpaca_eval_gpt4_turbo. null: remax-bench's own pairwise prompt.
+    annotator: Optional[str] = "weighted_alpaca_eval_gpt4_turbo"
 
 
 class MTBenchConfig(Strict):
     enabled: bool = True
     questions: str = "synthetic"  # "synthetic" | "default" (the public 80 questions) | a local path
     judge_prompts: str = "default"  # "default" (FastChat's judge prompts) | a local .jsonl path
+    # "fastchat": FastChat's per-category temperatures (writing/roleplay 0.7, stem/humanities 0.1, extraction/
+    # math/coding/reasoning 0.0, others 0.7), as the leaderboard's answers were made; or one number for all.
+    temperature: Union[Literal["fastchat"], float] = "fastchat"
     max_questions: Optional[int] = Field(default=None, gt=0)
 
 
@@ -204,9 +210,20 @@ class Judge(Strict):
         return self
 
 
+class VLLMEngine(Strict):
+    """Memory of a vLLM engine: a share of GPU memory on GPUs; on the CPU build, GiB of KV cache (vLLM reads
+    VLLM_CPU_KVCACHE_SPACE there instead of a GPU fraction)."""
+
+    gpu_memory_utilization: float = Field(default=0.85, gt=0, le=1, description="share of the GPU's memory")
+    cpu_kv_cache_gib: int = Field(default=2, gt=0, description="KV cache of the CPU build, whole GiB")
+    max_model_len: Optional[int] = Field(default=None, gt=0,
+                                         description="context length; null: the model's max_position_embeddings")
+
+
 class Eval(Strict):
     enabled: bool = True
     backend: Literal["auto", "vllm", "hf"] = "auto"
+    vllm: VLLMEngine = VLLMEngine()
     reference: str = "sft"  # the stage (or checkpoint path) every policy is compared against
     generation: EvalGeneration = EvalGeneration()
     alpaca_eval: AlpacaEvalConfig = AlpacaEvalConfig()

@@ -161,6 +161,8 @@ def eval_rows(summary: dict, seed: int, reference: str) -> list[dict]:
             "lc_win_rate_pct": _num_or_nan(r.get("lc_win_rate")),
             "n": _num_or_nan(r.get("n")),
             "n_unjudged": _num_or_nan(r.get("n_unjudged")),
+            "mt_bench_n_unjudged": _num_or_nan(r.get("mt_bench_n_unjudged")),
+            "leaderboard_comparable": r.get("leaderboard_comparable"),
             "mt_bench_score": _num_or_nan(r.get("mt_bench_score")),
             "mt_bench_ci_lo": mt_lo,
             "mt_bench_ci_hi": mt_hi,
@@ -465,6 +467,8 @@ AGG_COLUMNS = [
     ("held-out gold gain / 10k generated tokens", "gold_gain_per_10k_tokens"),
     ("win rate vs {ref} (%)", "win_rate_pct"),
     ("MT-bench (1–10)", "mt_bench_score"),
+    ("unjudged AlpacaEval pairs", "n_unjudged"),
+    ("unjudged MT-bench turns", "mt_bench_n_unjudged"),
 ]
 
 

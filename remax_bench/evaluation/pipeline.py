@@ -110,6 +110,7 @@ def generate_checkpoint(checkpoint_dir: str | Path, eval_cfg: Any, out_dir: str 
     fingerprint = stable_hash({
         "checkpoint": dir_fingerprint(checkpoint_dir), "settings": asdict(settings), "backend": eval_cfg.backend,
         "template": eval_cfg.conversation_template, "generator": generator_name, "seed": seed, "precision": precision,
+        "mt_bench_temperature": eval_cfg.mt_bench.temperature,
         "instructions": [r["instruction"] for r in data.instructions or []], "questions": data.questions,
     })
     wanted = ([ALPACA_OUTPUTS] if data.instructions is not None else []) + ([MT_ANSWERS] if data.questions is not None else [])
@@ -127,7 +128,7 @@ def generate_checkpoint(checkpoint_dir: str | Path, eval_cfg: Any, out_dir: str 
         if data.instructions is not None:
             write_json(out / ALPACA_OUTPUTS, alpaca_eval_outputs(gen, data.instructions, generator_name))
         if data.questions is not None:
-            turns = mt_bench_turns(gen, data.questions)
+            turns = mt_bench_turns(gen, data.questions, eval_cfg.mt_bench.temperature)
             write_jsonl(out / MT_ANSWERS, mt_bench_answer_records(data.questions, turns, generator_name))
         record = {k: v for k, v in gen.record.items()}
     record.update(fingerprint=fingerprint, generator_name=generator_name, reused=False)
@@ -136,6 +137,25 @@ def generate_checkpoint(checkpoint_dir: str | Path, eval_cfg: Any, out_dir: str 
 
 
 # -- judging ---------------------------------------------------------------------------------------
+LEADERBOARD_ANNOTATOR = "weighted_alpaca_eval_gpt4_turbo"
+
+
+def leaderboard_comparison(prompts: str, judge: Judge, reference: str | None) -> dict:
+    """Whether this win rate means what the AlpacaEval 2.0 leaderboard's means: its 805 instructions, its
+    annotator (weighted_alpaca_eval_gpt4_turbo through alpaca_eval) and its reference outputs (gpt4_turbo).
+    The length-controlled win rate's GLM assumes the same; elsewhere it is this project's measure only."""
+    reasons = []
+    if prompts != "default":
+        reasons.append(f"prompts are {prompts!r}, not AlpacaEval's 805 instructions")
+    annotator = judge.identity().get("alpaca_eval_annotator")
+    if annotator != LEADERBOARD_ANNOTATOR:
+        reasons.append(f"judged by {judge_label(judge)}, not alpaca_eval's {LEADERBOARD_ANNOTATOR} annotator")
+    if not reference or "gpt4_turbo" not in str(reference):
+        reasons.append(f"the reference is {reference!r}, not the leaderboard's gpt4_turbo outputs")
+    return {"leaderboard_comparable": not reasons,
+            "leaderboard_note": "; ".join(reasons) if reasons else "AlpacaEval 2.0's setting: comparable"}
+
+
 def _gold_reward_mean(outputs: list[dict]) -> float | None:
     from remax_bench.task import gold_score
 
@@ -163,6 +183,7 @@ def judge_checkpoint(out_dir: str | Path, eval_cfg: Any, judge: Judge, data: Eva
             result, judgments = judge_alpaca_eval(
                 outputs, read_outputs(reference_outputs), judge, cache, indices=data.indices,
                 full_glm=data.alpaca_source == "default", bootstrap_samples=samples, seed=seed)
+            result.update(leaderboard_comparison(data.alpaca_source, judge, result.get("reference_generator")))
         if data.alpaca_source == "synthetic":
             result["gold_reward_mean"] = _gold_reward_mean(outputs)
         write_jsonl(out / ALPACA_JUDGMENTS, judgments)
@@ -176,6 +197,8 @@ def judge_checkpoint(out_dir: str | Path, eval_cfg: Any, judge: Judge, data: Eva
             "n": result.get("n"), "n_judged": result.get("n_judged"), "n_unjudged": result.get("n_unjudged"),
             "n_wins": result.get("n_wins"), "n_losses": result.get("n_wins_base"), "n_draws": result.get("n_draws"),
             "avg_output_length": result.get("avg_length"), "gold_reward_mean": result.get("gold_reward_mean"),
+            "leaderboard_comparable": result.get("leaderboard_comparable"),
+            "leaderboard_note": result.get("leaderboard_note"),
         })
     if data.questions is not None:
         records = {r["question_id"]: r for r in read_jsonl(out / MT_ANSWERS)}
@@ -213,7 +236,8 @@ def _judge_for(eval_cfg, judge, reward_model, log_dir, device):
     if judge is not None:
         return judge, nullcontext(judge)
     built = build_judge(eval_cfg.judge, reward_model=reward_model, log_dir=log_dir, device=device,
-                        judge_prompts=_once(lambda: judge_prompts(eval_cfg.mt_bench.judge_prompts)))
+                        judge_prompts=_once(lambda: judge_prompts(eval_cfg.mt_bench.judge_prompts)),
+                        alpaca_annotator=eval_cfg.alpaca_eval.annotator)
     return built, built
 
 
@@ -343,5 +367,31 @@ def run_eval_stage(stage_config: dict, out_dir: str | Path, log: Callable[[str],
         "generation": generation,
         "warnings": [w for row in rows for w in _warnings(row)],
     }
+    if data.questions is not None:
+        summary["fastchat_dir"] = str(fastchat_layout(out, order, judge).relative_to(out))
     write_json(out / SUMMARY, summary)
     return summary
+
+
+def fastchat_judge_name(judge: Judge) -> str:
+    """The judge's name as FastChat's file names use it (``gpt-4`` -> model_judgment/gpt-4_single.jsonl)."""
+    name = judge.identity().get("model") or judge.type
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(Path(str(name)).name))
+
+
+def fastchat_layout(out: Path, names: list[str], judge: Judge) -> Path:
+    """Every checkpoint's MT-bench answers and judgments in FastChat's own layout, under out/fastchat:
+    data/mt_bench/model_answer/<model>.jsonl and data/mt_bench/model_judgment/<judge>_single.jsonl (all models
+    in one file, as FastChat's gen_judgment writes it). From that folder, FastChat's own
+    ``python -m fastchat.llm_judge.show_result --bench-name mt_bench --judge-model <judge>`` prints the
+    same scores as the report."""
+    root = out / "fastchat"
+    bench = root / "data" / "mt_bench"
+    judgments = []
+    for name in names:
+        if (out / name / MT_ANSWERS).is_file():
+            write_jsonl(bench / "model_answer" / f"{name}.jsonl", read_jsonl(out / name / MT_ANSWERS))
+        if (out / name / MT_JUDGMENTS).is_file():
+            judgments += read_jsonl(out / name / MT_JUDGMENTS)
+    write_jsonl(bench / "model_judgment" / f"{fastchat_judge_name(judge)}_single.jsonl", judgments)
+    return root

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -22,9 +23,14 @@ LOCAL_HOST = "127.0.0.1"
 
 
 def vllm_serve_command(model: str, port: int, serve_args: list[str] | tuple[str, ...] = (),
-                       host: str = LOCAL_HOST, executable: str = "vllm") -> list[str]:
-    """The command line of the local judge server, as a list (no shell)."""
-    return [executable, "serve", str(model), "--host", host, "--port", str(int(port)), *[str(a) for a in serve_args]]
+                       host: str = LOCAL_HOST, python: str | None = None) -> list[str]:
+    """The command line of the local judge server, as a list (no shell).
+
+    vLLM's OpenAI-compatible server is started with this environment's own Python (``python -m``), never
+    whatever ``vllm`` is first on PATH: that may belong to another environment, and the CPU build's console
+    script fails its own version lookup."""
+    return [python or sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
+            "--host", host, "--port", str(int(port)), *[str(a) for a in serve_args]]
 
 
 def _get(url: str, timeout_s: float) -> int:

@@ -13,8 +13,6 @@ the last one silently, which would hide one of two settings).
 from __future__ import annotations
 
 import difflib
-import hashlib
-import json
 import math
 import re
 import types
@@ -464,8 +462,9 @@ class Suite(_AlgorithmBlocks):
         return self.model_dump(mode="json")
 
     def config_hash(self) -> str:
-        canonical = json.dumps(self.resolved(), sort_keys=True)
-        return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+        from remax_bench.results import json_digest
+
+        return json_digest(self.resolved())
 
 
 # -- error messages --------------------------------------------------------------------------------

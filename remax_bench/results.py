@@ -16,6 +16,7 @@ directory without the ``.partial`` prefix is always complete. A failed stage is 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -68,11 +69,38 @@ def resolve_inputs(inputs: Any, root: Path) -> Any:
     return inputs
 
 
-def write_json(path: Path, data: Any) -> None:
+def _jsonable(value: Any):
+    """numpy / pandas scalars (alpaca_eval's metric functions return them) as plain numbers, else text."""
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
+
+
+def json_digest(obj: Any, length: int = 12) -> str:
+    """SHA-256 of an object's canonical JSON (sorted keys): the identity of a config, a payload, a file list."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:length]
+
+
+def write_json(path: str | Path, data: Any) -> Path:
     """Write JSON via a temp file and rename, so a reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=_jsonable) + "\n")
     os.replace(tmp, path)
+    return path
+
+
+def write_jsonl(path: str | Path, rows) -> Path:
+    """One JSON object per line, written whole via a temp file and rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        for row in rows:
+            f.write(json.dumps(row, default=_jsonable) + "\n")
+    os.replace(tmp, path)
+    return path
 
 
 def read_json(path: Path) -> Any:

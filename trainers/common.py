@@ -7,7 +7,6 @@ A stage module defines ``train(run: StageRun) -> dict`` (the stage's own summary
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -102,7 +101,7 @@ def git_sha() -> str | None:
 
 
 def config_hash(config: dict) -> str:
-    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return results.json_digest(config)
 
 
 class StageRun:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import threading
 import urllib.request
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
+
+# One atomic JSON writer and one digest for the whole project (remax_bench.results); re-exported here for the
+# evaluation modules.
+from remax_bench.results import json_digest as stable_hash  # noqa: F401
+from remax_bench.results import write_json, write_jsonl  # noqa: F401
 
 TRUTHY = {"1", "true", "yes", "on"}
 
@@ -75,10 +79,6 @@ def download(url: str, dest: Path, timeout_s: float = 20.0) -> Path:
     return dest
 
 
-def stable_hash(obj: Any, length: int = 16) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:length]
-
-
 def dir_fingerprint(path: str | Path) -> dict:
     """Identity of a checkpoint directory: its path and each file's size and modification time.
     A checkpoint retrained at the same path gets a new fingerprint, so nothing stale is reused."""
@@ -90,39 +90,12 @@ def dir_fingerprint(path: str | Path) -> dict:
             "files": stable_hash([(str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns) for p in files])}
 
 
-def write_json(path: str | Path, data: Any) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=_jsonable) + "\n")
-    os.replace(tmp, path)
-    return path
-
-
-def write_jsonl(path: str | Path, rows: Iterable[dict]) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        for row in rows:
-            f.write(json.dumps(row, default=_jsonable) + "\n")
-    os.replace(tmp, path)
-    return path
-
-
 def read_jsonl(path: str | Path) -> list[dict]:
     rows = []
     for line in Path(path).read_text().splitlines():
         if line.strip():
             rows.append(json.loads(line))
     return rows
-
-
-def _jsonable(value: Any):
-    # numpy / pandas scalars from alpaca_eval's metric functions
-    if hasattr(value, "item"):
-        return value.item()
-    return str(value)
 
 
 def clean_float(value: Any) -> float | None:

@@ -16,6 +16,8 @@ shares the device with a generation engine.
 
 from __future__ import annotations
 
+import functools
+
 import sys
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
@@ -220,23 +222,12 @@ def judge_checkpoint(out_dir: str | Path, eval_cfg: Any, judge: Judge, data: Eva
     return row
 
 
-def _once(fn: Callable[[], Any]) -> Callable[[], Any]:
-    box: dict = {}
-
-    def call():
-        if "value" not in box:
-            box["value"] = fn()
-        return box["value"]
-
-    return call
-
-
 def _judge_for(eval_cfg, judge, reward_model, log_dir, device):
     """(judge, context): a given judge is used as is; otherwise the suite's, opened and closed here."""
     if judge is not None:
         return judge, nullcontext(judge)
     built = build_judge(eval_cfg.judge, reward_model=reward_model, log_dir=log_dir, device=device,
-                        judge_prompts=_once(lambda: judge_prompts(eval_cfg.mt_bench.judge_prompts)),
+                        judge_prompts=functools.cache(lambda: judge_prompts(eval_cfg.mt_bench.judge_prompts)),
                         alpaca_annotator=eval_cfg.alpaca_eval.annotator)
     return built, built
 
@@ -269,7 +260,7 @@ def evaluate_checkpoint(checkpoint_dir: str | Path, eval_cfg: Any, out_dir: str 
     out = Path(out_dir)
     name = generator_name or Path(checkpoint_dir).name
     data = load_eval_data(ev, synthetic)
-    references = _once(lambda: mt_bench_reference_answers(data.mt_source, data.questions))
+    references = functools.cache(lambda: mt_bench_reference_answers(data.mt_source, data.questions))
     judge, context = _judge_for(ev, judge, reward_model, out, device)
     preflight(judge, data, references)
     generation = generate_checkpoint(checkpoint_dir, ev, out, name, data, seed=seed, precision=precision, device=device,
@@ -332,7 +323,7 @@ def run_eval_stage(stage_config: dict, out_dir: str | Path, log: Callable[[str],
     data = load_eval_data(ev, suite.data.synthetic)
     device = None if suite.runtime.device == "auto" else suite.runtime.device
     tp = suite.runtime.num_gpus if suite.runtime.num_gpus > 1 else 1
-    references = _once(lambda: mt_bench_reference_answers(data.mt_source, data.questions))
+    references = functools.cache(lambda: mt_bench_reference_answers(data.mt_source, data.questions))
     judge, context = _judge_for(ev, None, inputs.get("reward_model"), out, device)
     preflight(judge, data, references)
     generation = {}

@@ -57,8 +57,7 @@ class LiveLine:
         self.last_plain = 0.0
         self.open_line = False
 
-    def __call__(self, text: str) -> None:
-        progress = text.startswith("    ") and " step " in text
+    def __call__(self, text: str, progress: bool = False) -> None:
         if progress and self.tty:
             click.echo("\r" + text[:150].ljust(150), nl=False)
             self.open_line = True
@@ -71,6 +70,10 @@ class LiveLine:
         if progress:
             self.last_plain = time.time()
         click.echo(text)
+
+    def progress(self, text: str) -> None:
+        """A stage's progress (the runner calls this for its step lines)."""
+        self(text, progress=True)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -129,3 +129,21 @@ def promote(partial: Path, final: Path) -> None:
 def discard(path: Path) -> None:
     if path.exists():
         shutil.rmtree(path)
+
+
+# A stage's machine-readable progress, one line on stderr: "[progress] stage=<stage> step=<n> <json figures>".
+# StageRun.log writes it; the runner's live display reads it.
+PROGRESS_PREFIX = "[progress]"
+
+
+def progress_line(stage: str, step: int, figures: dict) -> str:
+    return f"{PROGRESS_PREFIX} stage={stage} step={step} {json.dumps(figures)}"
+
+
+def parse_progress(line: str) -> tuple[str, int, str] | None:
+    """(stage, step, figures as JSON text) of a progress line; None for any other line."""
+    parts = line.strip().split(" ", 3)
+    if len(parts) < 3 or parts[0] != PROGRESS_PREFIX or not parts[1].startswith("stage=") \
+            or not parts[2].startswith("step=") or not parts[2][5:].isdigit():
+        return None
+    return parts[1][6:], int(parts[2][5:]), parts[3] if len(parts) > 3 else "{}"

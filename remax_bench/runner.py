@@ -36,7 +36,18 @@ from pathlib import Path
 from remax_bench import algorithms, results
 from remax_bench.config import Suite
 
-PROGRESS = re.compile(r"^\[progress\] stage=(\S+) step=(\d+) (.*)$")
+
+
+# The module each stage runs as (``python -m <module>``); every one ends in remax_bench.stage.stage_main.
+STAGE_MODULES = {"sft": "trainers.sft", "reward_model": "trainers.reward_model",
+                 **{a.name: a.module for a in algorithms.REGISTRY.values()}, "eval": "remax_bench.evaluation.stage"}
+
+
+def stage_module(stage: str) -> str:
+    try:
+        return STAGE_MODULES[stage]
+    except KeyError:
+        raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(STAGE_MODULES)}") from None
 
 
 @dataclass
@@ -52,7 +63,7 @@ class StagePlan:
 
     @property
     def module(self) -> str:
-        return "remax_bench.evaluation.stage" if self.stage == "eval" else f"trainers.{self.stage}"
+        return stage_module(self.stage)
 
 
 @dataclass
@@ -162,7 +173,7 @@ class Runner:
     def why_run(self, item: StagePlan, config: dict, rerun: set[str] = frozenset()) -> str | None:
         """None when the stage's complete result matches its config and inputs; else why it must run."""
         final = self.final_dir(item.key)
-        from trainers.common import config_hash
+        from remax_bench.stage import config_hash
 
         if results.is_complete(final):
             manifest = results.read_json(final / "manifest.json")
@@ -247,9 +258,9 @@ class Runner:
             try:
                 for line in process.stdout:
                     log.write(line)
-                    match = PROGRESS.match(line.strip())
-                    if match:
-                        self.show_progress(label, int(match.group(2)), expected, match.group(3), time.time() - start)
+                    progress = results.parse_progress(line)
+                    if progress:
+                        self.show_progress(label, progress[1], expected, progress[2], time.time() - start)
                     elif line.startswith("[error]") or line.startswith("[warning]"):
                         self.echo(f"    {line.rstrip()}")
                 code = process.wait()
@@ -290,7 +301,8 @@ class Runner:
             step_text = f"step {step}/{expected}"
         else:
             step_text = f"step {step}"
-        self.echo(f"    {label} {step_text} {text}{eta}")
+        show = getattr(self.echo, "progress", self.echo)  # a live display may redraw one line for these
+        show(f"    {label} {step_text} {text}{eta}")
 
     @staticmethod
     def failure_reason(log_path: Path, code: int) -> str:

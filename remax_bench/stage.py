@@ -1,7 +1,10 @@
-"""What every stage shares: its command line, the results directory it writes, seeds, devices, checks.
+"""The stage framework: what every stage shares, whatever it trains or evaluates: its command line, the
+results directory it writes (partial, then renamed; failed runs kept aside), seeds, devices, ranks, checks,
+measurements and manifest.
 
 A stage module defines ``train(run: StageRun) -> dict`` (the stage's own summary figures) and ends with
-``if __name__ == "__main__": stage_main("<stage>", train)``.
+``if __name__ == "__main__": stage_main("<stage>", train)``. The trainers and the eval stage depend on this
+module; it depends on none of them.
 """
 
 from __future__ import annotations
@@ -28,9 +31,12 @@ import torch
 from remax_bench import results
 from remax_bench.config import Suite, per_rank_batch
 from remax_bench.metrics import MemoryTracker, PhaseTimer
-from trainers.engine import ENGINE_CONFIGS, TRAINED_ENGINES
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# DeepSpeed configs generated in this process, one per engine; the stage manifest records them.
+ENGINE_CONFIGS: list[dict] = []
+# The DeepSpeed engines of trained models in this process; a multi-rank stage compares their weights across ranks.
+TRAINED_ENGINES: list = []
 
 
 class StageError(RuntimeError):
@@ -179,7 +185,7 @@ class StageRun:
         if time.time() - self._last_log > 2 or step == 0:
             # Machine-readable progress for the runner's live display (stderr goes to the stage log).
             shown = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
-            print(f"[progress] stage={self.stage} step={step} {json.dumps(shown)}", file=sys.stderr, flush=True)
+            print(results.progress_line(self.stage, step, shown), file=sys.stderr, flush=True)
             self._last_log = time.time()
 
     def warn(self, message: str) -> None:
@@ -365,57 +371,3 @@ def stage_main(stage: str, train: Callable[[StageRun], dict], argv: list[str] | 
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
     return 0
-
-
-def batches(rows: list, batch_size: int, rng: random.Random | None = None, drop_last: bool = False):
-    """Mini-batches of rows, shuffled when an rng is given."""
-    order = list(range(len(rows)))
-    if rng is not None:
-        rng.shuffle(order)
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
-        if drop_last and len(chunk) < batch_size:
-            return
-        yield [rows[i] for i in chunk]
-
-
-def rank_batches(run: StageRun, rows: list, field: str, rng: random.Random | None, name: str,
-                 drop_last: bool = False):
-    """This rank's share of each seeded global batch of rows (``field`` names the global batch size).
-
-    Every rank shuffles with the same seed and takes its own contiguous slice of each global batch, so N ranks
-    together train on exactly the global batches one process draws with the same global size. With several
-    ranks a last short batch is dropped (it would not split evenly); one process keeps today's behaviour."""
-    global_size = run.suite.batch_size(field)
-    run.per_rank(field)
-    order = list(range(len(rows)))
-    if rng is not None:
-        rng.shuffle(order)
-    for start in range(0, len(order), global_size):
-        chunk = order[start : start + global_size]
-        if len(chunk) < global_size and (drop_last or run.world_size > 1):
-            return
-        yield [rows[i] for i in run.shard(name, chunk)]
-
-
-def steps_per_pass(run: StageRun, n_rows: int, field: str) -> int:
-    """Optimizer steps in one pass over n_rows (see rank_batches: several ranks drop a last short batch)."""
-    global_size = run.suite.batch_size(field)
-    if run.world_size > 1:
-        if n_rows < global_size:
-            raise StageError(f"{field}: {n_rows} training rows are fewer than one global batch of {global_size}")
-        return n_rows // global_size
-    return -(-n_rows // global_size)
-
-
-def split_heldout(rows: list, fraction: float, seed: int) -> tuple[list, list]:
-    """A seeded train / held-out split; at least one held-out row."""
-    rng = random.Random(seed)
-    order = list(range(len(rows)))
-    rng.shuffle(order)
-    n_heldout = max(1, int(round(len(rows) * fraction)))
-    heldout = [rows[i] for i in order[:n_heldout]]
-    train = [rows[i] for i in order[n_heldout:]]
-    if not train:
-        raise StageError(f"dataset of {len(rows)} rows is too small to hold out {fraction:.0%} for evaluation")
-    return train, heldout

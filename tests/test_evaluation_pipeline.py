@@ -170,7 +170,7 @@ def test_evaluate_checkpoint_without_reference_and_with_a_reference_file(tmp_pat
 
 def test_stage_entry_point_writes_the_results_layout(tmp_path, checkpoints):
     from remax_bench.evaluation.stage import evaluate
-    from trainers.common import stage_main
+    from remax_bench.stage import stage_main
 
     _, path = _stage_config(tmp_path, checkpoints, names=("sft", "remax"))
     final = tmp_path / "results" / "nano" / "eval" / "seed0"

@@ -147,7 +147,7 @@ import os
 import time
 
 from trainers import sft
-from trainers.common import stage_main
+from remax_bench.stage import stage_main
 
 _loss, _calls = sft.sft_loss, [0]
 

@@ -22,7 +22,7 @@ from remax_bench.models import (
     tokenize_prompts,
 )
 from trainers import remax, sft
-from trainers.common import stage_main
+from remax_bench.stage import stage_main
 from trainers.engine import TorchEngine
 from trainers.sequences import encode_pairs, generate
 

@@ -18,7 +18,7 @@ import torch
 from remax_bench import check
 from remax_bench.config import load_suite
 from trainers import remax
-from trainers.common import stage_main
+from remax_bench.stage import stage_main
 
 
 @pytest.mark.slow

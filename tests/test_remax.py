@@ -10,7 +10,7 @@ import yaml
 from remax_bench.config import load_suite_text
 from remax_bench.models import load_causal_lm, load_reward_model, load_tokenizer, save_pretrained
 from trainers import ppo, remax, rollout
-from trainers.common import stage_main
+from remax_bench.stage import stage_main
 from trainers.remax import remax_loss, remax_returns
 
 T = torch.tensor

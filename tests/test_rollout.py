@@ -10,7 +10,7 @@ import yaml
 
 from remax_bench.config import load_suite_text
 from remax_bench.models import load_causal_lm, load_reward_model, load_tokenizer, save_pretrained
-from trainers.common import StageError, StageRun
+from remax_bench.stage import StageError, StageRun
 from trainers.rollout import (
     PromptSampler,
     RolloutEngine,

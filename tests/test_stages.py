@@ -9,7 +9,7 @@ import yaml
 from remax_bench.config import load_suite_text
 from remax_bench.models import load_causal_lm
 from trainers import sft
-from trainers.common import stage_main
+from remax_bench.stage import stage_main
 
 NANO = Path(__file__).parent / "fixtures" / "nano.yaml"
 

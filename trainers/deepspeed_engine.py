@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from remax_bench.metrics import tensor_bytes
-from trainers.engine import ENGINE_CONFIGS, TRAINED_ENGINES
+from remax_bench.stage import ENGINE_CONFIGS, TRAINED_ENGINES
 
 
 class DeepSpeedEngine:

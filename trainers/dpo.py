@@ -19,11 +19,12 @@ import torch
 import torch.nn.functional as F
 
 from remax_bench.models import load_causal_lm, load_tokenizer
-from trainers.common import StageError, StageRun, batches, check_finite, rank_batches, stage_main
+from remax_bench.stage import StageError, StageRun, check_finite, stage_main
+from trainers.data import batches, rank_batches
 from trainers.engine import build_engine, frozen_state_bytes, place_frozen
 from trainers.heldout import gold_reward_of, heldout_prompts, is_synthetic
 from trainers.sequences import encode_pairs, response_logprobs
-from trainers.reward_model import preference_splits
+from trainers.data import preference_splits
 
 
 def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,

@@ -11,10 +11,6 @@ import torch
 
 from remax_bench.metrics import model_state_bytes, tensor_bytes
 
-# DeepSpeed configs generated in this process, one per engine; the stage manifest records them.
-ENGINE_CONFIGS: list[dict] = []
-# The DeepSpeed engines of trained models in this process; a multi-rank stage compares their weights across ranks.
-TRAINED_ENGINES: list = []
 
 
 class TorchEngine:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from remax_bench.models import load_reward_model
-from trainers.common import StageError, StageRun, check_finite, stage_main
+from remax_bench.stage import StageError, StageRun, check_finite, stage_main
 from trainers.engine import build_engine
 from trainers.rollout import RolloutEngine, frozen_states, load_online_models, online_loop, sequence_kl
 from trainers.sequences import SequenceBatch, forward_logits, masked_mean, position_ids, token_logprobs

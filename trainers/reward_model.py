@@ -15,19 +15,11 @@ import torch.nn.functional as F
 
 from remax_bench.data import load_preferences
 from remax_bench.models import load_reward_model, load_tokenizer
-from trainers.common import (StageError, StageRun, batches, check_finite, rank_batches, split_heldout, stage_main,
-                            steps_per_pass)
+from remax_bench.stage import StageError, StageRun, check_finite, stage_main
+from trainers.data import batches, rank_batches, split_heldout, steps_per_pass
 from trainers.engine import build_engine
 from trainers.sequences import encode_pairs, sequence_scores
-from trainers.sft import keep_fitting
-
-
-def preference_splits(run: StageRun, tokenizer, eval_fraction: float) -> tuple[list[dict], list[dict]]:
-    """The preference pairs that fit the prompt limit, split into train and held-out (seeded)."""
-    suite = run.suite
-    rows = load_preferences(suite.data.preferences, suite.data.synthetic)  # DataError when empty
-    rows = keep_fitting(run, tokenizer, rows, "data.preferences")
-    return split_heldout(rows, eval_fraction, run.seed)
+from trainers.data import keep_fitting
 
 
 def bradley_terry_loss(chosen_scores: torch.Tensor, rejected_scores: torch.Tensor) -> torch.Tensor:

@@ -23,7 +23,7 @@ import torch
 
 from remax_bench.data import load_prompts
 from remax_bench.models import load_causal_lm, load_reward_model, load_tokenizer
-from trainers.common import StageError, StageRun, check_finite
+from remax_bench.stage import StageError, StageRun, check_finite
 from trainers.engine import build_engine, frozen_state_bytes, place_frozen
 from trainers.heldout import gold_reward_of, heldout_prompts, is_synthetic
 from trainers.sequences import (

@@ -14,8 +14,8 @@ import torch
 
 from remax_bench.data import load_sft
 from remax_bench.models import load_causal_lm, load_tokenizer
-from trainers.common import (StageError, StageRun, batches, check_finite, rank_batches, split_heldout, stage_main,
-                            steps_per_pass)
+from remax_bench.stage import StageError, StageRun, check_finite, stage_main
+from trainers.data import batches, rank_batches, split_heldout, steps_per_pass
 from trainers.engine import build_engine
 from trainers.heldout import gold_reward_of, heldout_prompts, is_synthetic
 from trainers.sequences import encode_pairs, forward_logits, masked_mean, prompt_fits, token_logprobs
@@ -26,18 +26,6 @@ def sft_loss(logits: torch.Tensor, tokens: torch.Tensor, response_mask: torch.Te
 
     ``mean`` is the masked mean to take; with several ranks, StageRun.token_mean (over the global batch)."""
     return -mean(token_logprobs(logits, tokens), response_mask)
-
-
-def keep_fitting(run: StageRun, tokenizer, rows: list[dict], field: str) -> list[dict]:
-    """Drop prompts over the length limit (named in a warning); none left is an error."""
-    limit = run.suite.shared.max_prompt_length
-    kept = [r for r in rows if prompt_fits(tokenizer, r["prompt"], limit)]
-    if len(kept) < len(rows):
-        run.warn(f"{len(rows) - len(kept)} of {len(rows)} rows of {field} have prompts over "
-                 f"shared.max_prompt_length={limit} tokens and were dropped")
-    if not kept:
-        raise StageError(f"no row of {field} fits shared.max_prompt_length={limit}")
-    return kept
 
 
 @torch.no_grad()

@@ -42,6 +42,7 @@ demo: $(STAMP)
 	$(VENV)/bin/remax-bench report
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check remax_bench trainers tests
 	$(PY) -m pytest -q
 
 # The regression check CI runs after the unit tests: the tiny suite end to end, then remax-bench check

@@ -16,7 +16,6 @@ from statistics import mean
 from remax_bench import algorithms, comparison, results
 
 
-
 @dataclass
 class CheckRow:
     name: str

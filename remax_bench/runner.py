@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -35,8 +34,6 @@ from pathlib import Path
 
 from remax_bench import algorithms, results
 from remax_bench.config import Suite
-
-
 
 # The module each stage runs as (``python -m <module>``); every one ends in remax_bench.stage.stage_main.
 STAGE_MODULES = {"sft": "trainers.sft", "reward_model": "trainers.reward_model",
@@ -306,7 +303,7 @@ class Runner:
 
     @staticmethod
     def failure_reason(log_path: Path, code: int) -> str:
-        errors = [l.strip() for l in log_path.read_text().splitlines() if l.startswith("[error]")]
+        errors = [text.strip() for text in log_path.read_text().splitlines() if text.startswith("[error]")]
         if errors:
             return errors[0].removeprefix("[error]").strip()
         if code < 0:

@@ -156,7 +156,8 @@ class StageRun:
             "versions": package_versions(),
             "git_sha": git_sha(),
             "device": str(self.device),
-            "device_name": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else platform.processor() or platform.machine(),
+            "device_name": (torch.cuda.get_device_name(self.device) if self.device.type == "cuda"
+                            else platform.processor() or platform.machine()),
             "torch_threads": torch.get_num_threads(),
             "command": sys.argv,
             "start": datetime.fromtimestamp(self.start_time, timezone.utc).isoformat(),

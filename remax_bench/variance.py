@@ -12,12 +12,12 @@ gradient vectors it produces is measured:
     grpo          A_i = (r_i - mean) / (std + eps)                  (GRPO)
     rloo          A_i = r_i - mean of the other k - 1               (RLOO)
 
-Every batch costs the same number of generated answers (``answers``): an estimator that decodes k sampled
-answers and one greedy answer per prompt sees answers / (k + 1) prompts. The figure is the trace of the
-covariance of g over the R batches (the sum over parameters of each coordinate's variance), with
-||E g||^2 beside it (estimated without bias as ||mean g||^2 - trace / R): GRPO divides by the group's std, which rescales g, so the ratio trace / ||mean g||^2
-(noise per unit of signal) is the scale-free comparison. The policy is the starting point of RL (the SFT
-model), where pi = pi_ref, so the KL term is zero and left out.
+Every batch costs the same number of generated answers (``answers``): an estimator that decodes k sampled answers
+and one greedy answer per prompt sees answers / (k + 1) prompts. The figure is the trace of the covariance of g
+over the R batches (the sum over parameters of each coordinate's variance), with ||E g||^2 beside it (estimated
+without bias as ||mean g||^2 - trace / R): GRPO divides by the group's std, which rescales g, so the ratio trace /
+||mean g||^2 (noise per unit of signal) is the scale-free comparison. The policy is the starting point of RL (the
+SFT model), where pi = pi_ref, so the KL term is zero and left out.
 """
 
 from __future__ import annotations

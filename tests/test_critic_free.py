@@ -12,8 +12,8 @@ import yaml
 
 from remax_bench.config import load_suite_text
 from remax_bench.models import load_causal_lm, load_reward_model, load_tokenizer, save_pretrained
-from trainers import grpo, reinforce, reinforce_pp, remax, rloo
 from remax_bench.stage import stage_main
+from trainers import grpo, reinforce, reinforce_pp, remax, rloo
 from trainers.critic_free import group_mean, policy_gradient_loss, returns_to_go
 from trainers.grpo import grpo_advantages, grpo_loss, k3_kl
 from trainers.reinforce_pp import reinforce_pp_advantages

@@ -91,7 +91,8 @@ def test_anthropic_hh_layout(tmp_path):
     assert pair == {"prompt": "Hi\n\nAssistant: Hello\n\nHuman: Name a colour", "chosen": "Blue", "rejected": "No"}
     assert load_sft(s, SYN) == [{"prompt": pair["prompt"], "response": "Blue"}]
     assert load_prompts(s, SYN) == [{"prompt": pair["prompt"]}]
-    single = jsonl(tmp_path / "hh1.jsonl", [{"chosen": "\n\nHuman: Hi?\n\nAssistant: Yes.", "rejected": "Human: Hi?\n\nAssistant: No."}])
+    single = jsonl(tmp_path / "hh1.jsonl",
+                   [{"chosen": "\n\nHuman: Hi?\n\nAssistant: Yes.", "rejected": "Human: Hi?\n\nAssistant: No."}])
     assert load_preferences(single, SYN) == [{"prompt": "Hi?", "chosen": "Yes.", "rejected": "No."}]
 
 
@@ -148,7 +149,8 @@ def test_errors_name_the_field_and_the_problem(tmp_path):
     with pytest.raises(DataError, match=r"expected a prompt column .* found columns: \['text'\]"):
         load_prompts(jsonl(tmp_path / "d.jsonl", [{"text": "x"}]), SYN)
     with pytest.raises(DataError, match=r"row 0: a message list has no assistant message"):
-        load_preferences(jsonl(tmp_path / "e.jsonl", [_uf("q", "a", "b") | {"rejected": [{"role": "user", "content": "q"}]}]), SYN)
+        bad = _uf("q", "a", "b") | {"rejected": [{"role": "user", "content": "q"}]}
+        load_preferences(jsonl(tmp_path / "e.jsonl", [bad]), SYN)
     (tmp_path / "empty.jsonl").write_text("")
     with pytest.raises(DataError, match=r"data file .*empty\.jsonl is empty"):
         load_sft(src(tmp_path / "empty.jsonl"), SYN)

@@ -274,7 +274,7 @@ def test_deepspeed_trains_on_cpu(deepspeed_runs, case):
     result = deepspeed_runs[case["name"]]
     assert result["backend"] == "gloo"
     losses = result["losses"]
-    assert all(l == l and abs(l) < 1e4 for l in losses), losses  # finite
+    assert all(x == x and abs(x) < 1e4 for x in losses), losses  # finite
     assert result["change"] > 1.0, "parameters did not move"
     # Optimizer steps happen once per accumulation window.
     assert result["global_steps"] == 2

@@ -70,8 +70,14 @@ def _hf_count(model) -> int:
 
 
 def test_counts_match_real_transformers_models():
-    from transformers import (LlamaConfig, LlamaForSequenceClassification, MistralConfig, MistralForCausalLM,
-                              Qwen2Config, Qwen2ForCausalLM)
+    from transformers import (
+        LlamaConfig,
+        LlamaForSequenceClassification,
+        MistralConfig,
+        MistralForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+    )
 
     gqa = MistralConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                         num_key_value_heads=2, intermediate_size=48)

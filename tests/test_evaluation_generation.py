@@ -32,7 +32,8 @@ def checkpoint(tmp_path_factory):
 
 
 def _generator(checkpoint, **kw):
-    return HFGenerator(str(checkpoint), GenerationSettings(max_new_tokens=12, temperature=0.0, batch_size=kw.pop("batch_size", 8)),
+    settings = GenerationSettings(max_new_tokens=12, temperature=0.0, batch_size=kw.pop("batch_size", 8))
+    return HFGenerator(str(checkpoint), settings,
                        device="cpu", **kw)
 
 
@@ -47,7 +48,8 @@ def test_batched_left_padded_generation_matches_one_prompt_at_a_time(checkpoint)
 
 
 def test_alpaca_eval_output_format(checkpoint):
-    rows = [{"instruction": "Reverse: abc", "dataset": "d", "index": 0}, {"instruction": "Uppercase: ab", "dataset": "d", "index": 1}]
+    rows = [{"instruction": "Reverse: abc", "dataset": "d", "index": 0},
+            {"instruction": "Uppercase: ab", "dataset": "d", "index": 1}]
     out = alpaca_eval_outputs(_generator(checkpoint), rows, "nano-policy")
     assert [sorted(o) for o in out] == [["dataset", "generator", "instruction", "output"]] * 2
     assert [o["instruction"] for o in out] == ["Reverse: abc", "Uppercase: ab"]
@@ -87,7 +89,8 @@ def test_fastchat_conversation_template_by_name(checkpoint):
                 {"role": "user", "content": "Another?"}]
     text = chat_prompt(byte_tokenizer(), messages, "vicuna_v1.1")
     assert text.endswith("USER: Name a colour. ASSISTANT: Red.</s>USER: Another? ASSISTANT:")
-    assert chat_prompt(byte_tokenizer(), messages) == "<|user|>Name a colour.<|assistant|>Red.<|eos|><|user|>Another?<|assistant|>"
+    expected = "<|user|>Name a colour.<|assistant|>Red.<|eos|><|user|>Another?<|assistant|>"
+    assert chat_prompt(byte_tokenizer(), messages) == expected
     gen = _generator(checkpoint, conversation_template="vicuna_v1.1")
     gen.generate([messages])
     assert gen.last_prompts == [text]

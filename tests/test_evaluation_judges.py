@@ -220,7 +220,7 @@ def test_key_never_written_to_any_file(key, tmp_path):
         assert all(r["headers"]["authorization"] == f"Bearer {key}" for r in fake.chat_requests())
     assert n_first == 3 + 6 and row["n_unjudged"] == 1 and again["n_unjudged"] == 1
     assert row["mt_bench_score"] == 6.0 and row["mt_bench_n_unjudged"] == 0
-    judgments = [json.loads(l) for l in (out / "alpaca_eval_judgments.jsonl").read_text().splitlines()]
+    judgments = [json.loads(text) for text in (out / "alpaca_eval_judgments.jsonl").read_text().splitlines()]
     failed = [j for j in judgments if j["preference"] is None]
     assert len(failed) == 1 and "***" in failed[0]["error"] and "AuthenticationError" in failed[0]["error"]
     written = [p for p in [*out.rglob("*"), tmp_path / "cache.jsonl"] if p.is_file()]

@@ -85,7 +85,7 @@ def test_eval_stage_writes_every_file_and_a_summary_row_per_checkpoint(tmp_path,
                 "mt_bench_turn1", "mt_bench_turn2", "generation_backend"):
         assert key in row
     assert row["generation_backend"] == "hf" and row["n_unjudged"] == 0
-    judgments = [json.loads(l) for l in (out / "remax" / "mt_bench_judgments.jsonl").read_text().splitlines()]
+    judgments = [json.loads(text) for text in (out / "remax" / "mt_bench_judgments.jsonl").read_text().splitlines()]
     assert len(judgments) == 6 and {j["turn"] for j in judgments} == {1, 2}
     scores = [j["score"] for j in judgments]
     assert row["mt_bench_score"] == pytest.approx(sum(scores) / 6)
@@ -112,7 +112,7 @@ def test_fastchats_own_show_result_reads_the_mt_bench_files_and_prints_the_same_
     printed = capsys.readouterr().out
     average = printed.split("########## Average ##########")[1]
     for row in summary["rows"]:
-        line = next(l for l in average.splitlines() if l.split() and l.split()[0] == row["name"])
+        line = next(text for text in average.splitlines() if text.split() and text.split()[0] == row["name"])
         assert float(line.split()[1]) == pytest.approx(row["mt_bench_score"], abs=1e-4)
 
 
@@ -143,10 +143,10 @@ def test_reward_model_judge_through_the_stage(tmp_path, checkpoints):
     remax = summary["rows"][1]
     assert summary["judge"]["type"] == "reward_model" and remax["n_unjudged"] == 0 and remax["n"] == 8
     assert 1.0 <= remax["mt_bench_score"] <= 10.0
-    first = [json.loads(l) for l in (tmp_path / "eval" / "remax" / "mt_bench_judgments.jsonl").read_text().splitlines()]
+    first = [json.loads(text) for text in (tmp_path / "eval" / "remax" / "mt_bench_judgments.jsonl").read_text().splitlines()]
     # Judged again from the cache: the same verdicts, none recomputed.
     again = run_eval_stage(config, tmp_path / "eval")
-    second = [json.loads(l) for l in (tmp_path / "eval" / "remax" / "mt_bench_judgments.jsonl").read_text().splitlines()]
+    second = [json.loads(text) for text in (tmp_path / "eval" / "remax" / "mt_bench_judgments.jsonl").read_text().splitlines()]
     assert [j["score"] for j in first] == [j["score"] for j in second] and all(j["cached"] for j in second)
     assert again["rows"][1]["win_rate"] == remax["win_rate"]
 

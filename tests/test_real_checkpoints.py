@@ -21,8 +21,8 @@ from remax_bench.models import (
     save_pretrained,
     tokenize_prompts,
 )
-from trainers import remax, sft
 from remax_bench.stage import stage_main
+from trainers import remax, sft
 from trainers.engine import TorchEngine
 from trainers.sequences import encode_pairs, generate
 

@@ -17,8 +17,8 @@ import torch
 
 from remax_bench import check
 from remax_bench.config import load_suite
-from trainers import remax
 from remax_bench.stage import stage_main
+from trainers import remax
 
 
 @pytest.mark.slow

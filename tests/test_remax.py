@@ -9,8 +9,8 @@ import yaml
 
 from remax_bench.config import load_suite_text
 from remax_bench.models import load_causal_lm, load_reward_model, load_tokenizer, save_pretrained
-from trainers import ppo, remax, rollout
 from remax_bench.stage import stage_main
+from trainers import ppo, remax, rollout
 from trainers.remax import remax_loss, remax_returns
 
 T = torch.tensor

@@ -67,7 +67,8 @@ def _metrics(algo, seed):
     for step in range(4):
         row = {"step": step, "wall_time_s": 10.0 * (step + 1) + seed, "loss": 1.0 - 0.1 * step}
         if algo in ("ppo", "remax"):
-            row.update(reward_mean=(0.1 if algo == "ppo" else 0.13) * step + 0.05 * seed, kl=(0.01 if algo == "ppo" else 0.008) * step, time_generate_s=0.5,
+            row.update(reward_mean=(0.1 if algo == "ppo" else 0.13) * step + 0.05 * seed,
+                       kl=(0.01 if algo == "ppo" else 0.008) * step, time_generate_s=0.5,
                        time_score_s=0.2, time_train_s=0.3, tokens=200, generated_tokens=200 * (step + 1))
             if step % 2:
                 row["heldout_gold_reward"] = 0.5 + 0.05 * step

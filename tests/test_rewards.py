@@ -100,9 +100,9 @@ def test_budget_errors_name_the_field():
 
 
 def test_a_stage_trains_on_the_gold_reward_without_a_reward_model(tmp_path, one_torch_thread):
+    from remax_bench.stage import stage_main
     from tests.test_critic_free import _stage_config
     from trainers import grpo
-    from remax_bench.stage import stage_main
 
     config = _stage_config(tmp_path, "grpo", {"enabled": True, "samples_per_prompt": 2}, with_reward_model=False,
                            iterations=2, reward_function="gold")

@@ -138,7 +138,7 @@ def test_resume_does_not_depend_on_where_results_sit(tmp_path):
 
     check = _cli(tmp_path, "check", str(copy / "nano"), "--baseline", str(tmp_path / "none.json"), "--update-baseline")
     assert "rule: remax reproducible with a fixed seed" in check.stdout, check.stdout + check.stderr
-    line = next(l for l in check.stdout.splitlines() if "rule: remax reproducible" in l)
+    line = next(text for text in check.stdout.splitlines() if "rule: remax reproducible" in text)
     assert "  pass  " in line, check.stdout
 
     # Reasons: a changed field, a changed input, a missing and a partial stage.
@@ -223,7 +223,8 @@ def test_stage_dies_with_its_runner_on_sigkill_and_sigterm(tmp_path):
     (lambda d, t: d["data"].update(prompts=str(t / "missing.jsonl")), "data.prompts.source: data file"),
     (lambda d, t: d["models"].update(policy="tiny:huge"), "unknown tiny preset 'huge'"),
     (lambda d, t: d["models"].update(policy="./no/such/model"), "models.policy: model directory ./no/such/model not found"),
-    (lambda d, t: d["eval"].update(enabled=True, judge={"type": "openai", "model": "m", "api_key_env": "REMAX_BENCH_NO_SUCH_KEY"}),
+    (lambda d, t: d["eval"].update(enabled=True, judge={"type": "openai", "model": "m",
+                                                        "api_key_env": "REMAX_BENCH_NO_SUCH_KEY"}),
      "eval.judge.api_key_env: the environment variable REMAX_BENCH_NO_SUCH_KEY is not set"),
 ])
 def test_problems_found_before_any_stage_starts(tmp_path, edit, message):

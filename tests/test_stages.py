@@ -8,8 +8,8 @@ import yaml
 
 from remax_bench.config import load_suite_text
 from remax_bench.models import load_causal_lm
-from trainers import sft
 from remax_bench.stage import stage_main
+from trainers import sft
 
 NANO = Path(__file__).parent / "fixtures" / "nano.yaml"
 
@@ -34,7 +34,7 @@ def test_sft_stage_alone_writes_the_results_layout(tmp_path):
     n_tensors = len(list(load_causal_lm("tiny:nano").parameters()))
     assert policy["optimizer"] == 2 * policy["params"] + 4 * n_tensors and policy["grads"] == policy["params"]
     assert not (out.parent / ".seed0.partial").exists()
-    rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(text) for text in (out / "metrics.jsonl").read_text().splitlines()]
     assert rows[0]["step"] == 0 and "loss" in rows[0]
 
 

@@ -20,11 +20,10 @@ import torch.nn.functional as F
 
 from remax_bench.models import load_causal_lm, load_tokenizer
 from remax_bench.stage import StageError, StageRun, check_finite, stage_main
-from trainers.data import batches, rank_batches
+from trainers.data import batches, preference_splits, rank_batches
 from trainers.engine import build_engine, frozen_state_bytes, place_frozen
 from trainers.heldout import gold_reward_of, heldout_prompts, is_synthetic
 from trainers.sequences import encode_pairs, response_logprobs
-from trainers.data import preference_splits
 
 
 def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
@@ -117,7 +116,8 @@ def train(run: StageRun) -> dict:
         if step > 0:
             step_times.append(elapsed)
             tokens_total += tokens
-        run.log(step, loss=run.mean_over_ranks(loss.detach()), accuracy=run.mean_over_ranks((rc > rr).float().mean()), reward_margin=(rc - rr).mean().item(),
+        run.log(step, loss=run.mean_over_ranks(loss.detach()), accuracy=run.mean_over_ranks((rc > rr).float().mean()),
+                reward_margin=(rc - rr).mean().item(),
                 chosen_reward=rc.mean().item(), rejected_reward=rr.mean().item(), time_train_s=elapsed,
                 time_step_s=elapsed, tokens_per_second=tokens / max(elapsed, 1e-9))
         if (step + 1) % max(1, suite.iterations // 4) == 0:

@@ -12,7 +12,6 @@ import torch
 from remax_bench.metrics import model_state_bytes, tensor_bytes
 
 
-
 class TorchEngine:
     def __init__(self, model: torch.nn.Module, learning_rate: float, weight_decay: float = 0.0,
                  max_grad_norm: float | None = 1.0):

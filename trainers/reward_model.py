@@ -13,13 +13,11 @@ import time
 import torch
 import torch.nn.functional as F
 
-from remax_bench.data import load_preferences
 from remax_bench.models import load_reward_model, load_tokenizer
 from remax_bench.stage import StageError, StageRun, check_finite, stage_main
-from trainers.data import batches, rank_batches, split_heldout, steps_per_pass
+from trainers.data import batches, preference_splits, rank_batches, steps_per_pass
 from trainers.engine import build_engine
 from trainers.sequences import encode_pairs, sequence_scores
-from trainers.data import keep_fitting
 
 
 def bradley_terry_loss(chosen_scores: torch.Tensor, rejected_scores: torch.Tensor) -> torch.Tensor:

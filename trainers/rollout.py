@@ -356,7 +356,8 @@ def online_loop(run: StageRun, models: OnlineModels, step_fn: Callable[[int, lis
             sampled_total += metrics.get("sampled_tokens", 0)
         generated += metrics.get("tokens", 0)
         rewards.append(metrics["reward_mean"])
-        row = {**metrics, "generated_tokens": generated, "time_step_s": elapsed, "tokens_per_second": metrics.get("tokens", 0) / elapsed}
+        row = {**metrics, "generated_tokens": generated, "time_step_s": elapsed,
+               "tokens_per_second": metrics.get("tokens", 0) / elapsed}
         row.update({f"time_{k}_s": phases.get(k, 0.0) for k in phase_totals})
         last_eval = None
         if synthetic and suite.shared.heldout_eval_every and (step + 1) % suite.shared.heldout_eval_every == 0:

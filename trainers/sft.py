@@ -15,10 +15,10 @@ import torch
 from remax_bench.data import load_sft
 from remax_bench.models import load_causal_lm, load_tokenizer
 from remax_bench.stage import StageError, StageRun, check_finite, stage_main
-from trainers.data import batches, rank_batches, split_heldout, steps_per_pass
+from trainers.data import batches, keep_fitting, rank_batches, split_heldout, steps_per_pass
 from trainers.engine import build_engine
 from trainers.heldout import gold_reward_of, heldout_prompts, is_synthetic
-from trainers.sequences import encode_pairs, forward_logits, masked_mean, prompt_fits, token_logprobs
+from trainers.sequences import encode_pairs, forward_logits, masked_mean, token_logprobs
 
 
 def sft_loss(logits: torch.Tensor, tokens: torch.Tensor, response_mask: torch.Tensor, mean=masked_mean) -> torch.Tensor:

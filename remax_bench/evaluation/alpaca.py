@@ -162,7 +162,8 @@ def judge_alpaca_eval(model_outputs: list[dict], reference_outputs: list[dict], 
                        note="identical outputs: a tie without asking the judge")
     for i, (verdict, key, cached) in zip(to_judge, judged):
         rows[i].update(preference=verdict.value, raw_completion=verdict.raw, error=verdict.error,
-                       attempts=verdict.attempts, cached=cached, key=key, **({"judge_extra": verdict.extra} if verdict.extra else {}))
+                       attempts=verdict.attempts, cached=cached, key=key,
+                       **({"judge_extra": verdict.extra} if verdict.extra else {}))
     for row in rows:
         row["annotator"] = judge_label(judge)
     done = [r for r in rows if r["preference"] is not None]

@@ -1,9 +1,10 @@
 """Judgments cached on disk, so a re-run never pays a judge twice for the same question.
 
-One JSON line per judged item, appended (flushed and fsynced) the moment its verdict arrives, so a crash
-or Ctrl-C during judging loses no verdict already paid for. Each line is keyed by a hash of the judge's identity (type, model, endpoint; never a
-key), the kind of judgment and the exact payload (for an LLM judge: the messages it is sent, so a changed
-prompt is a new item). Only successful verdicts are stored: an unjudged item is asked again next time.
+One JSON line per judged item, appended (flushed and fsynced) the moment its verdict arrives, so a crash or Ctrl-C
+during judging loses no verdict already paid for. Each line is keyed by a hash of the judge's identity (type,
+model, endpoint; never a key), the kind of judgment and the exact payload (for an LLM judge: the messages it is
+sent, so a changed prompt is a new item). Only successful verdicts are stored: an unjudged item is asked again next
+time.
 """
 
 from __future__ import annotations

@@ -17,7 +17,6 @@ shares the device with a generation engine.
 from __future__ import annotations
 
 import functools
-
 import sys
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass

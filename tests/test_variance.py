@@ -60,7 +60,7 @@ def test_measure_on_the_nano_model_and_the_report_section(tmp_path, one_torch_th
         measure(model, tokenizer, prompts, load_reward_function("gold"), repeats=1)
 
     # the report picks the measurement up from results/<suite>/variance/
-    from remax_bench.report import _variance_section
+    from remax_bench.report.render import _variance_section
 
     suite_dir = tmp_path / "results" / "nano"
     (suite_dir / "variance").mkdir(parents=True)

@@ -1,0 +1,403 @@
+"""The report's tables: key figures per algorithm and seed, means over seeds, this run beside the paper, what
+differed between the algorithms' configurations, the environment."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+
+from remax_bench import comparison
+from remax_bench.comparison import PAPER
+from remax_bench.report.load import (
+    ALGORITHMS,
+    COMPARED_BLOCKS,
+    LABELS,
+    MEMORY_KIND_TEXT,
+    MIB,
+    PHASES,
+    POLICY_STAGES,
+    STATE_KINDS,
+    SuiteResults,
+    _num_or_nan,
+)
+
+
+# -- key figures ---------------------------------------------------------------------------------
+def _tail_mean(series: pd.Series, fraction: float = 0.1) -> float:
+    values = series.dropna()
+    if values.empty:
+        return math.nan
+    n = max(1, math.ceil(len(values) * fraction))
+    return float(values.iloc[-n:].mean())
+
+
+def _metric_rows(res: SuiteResults, stage: str, seed: int) -> pd.DataFrame:
+    m = res.metrics
+    if m.empty:
+        return m
+    rows = m[(m["stage"] == stage) & (m["seed"] == seed)]
+    return rows.sort_values("step") if "step" in rows else rows
+
+
+def phase_times(summary: dict, steps: pd.DataFrame) -> dict[str, float]:
+    """Seconds per iteration in each phase.
+
+    The summary's ``time_split_s`` is used when present: per iteration when its sum is about the time per
+    iteration, else treated as totals and divided by the iterations. Otherwise the mean of the per-step
+    ``time_<phase>_s`` columns of metrics.jsonl.
+    """
+    split = summary.get("time_split_s")
+    if isinstance(split, dict) and any(isinstance(split.get(p), (int, float)) for p in PHASES):
+        values = {p: _num_or_nan(split.get(p)) for p in PHASES}
+        total = sum(v for v in values.values() if not math.isnan(v))
+        per_iter = _num_or_nan(summary.get("time_per_iteration_s"))
+        iterations = _num_or_nan(summary.get("iterations"))
+        if not math.isnan(per_iter) and iterations and iterations > 1 and total > 1.5 * per_iter:
+            values = {p: v / iterations for p, v in values.items()}
+        return values
+    return {p: float(steps[f"time_{p}_s"].mean()) if f"time_{p}_s" in steps else math.nan for p in PHASES}
+
+
+def _component_bytes(summary: dict) -> dict[str, dict[str, float]]:
+    states = summary.get("model_state_bytes")
+    if not isinstance(states, dict):
+        return {}
+    return {c: {k: _num_or_nan(v.get(k)) if isinstance(v, dict) else math.nan for k in STATE_KINDS}
+            for c, v in states.items()}
+
+
+def _state_total(summary: dict) -> float:
+    total = _num_or_nan(summary.get("model_state_total_bytes"))
+    if math.isnan(total):
+        parts = [v for comp in _component_bytes(summary).values() for v in comp.values() if not math.isnan(v)]
+        total = float(sum(parts)) if parts else math.nan
+    return total
+
+
+def summary_table(res: SuiteResults) -> pd.DataFrame:
+    """One row per algorithm (sft, ppo, remax, dpo) and seed: the key figures and the ratios against PPO.
+
+    ``final_reward_mean`` and ``final_kl`` are the stage's own summary figures when it reports them, else the
+    mean over the last 10% of logged steps. Ratios against PPO use PPO's run with the same seed (else the
+    mean over PPO's seeds): saving % = 100 (1 - x / PPO), speed-up = PPO time per iteration / x.
+    """
+    rows = []
+    for (stage, seed), summary in sorted(res.summaries.items()):
+        if stage not in POLICY_STAGES:
+            continue
+        steps = _metric_rows(res, stage, seed)
+        final_reward = _num_or_nan(summary.get("final_reward_mean"))
+        if math.isnan(final_reward) and "reward_mean" in steps:
+            final_reward = _tail_mean(steps["reward_mean"])
+        final_kl = _num_or_nan(summary.get("final_kl", summary.get("final_kl_mean")))
+        if math.isnan(final_kl) and "kl" in steps:
+            final_kl = _tail_mean(steps["kl"])
+        per_iter = _num_or_nan(summary.get("time_per_iteration_s"))
+        if math.isnan(per_iter) and "time_step_s" in steps:
+            per_iter = float(steps["time_step_s"].mean())
+        tokens = _num_or_nan(summary.get("tokens_per_second"))
+        if math.isnan(tokens) and "tokens_per_second" in steps:
+            tokens = float(steps["tokens_per_second"].mean())
+        row = {
+            "algorithm": stage,
+            "seed": seed,
+            "trained": True,  # a stage result (eval-only rows of a checkpoint trained under another seed: False)
+            "iterations": _num_or_nan(summary.get("iterations")),
+            "wall_time_s": _num_or_nan(summary.get("wall_time_s")),
+            "heldout_gold_reward": _num_or_nan(summary.get("heldout_gold_reward")),
+            "final_reward_mean": final_reward,
+            "final_kl": final_kl,
+            "peak_memory_mib": _num_or_nan(summary.get("peak_memory_bytes")) / MIB,
+            "memory_kind": summary.get("memory_kind", ""),
+            "model_state_mib": _state_total(summary) / MIB,
+            "time_per_iteration_s": per_iter,
+            **{f"time_{p}_s": v for p, v in phase_times(summary, steps).items()},
+            "tokens_per_second": tokens,
+            **_per_token(summary, steps, tokens),
+        }
+        for comp, kinds in _component_bytes(summary).items():
+            row[f"model_state_{comp}_mib"] = sum(v for v in kinds.values() if not math.isnan(v)) / MIB
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    if not res.evals.empty:
+        ev = res.evals.drop(columns=["reference"]).rename(columns={"name": "algorithm"})
+        ev = ev[ev["algorithm"].isin(POLICY_STAGES)]
+        table = ev if table.empty else table.merge(ev, on=["algorithm", "seed"], how="outer")
+    if table.empty:
+        return table
+    table["trained"] = table["trained"].astype("boolean").fillna(False).astype(bool) if "trained" in table else False
+    table = _add_ratios(table)
+    order = {a: i for i, a in enumerate(POLICY_STAGES)}
+    table = table.sort_values(["algorithm", "seed"], key=lambda s: s.map(order) if s.name == "algorithm" else s)
+    return table.reset_index(drop=True)
+
+
+def _per_token(summary: dict, steps: pd.DataFrame, tokens_per_second: float) -> dict[str, float]:
+    """Cost and quality per generated token (every generated answer, greedy baselines included), so that
+    algorithms that draw different numbers of answers per prompt compare at equal generation cost."""
+    generated = _num_or_nan(summary.get("generated_tokens"))
+    if math.isnan(generated) and "tokens" in steps and steps["tokens"].notna().any():
+        generated = float(steps["tokens"].sum())
+    gain = _num_or_nan(summary.get("heldout_gold_reward")) - _num_or_nan(summary.get("heldout_gold_reward_before"))
+    generates = not math.isnan(generated) and tokens_per_second > 0  # SFT and DPO generate nothing
+    return {
+        "generated_tokens": generated,
+        "time_per_1k_generated_tokens_s": 1000.0 / tokens_per_second if generates else math.nan,
+        "gold_gain_per_10k_tokens": 1e4 * gain / generated if generated > 0 else math.nan,
+    }
+
+
+def _add_ratios(table: pd.DataFrame) -> pd.DataFrame:
+    table = table.copy()
+    for col in ("peak_memory_saving_vs_ppo_pct", "model_state_saving_vs_ppo_pct", "speedup_vs_ppo_x"):
+        table[col] = math.nan
+    if "peak_memory_mib" not in table:
+        return table
+    ppo = table[table["algorithm"] == comparison.BASELINE].set_index("seed")
+    if ppo.empty:
+        return table
+    for i, row in table.iterrows():
+        if row["algorithm"] not in ALGORITHMS:
+            continue
+        base = ppo.loc[row["seed"]] if row["seed"] in ppo.index else ppo.mean(numeric_only=True)
+        table.loc[i, "peak_memory_saving_vs_ppo_pct"] = 100.0 * comparison.saving(row["peak_memory_mib"],
+                                                                                  base["peak_memory_mib"])
+        table.loc[i, "model_state_saving_vs_ppo_pct"] = 100.0 * comparison.saving(row["model_state_mib"],
+                                                                                  base["model_state_mib"])
+        table.loc[i, "speedup_vs_ppo_x"] = comparison.speedup(row["time_per_iteration_s"],
+                                                              base["time_per_iteration_s"])
+    return table
+
+
+def ratios_vs_ppo(table: pd.DataFrame, algorithm: str = "remax") -> dict[str, float]:
+    """Ratio of the seed means against PPO: memory saving (%) and speed-up (x); {} without both."""
+    if table.empty or not {comparison.BASELINE, algorithm} <= set(table["algorithm"]):
+        return {}
+    means = table.groupby("algorithm")[["peak_memory_mib", "model_state_mib", "time_per_iteration_s"]].mean()
+    ppo, other = means.loc[comparison.BASELINE], means.loc[algorithm]
+    return {
+        "peak_memory_saving_pct": 100.0 * comparison.saving(other.peak_memory_mib, ppo.peak_memory_mib),
+        "model_state_saving_pct": 100.0 * comparison.saving(other.model_state_mib, ppo.model_state_mib),
+        "speedup_x": comparison.speedup(other.time_per_iteration_s, ppo.time_per_iteration_s),
+    }
+
+
+# -- formatting ----------------------------------------------------------------------------------
+def _decimals(x: float) -> int:
+    """About three significant digits, one decimal from 100 up."""
+    a = abs(x)
+    if a >= 100:
+        return 1
+    if a >= 1:
+        return 2
+    return 3 if a == 0 else min(6, 2 - math.floor(math.log10(a)))
+
+
+def _num(x: float, decimals: int | None = None) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    return f"{x:,.{_decimals(x) if decimals is None else decimals}f}"
+
+
+def _mean_std(values: pd.Series) -> str:
+    """'mean ± std' over seeds (the std with the mean's decimals); the value alone for one seed."""
+    values = values.dropna()
+    if values.empty:
+        return "–"
+    mean = float(values.mean())
+    if len(values) == 1:
+        return _num(mean)
+    decimals = _decimals(mean)
+    return f"{_num(mean, decimals)} ± {_num(float(values.std(ddof=1)), decimals)}"
+
+
+AGG_COLUMNS = [
+    ("held-out gold reward", "heldout_gold_reward"),
+    ("final reward", "final_reward_mean"),
+    ("final KL", "final_kl"),
+    ("peak memory (MiB)", "peak_memory_mib"),
+    ("model states (MiB)", "model_state_mib"),
+    ("time / iteration (s)", "time_per_iteration_s"),
+    ("tokens / s", "tokens_per_second"),
+    ("generated tokens", "generated_tokens"),
+    ("time / 1k generated tokens (s)", "time_per_1k_generated_tokens_s"),
+    ("held-out gold gain / 10k generated tokens", "gold_gain_per_10k_tokens"),
+    ("win rate vs {ref} (%)", "win_rate_pct"),
+    ("MT-bench (1–10)", "mt_bench_score"),
+    ("unjudged AlpacaEval pairs", "n_unjudged"),
+    ("unjudged MT-bench turns", "mt_bench_n_unjudged"),
+]
+
+
+def aggregate_table(table: pd.DataFrame, reference: str = "sft") -> pd.DataFrame:
+    """Mean ± std over seeds per algorithm, as display strings (the table of summary.md and index.html)."""
+    out = []
+    for algo in [a for a in POLICY_STAGES if not table.empty and a in set(table["algorithm"])]:
+        rows = table[table["algorithm"] == algo]
+        line = {"algorithm": LABELS.get(algo, algo), "seeds": int(rows["trained"].sum())}
+        for title, col in AGG_COLUMNS:
+            line[title.format(ref=LABELS.get(reference, reference))] = _mean_std(rows[col]) if col in rows else "–"
+        out.append(line)
+    return pd.DataFrame(out)
+
+
+def paper_table(table: pd.DataFrame, judge: str | None, reference: str = "sft") -> pd.DataFrame:
+    """This run's algorithms against PPO, beside the paper's figures (labelled as the paper's)."""
+    compared = [a for a in ALGORITHMS if a != comparison.BASELINE]
+    ratios = {a: ratios_vs_ppo(table, a) for a in compared}
+
+    def pct(r, key):
+        if not r:
+            return "– (needs PPO and this algorithm)"
+        return f"{r[key]:.1f}%" if not math.isnan(r[key]) else "–"
+
+    def times(r):
+        if not r:
+            return "– (needs PPO and this algorithm)"
+        return f"{r['speedup_x']:.2f}x" if not math.isnan(r["speedup_x"]) else "–"
+
+    def per_seed(algo, col, fmt):
+        if algo != "remax" or table.empty or col not in table:
+            return ""  # the paper's algorithm gets its per-seed figures
+        vals = table[(table["algorithm"] == algo)][col].dropna()
+        return " (per seed: " + ", ".join(fmt.format(v) for v in vals) + ")" if len(vals) > 1 else ""
+
+    judged = f" (judge: {judge})" if judge else ""
+    ref = LABELS.get(reference, reference)
+
+    def quality(algo, col, text):
+        rows_ = table[table["algorithm"] == algo] if not table.empty and col in table else None
+        value = _mean_std(rows_[col]) if rows_ is not None else "–"
+        return f"{LABELS[algo]} {value}{text}{judged}" if value != "–" else f"– (no eval result for {LABELS[algo]})"
+
+    paper_col = f"paper ({PAPER['citation']}): ReMax"
+    figures = [
+        ("peak memory saving vs PPO", lambda a: pct(ratios[a], "peak_memory_saving_pct")
+         + per_seed(a, "peak_memory_saving_vs_ppo_pct", "{:.1f}%"),
+         f"~{PAPER['memory_saving_pct']:.0f}% less GPU memory ({PAPER['setting']})"),
+        ("model-state bytes saving vs PPO", lambda a: pct(ratios[a], "model_state_saving_pct")
+         + per_seed(a, "model_state_saving_vs_ppo_pct", "{:.1f}%"),
+         "– (the paper reports total GPU memory)"),
+        ("speed-up vs PPO (PPO time per iteration / its time per iteration)",
+         lambda a: times(ratios[a]) + per_seed(a, "speedup_vs_ppo_x", "{:.2f}x"),
+         f"~{PAPER['speedup_x']}x faster training ({PAPER['setting']})"),
+        ("AlpacaEval-style win rate (%)", lambda a: quality(a, "win_rate_pct", f" against {ref}"),
+         f"{PAPER['alpaca_eval_win_rate_pct']}% (Mistral-7B, against the AlpacaEval leaderboard reference)"),
+        ("MT-bench score (1–10)", lambda a: quality(a, "mt_bench_score", ""),
+         f"{PAPER['mt_bench']} (Mistral-7B, GPT-4 judge)"),
+    ]
+    rows = [{"figure": figure, **{f"this run: {LABELS[a]}": cell(a) for a in compared}, paper_col: paper}
+            for figure, cell, paper in figures]
+    return pd.DataFrame(rows)
+
+
+def _flatten(d, prefix="") -> dict[str, str]:
+    out = {}
+    for key, value in (d or {}).items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, path + "."))
+        else:
+            out[path] = json.dumps(value, sort_keys=True)
+    return out
+
+
+def what_differed(manifests: dict[tuple[str, int], dict], algorithms=ALGORITHMS) -> list[str]:
+    """Differences between the algorithms' resolved models / data / shared / runtime blocks ([] = none).
+
+    Each line names the field and which algorithm and seed had which value.
+    """
+    flat, lines = {}, []
+    for (stage, seed), manifest in sorted(manifests.items()):
+        if stage not in algorithms:
+            continue
+        suite = manifest.get("config", {}).get("suite") if isinstance(manifest.get("config"), dict) else None
+        if not isinstance(suite, dict):
+            lines.append(f"{stage}/seed{seed}: its manifest records no resolved suite, so it could not be compared")
+            continue
+        flat[f"{stage}/seed{seed}"] = {
+            k: v for block in COMPARED_BLOCKS for k, v in _flatten(suite.get(block), block + ".").items()
+        }
+    keys = sorted({k for f in flat.values() for k in f})
+    for key in keys:
+        groups: dict[str, list[str]] = {}
+        for run, values in flat.items():
+            groups.setdefault(values.get(key, "<absent>"), []).append(run)
+        if len(groups) > 1:
+            lines.append(f"{key}: " + "; ".join(f"{value} ({', '.join(runs)})" for value, runs in groups.items()))
+    return lines
+
+
+def _plain(value) -> str:
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+
+
+def environment_lines(res: SuiteResults) -> list[str]:
+    """Device and memory kind of the algorithms' runs, and whether they differ (then ratios mislead)."""
+    lines = []
+    frame = res.stages[res.stages["stage"].isin(ALGORITHMS)] if not res.stages.empty else res.stages
+    if frame.empty:
+        return ["no algorithm finished, so nothing to compare"]
+    for col, title in (("device", "device"), ("device_name", "device name"), ("memory_kind", "peak memory"),
+                       ("torch_threads", "torch threads")):
+        if col not in frame:
+            continue
+        values = frame[[col, "stage", "seed"]].dropna(subset=[col])
+        if values.empty:
+            continue
+        values = values.assign(**{col: values[col].map(_plain)})
+        distinct = sorted(values[col].unique())
+        if len(distinct) == 1:
+            text = distinct[0]
+            if col == "memory_kind":
+                text = f"{text}: {MEMORY_KIND_TEXT.get(text, text)}"
+            lines.append(f"{title}: {text} (all algorithms)")
+        else:
+            runs = {v: ", ".join(f"{r.stage}/seed{r.seed}" for r in values[values[col] == v].itertuples())
+                    for v in distinct}
+            by = "; ".join(f"{v} ({r})" for v, r in runs.items())
+            lines.append(f"{title} DIFFERS: {by} — ratios across these runs are not like for like")
+    return lines
+
+
+def preparation_lines(res: SuiteResults) -> list[str]:
+    """What the shared starting points (SFT model, reward model) reached on their held-out data."""
+    lines = []
+    for (stage, seed), summary in sorted(res.summaries.items()):
+        key = {"sft": "heldout_loss", "reward_model": "heldout_accuracy"}.get(stage)
+        if key is None or not isinstance(summary.get(key), (int, float)):
+            continue
+        what = "held-out loss" if stage == "sft" else "held-out pairwise accuracy"
+        before = summary.get(f"{key}_before")
+        lines.append(f"{LABELS.get(stage, stage)} (seed {seed}): {what} {_num(float(summary[key]))}"
+                     + (f" ({_num(float(before))} before training)" if isinstance(before, (int, float)) else ""))
+    return lines
+
+
+def _suite_hashes(res: SuiteResults) -> str:
+    hashes: dict[str, list[str]] = {}
+    for (stage, seed), m in sorted(res.manifests.items()):
+        if m.get("suite_hash"):
+            hashes.setdefault(m["suite_hash"], []).append(f"{stage}/seed{seed}")
+    if not hashes:
+        return "unknown"
+    if len(hashes) == 1:
+        return next(iter(hashes))
+    return "several: " + "; ".join(f"{h} ({', '.join(runs)})" for h, runs in hashes.items())
+
+
+def _eval_judge(res: SuiteResults) -> str | None:
+    for (stage, _), m in res.manifests.items():
+        if stage == "eval":
+            judge = (m.get("config", {}).get("suite", {}) or {}).get("eval", {}).get("judge", {})
+            if isinstance(judge, dict) and judge.get("type"):
+                return judge["type"] + (f" ({judge['model']})" if judge.get("model") else "")
+    return None
+
+
+def _reference(res: SuiteResults) -> str:
+    if not res.evals.empty and res.evals["reference"].notna().any():
+        return str(res.evals["reference"].dropna().iloc[0])
+    return "sft"

@@ -118,7 +118,7 @@ def load_baseline(path: str | Path) -> dict:
     return json.loads(path.read_text())
 
 
-def update_baseline(path: str | Path, metrics: dict[str, float], old: dict | None, suite: str) -> dict:
+def update_baseline_file(path: str | Path, metrics: dict[str, float], old: dict | None, suite: str) -> dict:
     """Rewrite the baseline's values from this run, keeping each metric's tolerance and direction."""
     old_metrics = (old or {}).get("metrics", {})
     new = {"suite": suite, "metrics": {}}
@@ -209,3 +209,46 @@ def reproduce(suite_dir: str | Path, stage: str = "remax", seed: int | None = No
     same_length = len(recorded) == len(rerun) == steps
     passed = same_length and worst <= 1e-5
     return CheckRow(name, 0.0, worst, 1e-5, passed, f"max |difference| over the first {steps} steps")
+
+
+class CheckError(ValueError):
+    """A check that cannot run (no results, no baseline); ``code`` is the command's exit code."""
+
+    def __init__(self, message: str, code: int = 2):
+        super().__init__(message)
+        self.code = code
+
+
+def run_check(results_dir: str | Path, baseline_path: str | Path | None = None, *, update_baseline: bool = False,
+              reproduce_rule: bool = True) -> tuple[list[CheckRow], list[str]]:
+    """Every check of ``remax-bench check``: (rows, notes). The baseline defaults to suites/baselines/<suite>.json
+    in the repository, wherever the command runs; ``update_baseline`` rewrites it from these results first."""
+    suite_dir = Path(results_dir)
+    if not suite_dir.is_dir():
+        raise CheckError(f"{suite_dir} is not a results directory (expected results/<suite>)")
+    metrics = collect_metrics(suite_dir)
+    if not metrics:
+        inner = sorted(p.name for p in suite_dir.iterdir() if p.is_dir() and collect_metrics(p))
+        hint = f"; it holds the suite results {inner}: give {suite_dir / inner[0]}" if inner else ""
+        raise CheckError(f"no complete stages with figures under {suite_dir}{hint}", code=1)
+    suite = suite_dir.resolve().name
+    if baseline_path is None:
+        from remax_bench.config import SUITES_DIR
+
+        baseline_path = SUITES_DIR / "baselines" / f"{suite}.json"
+    notes = []
+    if update_baseline:
+        old = load_baseline(baseline_path) if Path(baseline_path).is_file() else None
+        update_baseline_file(baseline_path, metrics, old, suite_dir.name)
+        notes.append(f"baseline {baseline_path} updated from {suite_dir}")
+    try:
+        baseline = load_baseline(baseline_path)
+    except FileNotFoundError as err:
+        raise CheckError(str(err)) from err
+    if baseline.get("suite") not in (None, suite):
+        notes.append(f"warning: baseline {baseline_path} is for suite {baseline['suite']!r}, these results are of "
+                     f"{suite!r}")
+    rows = compare(metrics, baseline) + rules(suite_dir, metrics)
+    if reproduce_rule:
+        rows.append(reproduce(suite_dir))
+    return rows, notes

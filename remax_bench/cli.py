@@ -191,35 +191,16 @@ def bench(model, iterations, suite_arg, algorithms, device, gradient_checkpointi
               help="re-run the first ReMax iterations and require identical figures")
 def check(results_dir, baseline_path, update_baseline, reproduce):
     """Compare a finished suite (RESULTS_DIR = results/<suite>) with a baseline; exit 1 on any regression."""
-    from remax_bench import check as checks
+    from remax_bench.check import CheckError, format_rows, run_check
 
-    suite_dir = Path(results_dir)
-    if not suite_dir.is_dir():
-        _fail(f"{suite_dir} is not a results directory (expected results/<suite>)")
-    metrics = checks.collect_metrics(suite_dir)
-    if not metrics:
-        inner = sorted(p.name for p in suite_dir.iterdir() if p.is_dir() and checks.collect_metrics(p))
-        hint = f"; it holds the suite results {inner}: give {suite_dir / inner[0]}" if inner else ""
-        _fail(f"no complete stages with figures under {suite_dir}{hint}", code=1)
-    if baseline_path is None:
-        from remax_bench.config import SUITES_DIR
-
-        baseline_path = SUITES_DIR / "baselines" / f"{suite_dir.resolve().name}.json"
-    if update_baseline:
-        old = checks.load_baseline(baseline_path) if Path(baseline_path).is_file() else None
-        checks.update_baseline(baseline_path, metrics, old, suite_dir.name)
-        click.echo(f"baseline {baseline_path} updated from {suite_dir}")
     try:
-        baseline = checks.load_baseline(baseline_path)
-    except FileNotFoundError as err:
-        _fail(str(err))
-    if baseline.get("suite") not in (None, suite_dir.resolve().name):
-        click.echo(f"warning: baseline {baseline_path} is for suite {baseline['suite']!r}, "
-                   f"these results are of {suite_dir.resolve().name!r}", err=True)
-    rows = checks.compare(metrics, baseline) + checks.rules(suite_dir, metrics)
-    if reproduce:
-        rows.append(checks.reproduce(suite_dir))
-    click.echo(checks.format_rows(rows))
+        rows, notes = run_check(results_dir, baseline_path, update_baseline=update_baseline,
+                               reproduce_rule=reproduce)
+    except CheckError as err:
+        _fail(str(err), code=err.code)
+    for note in notes:
+        click.echo(note, err=note.startswith("warning"))
+    click.echo(format_rows(rows))
     failed = [r.name for r in rows if not r.passed]
     click.echo(f"\n{len(rows) - len(failed)} of {len(rows)} checks passed" + (f"; failing: {failed}" if failed else ""))
     if failed:
@@ -263,13 +244,63 @@ def variance(suite, checkpoint, results_dir, answers, k, repeats, reward, seed):
     click.echo(f"written to {Path(results_dir) / loaded.name / 'variance'}/ (remax-bench report shows it)")
 
 
-def _add_estimate():
-    from remax_bench.estimate import estimate_cli
+@main.command("estimate")
+@click.option("--model", help="policy: tiny: spec, known name (Llama-2-7b, Mistral-7B, ...), raw size (7b), "
+              "local dir or HF id; default: the suite's models.policy, else Llama-2-7b")
+@click.option("--reward-model", "reward", help="reward model / critic shape (default: the suite's, else the policy)")
+@click.option("--suite", help="take lengths, batch sizes, precision and ZeRO settings from this suite")
+@click.option("--paper", is_flag=True, help="the ReMax paper's Llama-2-7B setup (see paper_inputs)")
+@click.option("--algorithms", default=",".join(ALGORITHM_NAMES), show_default=True)
+@click.option("--prompt-length", type=int)
+@click.option("--response-length", type=int)
+@click.option("--batch", type=int, help="rollout and train batch per GPU")
+@click.option("--precision", type=click.Choice(["bf16", "fp32"]))
+@click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=None)
+@click.option("--zero-stage", type=click.IntRange(0, 3))
+@click.option("--num-gpus", type=click.IntRange(min=1))
+@click.option("--offload-optimizer/--no-offload-optimizer", default=None)
+@click.option("--offload-params/--no-offload-params", default=None)
+@click.option("--frozen-zero3/--no-frozen-zero3", default=None, help="ZeRO-3 shard the reference and reward models")
+@click.option("--offload-frozen/--no-offload-frozen", default=None)
+@click.option("--greedy-sequential", is_flag=True, help="ReMax: greedy decoding after sampling, not in one batch")
+@click.option("--flash-attention", is_flag=True, help="no s x s attention scores stored")
+@click.option("--peak", type=click.Choice(["phased", "sum"]))
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="also write the component table as CSV")
+def estimate(model, reward, suite, paper, algorithms, prompt_length, response_length, batch, precision,
+                 gradient_checkpointing, zero_stage, num_gpus, offload_optimizer, offload_params, frozen_zero3,
+                 offload_frozen, greedy_sequential, flash_attention, peak, csv_path):
+    """Analytical GPU memory per algorithm and component (bytes per GPU), and ReMax's saving against PPO."""
+    from remax_bench.estimate import EstimateError, EstimateInputs, estimate_table, format_estimate, paper_inputs
 
-    main.add_command(estimate_cli, name="estimate")
+    overrides = {k: v for k, v in dict(
+        prompt_length=prompt_length, response_length=response_length, rollout_batch_per_gpu=batch,
+        train_batch_per_gpu=batch, precision=precision, gradient_checkpointing=gradient_checkpointing,
+        zero_stage=zero_stage, num_gpus=num_gpus, offload_optimizer=offload_optimizer, offload_params=offload_params,
+        frozen_zero3=frozen_zero3, offload_frozen=offload_frozen, peak=peak).items() if v is not None}
+    if greedy_sequential:
+        overrides["remax_greedy_batched"] = False
+    if flash_attention:
+        overrides["flash_attention"] = True
+    try:
+        if suite:
+            from remax_bench.config import load_suite
 
-
-_add_estimate()
+            loaded = load_suite(suite)
+            if any(k in overrides for k in ("zero_stage", "num_gpus", "offload_optimizer", "offload_params")):
+                overrides["engine"] = "deepspeed"  # asking for ZeRO settings means a DeepSpeed run
+            inputs = EstimateInputs.from_suite(loaded, **overrides)
+            model = model or loaded.models.policy
+            reward = reward or getattr(loaded.models, "reward", None)
+        else:
+            inputs = paper_inputs(**overrides) if paper else EstimateInputs(**overrides)
+            model = model or "Llama-2-7b"
+        chosen = [a.strip() for a in algorithms.split(",") if a.strip()]
+        click.echo(format_estimate(model, inputs, chosen, reward))
+        if csv_path:
+            estimate_table(model, inputs, chosen, reward).to_csv(csv_path, index=False)
+            click.echo(f"\ncomponent table written to {csv_path}")
+    except EstimateError as err:
+        raise click.UsageError(str(err)) from err
 
 if __name__ == "__main__":
     main()

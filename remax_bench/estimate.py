@@ -60,7 +60,6 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-import click
 import pandas as pd
 
 from remax_bench import algorithms as registry
@@ -714,67 +713,3 @@ def compare_measured(est: Estimate, measured_summary: dict | str | Path) -> pd.D
     measured = pd.to_numeric(frame["measured_bytes"], errors="coerce")
     frame["rel_error"] = (frame["estimated_bytes"] - measured) / measured.where(measured > 0)
     return frame
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Command line: `remax-bench estimate` (also `python -m remax_bench.estimate`)
-# ---------------------------------------------------------------------------------------------------------
-@click.command("estimate")
-@click.option("--model", help="policy: tiny: spec, known name (Llama-2-7b, Mistral-7B, ...), raw size (7b), "
-              "local dir or HF id; default: the suite's models.policy, else Llama-2-7b")
-@click.option("--reward-model", "reward", help="reward model / critic shape (default: the suite's, else the policy)")
-@click.option("--suite", help="take lengths, batch sizes, precision and ZeRO settings from this suite")
-@click.option("--paper", is_flag=True, help="the ReMax paper's Llama-2-7B setup (see paper_inputs)")
-@click.option("--algorithms", default=",".join(registry.NAMES), show_default=True)
-@click.option("--prompt-length", type=int)
-@click.option("--response-length", type=int)
-@click.option("--batch", type=int, help="rollout and train batch per GPU")
-@click.option("--precision", type=click.Choice(["bf16", "fp32"]))
-@click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=None)
-@click.option("--zero-stage", type=click.IntRange(0, 3))
-@click.option("--num-gpus", type=click.IntRange(min=1))
-@click.option("--offload-optimizer/--no-offload-optimizer", default=None)
-@click.option("--offload-params/--no-offload-params", default=None)
-@click.option("--frozen-zero3/--no-frozen-zero3", default=None, help="ZeRO-3 shard the reference and reward models")
-@click.option("--offload-frozen/--no-offload-frozen", default=None)
-@click.option("--greedy-sequential", is_flag=True, help="ReMax: greedy decoding after sampling, not in one batch")
-@click.option("--flash-attention", is_flag=True, help="no s x s attention scores stored")
-@click.option("--peak", type=click.Choice(["phased", "sum"]))
-@click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="also write the component table as CSV")
-def estimate_cli(model, reward, suite, paper, algorithms, prompt_length, response_length, batch, precision,
-                 gradient_checkpointing, zero_stage, num_gpus, offload_optimizer, offload_params, frozen_zero3,
-                 offload_frozen, greedy_sequential, flash_attention, peak, csv_path):
-    """Analytical GPU memory per algorithm and component (bytes per GPU), and ReMax's saving against PPO."""
-    overrides = {k: v for k, v in dict(
-        prompt_length=prompt_length, response_length=response_length, rollout_batch_per_gpu=batch,
-        train_batch_per_gpu=batch, precision=precision, gradient_checkpointing=gradient_checkpointing,
-        zero_stage=zero_stage, num_gpus=num_gpus, offload_optimizer=offload_optimizer, offload_params=offload_params,
-        frozen_zero3=frozen_zero3, offload_frozen=offload_frozen, peak=peak).items() if v is not None}
-    if greedy_sequential:
-        overrides["remax_greedy_batched"] = False
-    if flash_attention:
-        overrides["flash_attention"] = True
-    try:
-        if suite:
-            from remax_bench.config import load_suite
-
-            loaded = load_suite(suite)
-            if any(k in overrides for k in ("zero_stage", "num_gpus", "offload_optimizer", "offload_params")):
-                overrides["engine"] = "deepspeed"  # asking for ZeRO settings means a DeepSpeed run
-            inputs = EstimateInputs.from_suite(loaded, **overrides)
-            model = model or loaded.models.policy
-            reward = reward or getattr(loaded.models, "reward", None)
-        else:
-            inputs = paper_inputs(**overrides) if paper else EstimateInputs(**overrides)
-            model = model or "Llama-2-7b"
-        chosen = [a.strip() for a in algorithms.split(",") if a.strip()]
-        click.echo(format_estimate(model, inputs, chosen, reward))
-        if csv_path:
-            estimate_table(model, inputs, chosen, reward).to_csv(csv_path, index=False)
-            click.echo(f"\ncomponent table written to {csv_path}")
-    except EstimateError as err:
-        raise click.UsageError(str(err)) from err
-
-
-if __name__ == "__main__":
-    estimate_cli()

@@ -89,7 +89,8 @@ def test_rules_catch_a_critic_and_rl_below_sft(tmp_path):
 def test_update_baseline_keeps_tolerances_and_sets_defaults(tmp_path):
     path = tmp_path / "b.json"
     old = {"metrics": {"remax.heldout_gold_reward": {"value": 0.1, "tolerance": 0.05, "direction": "higher"}}}
-    new = check.update_baseline(path, {"remax.heldout_gold_reward": 0.66666, "remax.peak_memory_ratio_vs_ppo": 0.5}, old, "tiny")
+    now = {"remax.heldout_gold_reward": 0.66666, "remax.peak_memory_ratio_vs_ppo": 0.5}
+    new = check.update_baseline_file(path, now, old, "tiny")
     assert new["metrics"]["remax.heldout_gold_reward"] == {"value": 0.6667, "tolerance": 0.05, "direction": "higher"}
     assert new["metrics"]["remax.peak_memory_ratio_vs_ppo"] == {"value": 0.5, "tolerance": 0.075, "direction": "lower"}
     assert json.loads(path.read_text()) == new
@@ -104,7 +105,7 @@ def test_check_cli_points_at_the_suite_folder_and_warns_on_another_suites_baseli
     assert result.exit_code == 1 and f"give {suite_dir}" in result.output, result.output
 
     other = tmp_path / "other.json"
-    check.update_baseline(other, check.collect_metrics(suite_dir), None, "small_gpu")
+    check.update_baseline_file(other, check.collect_metrics(suite_dir), None, "small_gpu")
     result = CliRunner().invoke(main, ["check", str(suite_dir), "--baseline", str(other), "--no-reproduce"])
     assert "baseline" in result.output and "is for suite 'small_gpu'" in result.output, result.output
 

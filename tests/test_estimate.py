@@ -16,7 +16,6 @@ from remax_bench.estimate import (
     ModelShape,
     compare_measured,
     estimate,
-    estimate_cli,
     estimate_table,
     format_estimate,
     kv_cache_bytes,
@@ -350,15 +349,17 @@ def test_compare_measured_against_real_model_states():
 
 # -- command line -----------------------------------------------------------------------------------------
 def test_cli_paper_and_csv(tmp_path):
+    from remax_bench.cli import main
+
     runner = CliRunner()
-    result = runner.invoke(estimate_cli, ["--paper"])
+    result = runner.invoke(main, ["estimate", "--paper"])
     assert result.exit_code == 0, result.output
     assert "ReMax vs PPO: 45." in result.output
     csv = tmp_path / "est.csv"
-    result = runner.invoke(estimate_cli, ["--model", "tiny:nano", "--batch", "2", "--prompt-length", "8",
+    result = runner.invoke(main, ["estimate", "--model", "tiny:nano", "--batch", "2", "--prompt-length", "8",
                                           "--response-length", "8", "--precision", "fp32", "--csv", str(csv),
                                           "--algorithms", "ppo,remax"])
     assert result.exit_code == 0, result.output
     assert csv.read_text().startswith("algorithm,model,kind,phase,gpu_bytes")
-    bad = runner.invoke(estimate_cli, ["--model", "tiny:nope"])
+    bad = runner.invoke(main, ["estimate", "--model", "tiny:nope"])
     assert bad.exit_code != 0 and "unknown tiny preset" in bad.output

@@ -33,7 +33,6 @@ class SuiteError(ValueError):
     """A suite that cannot be used; the message names the field, what was expected and what was given."""
 
 
-PositiveInt = Field(gt=0)
 
 
 # -- models and data -------------------------------------------------------------------------------
@@ -92,26 +91,27 @@ class Generation(Strict):
 
 
 class Shared(Strict):
-    max_prompt_length: int = PositiveInt
-    max_response_length: int = PositiveInt
-    rollout_batch_size: int = PositiveInt
+    max_prompt_length: int = Field(gt=0, description="prompt tokens at most (longer prompts are dropped, named)")
+    max_response_length: int = Field(gt=0, description="T: generated (or trained) response tokens at most")
+    rollout_batch_size: int = Field(gt=0, description="global prompts (or samples) per iteration, over all ranks")
     # What rollout_batch_size counts when algorithms draw different numbers k of answers per prompt:
     # "prompts": every algorithm sees the same prompts per iteration and one with k > 1 generates k times the
     # tokens; "samples": every algorithm generates the same number of sampled answers per iteration, from
     # rollout_batch_size / k prompts, so generated tokens (and a token_budget) are held equal.
     rollout_batch_unit: Literal["prompts", "samples"] = "prompts"
-    train_batch_size: int = PositiveInt
-    learning_rate: float = Field(gt=0)
-    iterations: Optional[int] = Field(default=None, gt=0)
-    token_budget: Optional[int] = Field(default=None, gt=0)
-    kl_coef: float = Field(default=0.05, ge=0)
+    train_batch_size: int = Field(gt=0, description="global rows per optimizer step, split across ranks")
+    learning_rate: float = Field(gt=0, description="eta: the policy's AdamW learning rate (constant)")
+    iterations: Optional[int] = Field(default=None, gt=0, description="iterations of every algorithm, or:")
+    token_budget: Optional[int] = Field(default=None, gt=0,
+                                        description="generated tokens (at the length limit) every algorithm may spend")
+    kl_coef: float = Field(default=0.05, ge=0, description="beta: the KL penalty -beta * (log pi - log pi_ref)")
     generation: Generation = Generation()
     precision: Literal["fp32", "bf16"] = "fp32"
     gradient_checkpointing: bool = False
-    reward_clip: Optional[float] = Field(default=5.0, gt=0)
-    reward_normalize: bool = False
+    reward_clip: Optional[float] = Field(default=5.0, gt=0, description="c: scores (ReMax: r - b) clipped to +-c")
+    reward_normalize: bool = Field(default=False, description="standardise scores with running statistics")
     weight_decay: float = Field(default=0.0, ge=0)
-    max_grad_norm: Optional[float] = Field(default=1.0, gt=0)
+    max_grad_norm: Optional[float] = Field(default=1.0, gt=0, description="gradients clipped to this global norm")
     heldout_eval_every: int = Field(default=0, ge=0)  # 0: only at the end
     # A verifiable reward for the online algorithms instead of the learned reward model: "gold" (the synthetic
     # task's scorer) or "pkg.module:function" taking (prompt: str, response: str) and returning a number.

@@ -508,3 +508,33 @@ def test_alpaca_eval_pairs_go_through_alpaca_evals_own_annotator(monkeypatch, tm
         assert prefs[f"task {i}"] == pytest.approx(expected, abs=0.01)
     assert result["win_rate"] == pytest.approx(50.0, abs=0.5) and result["n_unjudged"] == 0
     assert judge.identity()["alpaca_eval_annotator"] == "weighted_alpaca_eval_gpt4_turbo"
+
+
+@pytest.mark.parametrize("turn", [1, 2])
+def test_mt_bench_judge_requests_are_fastchats_own(monkeypatch, turn):
+    """Single-answer grading sends what FastChat's run_judge_single sends for an OpenAI judge: its conversation
+    (system prompt, filled prompt template), temperature 0, max_tokens 2048."""
+    import fastchat.llm_judge.common as fastchat_common
+
+    prompts = {p["name"]: p for p in map(json.loads, (FIXTURES / "judge_prompts.jsonl").read_text().splitlines())}
+    question = {"question_id": 7, "category": "writing", "turns": ["Name a fruit.", "And a colour?"]}
+    answers = ["An apple.", "Red."]
+    seen = {}
+
+    def capture(model, conv, temperature, max_tokens, api_dict=None):
+        seen.update(messages=conv.to_openai_api_messages(), temperature=temperature, max_tokens=max_tokens)
+        return "Rating: [[6]]"
+
+    monkeypatch.setattr(fastchat_common, "chat_completion_openai", capture)
+    name = "single-v1" if turn == 1 else "single-v1-multi-turn"
+    fastchat_judge = fastchat_common.Judge("gpt-4", prompts[name], multi_turn=turn == 2)
+    fastchat_common.run_judge_single(question, {"choices": [{"turns": answers}]}, fastchat_judge, None,
+                                     multi_turn=turn == 2)
+    monkeypatch.setenv(KEY_ENV, "sk-test")
+    with FakeOpenAI() as server:
+        judge = OpenAIJudge("gpt-4", base_url=server.url, api_key_env=KEY_ENV, judge_prompts=prompts)
+        verdict, = judge.single([SingleItem(question, answers, turn)])
+        body = server.chat_requests()[0]["body"]
+    assert verdict.value == 6.0
+    assert body["messages"] == seen["messages"]
+    assert (body["temperature"], body["max_tokens"]) == (seen["temperature"], seen["max_tokens"]) == (0, 2048)

@@ -314,7 +314,7 @@ class OpenAIJudge(Judge):
     type = "openai"
     cacheable = True
     max_tokens_pairwise = 16
-    max_tokens_single = 1024
+    max_tokens_single = 2048  # FastChat judges with temperature 0 and max_tokens 2048
 
     def __init__(self, model: str, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
                  max_retries: int = 3, timeout_s: float = 60.0,

@@ -77,3 +77,33 @@ def test_eval_stage_generation_through_vllm(checkpoint, tmp_path):
     assert outputs[0]["generator"] == "tiny" and isinstance(outputs[0]["output"], str)
     answers = [json.loads(line) for line in (tmp_path / "mt_bench_answers.jsonl").read_text().splitlines()]
     assert len(answers[0]["choices"][0]["turns"]) == 2
+
+
+def test_one_engine_serves_every_checkpoint_of_the_same_shape(checkpoint, tmp_path):
+    """The eval stage keeps one engine for checkpoints of one shape: the next checkpoint's weights are reloaded in
+    place (no second start-up), and its greedy answers are its own, token for token as transformers gives them."""
+    from remax_bench.evaluation import generation
+    from remax_bench.models import build_tiny_model, save_pretrained
+
+    model, tokenizer = build_tiny_model("tiny:small,num_hidden_layers=2,max_position_embeddings=128", seed=12)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(20.0)
+    other = save_pretrained(model, tokenizer, tmp_path / "other")
+    engine_cfg = {"cpu_kv_cache_gib": 1}
+    try:
+        first = VLLMGenerator(str(checkpoint), SETTINGS, precision="fp32", engine=engine_cfg, keep_engine=True)
+        first_answers = first.generate(PROMPTS)
+        first.close()
+        second = VLLMGenerator(str(other), SETTINGS, precision="fp32", engine=engine_cfg, keep_engine=True)
+        assert second.record["engine_reused"] and not first.record["engine_reused"]
+        print(f"engine start {first.record['engine_start_s']:.1f} s, weight reload {second.record['weight_reload_s']:.2f} s")
+        assert second.record["weight_reload_s"] < first.record["engine_start_s"]
+        second_answers = second.generate(PROMPTS)
+        hf = HFGenerator(str(other), SETTINGS, device="cpu")
+        assert second_answers == hf.generate(PROMPTS) and second.last_token_ids == hf.last_token_ids
+        assert second_answers != first_answers  # the other checkpoint's weights, not the first one's
+        second.close()
+        assert generation._ENGINE  # kept for the next checkpoint until released
+    finally:
+        generation.release_engines()
+    assert not generation._ENGINE

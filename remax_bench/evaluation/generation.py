@@ -296,11 +296,30 @@ class HFGenerator(Generator):
         gc.collect()
 
 
+def engine_signature(checkpoint: str, engine_kwargs: dict) -> str:
+    """What must match for one vLLM engine to serve another checkpoint by reloading its weights: the model's
+    config (not its name), the tokenizer's files and every engine argument but the paths."""
+    import json
+
+    root = Path(checkpoint)
+    config = json.loads((root / "config.json").read_text()) if (root / "config.json").is_file() else {"id": checkpoint}
+    config = {k: v for k, v in config.items() if k not in ("_name_or_path", "transformers_version")}
+    tokenizer = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.glob("tokenizer*"))}
+    kwargs = {k: v for k, v in engine_kwargs.items() if k not in ("model", "tokenizer")}
+    return hashlib.sha256(json.dumps([config, tokenizer, kwargs], sort_keys=True).encode()).hexdigest()
+
+
+# The one vLLM engine kept between checkpoints of the same shape (start-up is ~40 s on a CPU, minutes for a 7B
+# model on a GPU; reloading weights in place is a fraction of that). release_engines() ends it.
+_ENGINE: dict[str, Any] = {}
+
+
 class VLLMGenerator(Generator):
     backend = "vllm"
 
     def __init__(self, checkpoint: str, settings: GenerationSettings, conversation_template: str | None = None,
-                 seed: int = 0, precision: str | None = None, tensor_parallel_size: int = 1, engine: Any = None):
+                 seed: int = 0, precision: str | None = None, tensor_parallel_size: int = 1, engine: Any = None,
+                 keep_engine: bool = False):
         super().__init__(checkpoint, settings, conversation_template, seed)
         import os
 
@@ -309,6 +328,7 @@ class VLLMGenerator(Generator):
         from remax_bench.models import load_tokenizer
 
         engine = engine or {}
+        self.keep_engine = keep_engine
         self.tokenizer = load_tokenizer(self.checkpoint)
         self.engine_kwargs = vllm_engine_kwargs(self.checkpoint, seed, precision, tensor_parallel_size,
                                                 engine.get("gpu_memory_utilization", 0.85), engine.get("max_model_len"))
@@ -319,9 +339,20 @@ class VLLMGenerator(Generator):
         self.sampling_kwargs = vllm_sampling_kwargs(settings, seed, self.stops)
         self.record.update({"vllm_llm_kwargs": self.engine_kwargs, "vllm_sampling_kwargs": self.sampling_kwargs,
                             "n_prompts_truncated": 0})
+        signature = engine_signature(self.checkpoint, self.engine_kwargs)
         start = time.time()
-        self.llm = LLM(**self.engine_kwargs)
-        self.record["engine_start_s"] = round(time.time() - start, 3)
+        if keep_engine and _ENGINE.get("signature") == signature:
+            # Same shape, tokenizer and settings: the running engine takes this checkpoint's weights in place.
+            self.llm = _ENGINE["llm"]
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_path": self.checkpoint})
+            self.llm.reset_prefix_cache()  # cached prefixes were computed with the previous weights
+            self.record.update(engine_reused=True, weight_reload_s=round(time.time() - start, 3))
+        else:
+            release_engines()
+            self.llm = LLM(**self.engine_kwargs)
+            self.record.update(engine_reused=False, engine_start_s=round(time.time() - start, 3))
+            if keep_engine:
+                _ENGINE.update(signature=signature, llm=self.llm)
         self.max_model_len = self.llm.llm_engine.model_config.max_model_len
 
     def _generate(self, prompts: list[str], settings: GenerationSettings) -> list[str]:
@@ -338,29 +369,42 @@ class VLLMGenerator(Generator):
         return self._decode([list(o.outputs[0].token_ids) for o in outputs])
 
     def close(self) -> None:
+        kept = self.keep_engine and _ENGINE.get("llm") is self.llm
         self.llm = None
-        gc.collect()
-        try:
-            import torch
-            from vllm.distributed.parallel_state import destroy_distributed_environment, destroy_model_parallel
+        if not kept:
+            _shut_down_vllm()
 
-            destroy_model_parallel()
-            destroy_distributed_environment()
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-        except Exception:  # noqa: BLE001 - best effort: the next engine or the judge server needs the memory
-            pass
+
+def release_engines() -> None:
+    """End the engine kept between checkpoints (before a judge server needs the memory, or at the end)."""
+    if _ENGINE:
+        _ENGINE.clear()
+        _shut_down_vllm()
+
+
+def _shut_down_vllm() -> None:
+    gc.collect()
+    try:
+        import torch
+        from vllm.distributed.parallel_state import destroy_distributed_environment, destroy_model_parallel
+
+        destroy_model_parallel()
+        destroy_distributed_environment()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:  # noqa: BLE001 - best effort: the next engine or the judge server needs the memory
+        pass
 
 
 def open_generator(checkpoint: str, eval_cfg: Any, seed: int = 0, precision: str | None = None,
-                   device: str | None = None, tensor_parallel_size: int = 1) -> Generator:
+                   device: str | None = None, tensor_parallel_size: int = 1, keep_engine: bool = False) -> Generator:
     """One generator (one engine) for one checkpoint, from the suite's eval block."""
     backend, why = resolve_backend(eval_cfg.backend)
     settings = GenerationSettings.from_config(eval_cfg.generation)
     if backend == "vllm":
         engine = eval_cfg.vllm.model_dump() if hasattr(eval_cfg, "vllm") else None
         gen: Generator = VLLMGenerator(checkpoint, settings, eval_cfg.conversation_template, seed, precision,
-                                       tensor_parallel_size, engine)
+                                       tensor_parallel_size, engine, keep_engine=keep_engine)
     else:
         gen = HFGenerator(checkpoint, settings, eval_cfg.conversation_template, seed, device, precision)
     gen.record["backend_reason"] = why

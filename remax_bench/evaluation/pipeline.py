@@ -46,6 +46,7 @@ from remax_bench.evaluation.generation import (
     mt_bench_answer_records,
     mt_bench_turns,
     open_generator,
+    release_engines,
 )
 from remax_bench.evaluation.judges import Judge, OpenAIJudge, build_judge, judge_label, needs_reference
 from remax_bench.evaluation.mt_bench import judge_mt_bench
@@ -102,7 +103,8 @@ def load_eval_data(eval_cfg: Any, synthetic: Any = None) -> EvalData:
 # -- generation ------------------------------------------------------------------------------------
 def generate_checkpoint(checkpoint_dir: str | Path, eval_cfg: Any, out_dir: str | Path, generator_name: str,
                         data: EvalData, *, seed: int = 0, precision: str | None = None, device: str | None = None,
-                        tensor_parallel_size: int = 1, log: Callable[[str], None] = _log) -> dict:
+                        tensor_parallel_size: int = 1, log: Callable[[str], None] = _log,
+                        keep_engine: bool = False) -> dict:
     """Write the checkpoint's AlpacaEval outputs and MT-bench answers; returns the generation record.
     Outputs already in out_dir for the same checkpoint files, settings and data are reused."""
     out = Path(out_dir)
@@ -124,7 +126,7 @@ def generate_checkpoint(checkpoint_dir: str | Path, eval_cfg: Any, out_dir: str 
             log(f"{generator_name}: outputs in {out} are up to date, reused")
             return {**record, "reused": True}
     with open_generator(str(checkpoint_dir), eval_cfg, seed=seed, precision=precision, device=device,
-                        tensor_parallel_size=tensor_parallel_size) as gen:
+                        tensor_parallel_size=tensor_parallel_size, keep_engine=keep_engine) as gen:
         log(f"{generator_name}: generating with {gen.backend} ({gen.record['backend_reason']})")
         if data.instructions is not None:
             write_json(out / ALPACA_OUTPUTS, alpaca_eval_outputs(gen, data.instructions, generator_name))
@@ -326,10 +328,13 @@ def run_eval_stage(stage_config: dict, out_dir: str | Path, log: Callable[[str],
     judge, context = _judge_for(ev, None, inputs.get("reward_model"), out, device)
     preflight(judge, data, references)
     generation = {}
-    for name in order:  # every generation engine is gone before the judge starts
-        generation[name] = generate_checkpoint(checkpoints[name], ev, out / name, name, data, seed=seed,
-                                               precision=suite.shared.precision, device=device,
-                                               tensor_parallel_size=tp, log=log)
+    try:
+        for name in order:  # one vLLM engine serves every checkpoint of the same shape, reloading weights
+            generation[name] = generate_checkpoint(checkpoints[name], ev, out / name, name, data, seed=seed,
+                                                   precision=suite.shared.precision, device=device,
+                                                   tensor_parallel_size=tp, log=log, keep_engine=True)
+    finally:
+        release_engines()  # every generation engine is gone before the judge starts
     reference_outputs = None
     if data.instructions is not None:
         reference_outputs = read_outputs(ref_file) if ref_file else read_outputs(out / ref_name / ALPACA_OUTPUTS)

@@ -245,7 +245,9 @@ def aggregate_table(table: pd.DataFrame, reference: str = "sft") -> pd.DataFrame
 
 def paper_table(table: pd.DataFrame, judge: str | None, reference: str = "sft") -> pd.DataFrame:
     """This run's algorithms against PPO, beside the paper's figures (labelled as the paper's)."""
-    compared = [a for a in ALGORITHMS if a != comparison.BASELINE]
+    ran = set(table["algorithm"]) if not table.empty else set()
+    # The algorithms this run has beside PPO (ReMax and DPO always get a column: they are the paper's comparison).
+    compared = [a for a in ALGORITHMS if a != comparison.BASELINE and (a in ran or a in ("remax", "dpo"))]
     ratios = {a: ratios_vs_ppo(table, a) for a in compared}
 
     def pct(r, key):

@@ -22,11 +22,13 @@ MIB = 2**20
 
 
 def bench_suite(base: Suite, model: str, iterations: int, device: str | None = None,
-                gradient_checkpointing: bool | None = None) -> Suite:
+                gradient_checkpointing: bool | None = None, rollout_backend: str | None = None) -> Suite:
     data = base.resolved()
-    data["name"] = "bench-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", model)
+    backend = rollout_backend or data["shared"]["rollout_backend"]
+    data["name"] = "bench-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", model) + ("-vllm" if backend == "vllm" else "")
     data["models"] = {**data["models"], "policy": model, "reward": None}
-    data["shared"] = {**data["shared"], "iterations": iterations, "token_budget": None, "heldout_eval_every": 0}
+    data["shared"] = {**data["shared"], "iterations": iterations, "token_budget": None, "heldout_eval_every": 0,
+                      "rollout_backend": backend}
     if gradient_checkpointing is not None:
         data["shared"]["gradient_checkpointing"] = gradient_checkpointing
     # Only what N iterations consume: DPO's one reference pass should not dominate its timing.
@@ -57,12 +59,22 @@ def prepare_initial_models(suite: Suite, out: Path) -> tuple[str, str]:
 
 
 def run_bench(base: Suite, model: str, iterations: int, results_dir: str | Path, chosen=BENCH_ALGORITHMS,
-              device: str | None = None, echo=print, gradient_checkpointing: bool | None = None) -> pd.DataFrame:
+              device: str | None = None, echo=print, gradient_checkpointing: bool | None = None,
+              rollout_backends: tuple[str, ...] | None = None) -> pd.DataFrame:
+    """The chosen algorithms, each in its own process, once per rollout backend (default: the suite's)."""
+    tables = [_run_one_backend(base, model, iterations, results_dir, chosen, device, echo, gradient_checkpointing,
+                               backend) for backend in (rollout_backends or (None,))]
+    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+
+
+def _run_one_backend(base, model, iterations, results_dir, chosen, device, echo, gradient_checkpointing,
+                     backend) -> pd.DataFrame:
     from remax_bench.runner import Runner, StagePlan, algorithm_stage, outcome_table
 
-    suite = bench_suite(base, model, iterations, device, gradient_checkpointing)
+    suite = bench_suite(base, model, iterations, device, gradient_checkpointing, backend)
     runner = Runner(suite, results_dir, echo=echo)
-    echo(f"bench: {model}, {iterations} iterations of {', '.join(chosen)}; results in {runner.root}")
+    echo(f"bench: {model}, {iterations} iterations of {', '.join(chosen)}, rollouts through "
+         f"{suite.shared.rollout_backend}; results in {runner.root}")
     policy_dir, reward_dir = prepare_initial_models(suite, runner.root / "initial")
     seed = suite.seeds[0]
     stages = [StagePlan("sft", seed, given=policy_dir), StagePlan("reward_model", seed, given=reward_dir)]
@@ -81,25 +93,34 @@ def run_bench(base: Suite, model: str, iterations: int, results_dir: str | Path,
 
 def bench_row(algo: str, summary: dict) -> dict:
     split = summary.get("time_split_s") or {}
+    engine = summary.get("rollout_engine") or {"backend": "hf"}
+    time_per_iteration = summary.get("time_per_iteration_s", math.nan)
     return {
         "algorithm": algo,
+        "rollouts": engine["backend"],
         "peak_memory_mib": summary.get("peak_memory_bytes", math.nan) / MIB,
         "model_states_mib": summary.get("model_state_total_bytes", math.nan) / MIB,
-        "time_per_iteration_s": summary.get("time_per_iteration_s", math.nan),
+        "engine_mib": (engine.get("engine_weight_bytes", 0) + engine.get("engine_kv_cache_bytes", 0)) / MIB,
+        "time_per_iteration_s": time_per_iteration,
         "generate_s": split.get("generate", math.nan),
+        "sync_s": split.get("sync", 0.0),
         "score_s": split.get("score", math.nan),
         "train_s": split.get("train", math.nan),
+        "generate_ms_per_token": summary.get("generate_ms_per_token", math.nan),
+        "sync_share": split.get("sync", 0.0) / time_per_iteration if time_per_iteration else math.nan,
+        "engine_start_s": engine.get("engine_start_s", 0.0),
         "tokens_per_second": summary.get("tokens_per_second", math.nan),
         "memory_kind": summary.get("memory_kind", ""),
     }
 
 
-def ratios(table: pd.DataFrame, algorithm: str = "remax") -> dict[str, float]:
-    """One algorithm against PPO: memory saving (share of PPO's) and speed-up (PPO time / its time)."""
+def ratios(table: pd.DataFrame, algorithm: str = "remax", baseline: str = comparison.BASELINE) -> dict[str, float]:
+    """One algorithm against another (PPO by default): memory saving (share of the baseline's) and speed-up
+    (the baseline's time / its time)."""
     by = table.set_index("algorithm")
-    if not {comparison.BASELINE, algorithm} <= set(by.index):
+    if not {baseline, algorithm} <= set(by.index):
         return {}
-    base, other = by.loc[comparison.BASELINE], by.loc[algorithm]
+    base, other = by.loc[baseline], by.loc[algorithm]
     return {
         "peak_memory_saving": comparison.saving(other.peak_memory_mib, base.peak_memory_mib),
         "model_states_saving": comparison.saving(other.model_states_mib, base.model_states_mib),
@@ -112,13 +133,24 @@ def format_bench(table: pd.DataFrame, model: str) -> str:
         return "no algorithm finished; see the logs above"
     shown = table.drop(columns=["memory_kind"]).round(3).to_string(index=False)
     kind = table.memory_kind.iloc[0]
-    lines = [f"model {model}; peak memory is {kind.replace('_', ' ')}; times are per iteration (s)", shown]
-    r = ratios(table)
-    if r:
-        lines += [
-            "",
-            f"ReMax vs PPO: peak memory {r['peak_memory_saving']:+.1%} saved, "
-            f"model states {r['model_states_saving']:+.1%} saved, speed-up {r['speedup']:.2f}x",
-            comparison.PAPER_LINE,
-        ]
+    lines = [f"model {model}; peak memory is {kind.replace('_', ' ')} (a vLLM rollout engine's weights and KV cache "
+             "included: engine_mib); times are per iteration (s), the engine's one-off start-up apart", shown, ""]
+    backends = list(dict.fromkeys(table.rollouts))
+    for backend in backends:
+        r = ratios(table[table.rollouts == backend])
+        if r:
+            lines.append(f"ReMax vs PPO ({backend} rollouts): peak memory {r['peak_memory_saving']:+.1%} saved, "
+                         f"model states {r['model_states_saving']:+.1%} saved, speed-up {r['speedup']:.2f}x")
+    if len(backends) > 1:
+        for algo in dict.fromkeys(table.algorithm):
+            rows = table[table.algorithm == algo].set_index("rollouts")
+            if {"hf", "vllm"} <= set(rows.index):
+                hf, vllm = rows.loc["hf"], rows.loc["vllm"]
+                speedup = comparison.speedup(vllm.time_per_iteration_s, hf.time_per_iteration_s)
+                lines.append(f"{algo}: vllm rollouts {speedup:.2f}x "
+                             f"the speed of hf rollouts per iteration; generation "
+                             f"{hf.generate_ms_per_token / vllm.generate_ms_per_token:.2f}x per token; weight sync "
+                             f"{vllm.sync_share:.1%} of an iteration; engine start-up {vllm.engine_start_s:.1f} s (once)")
+    if any(line.startswith("ReMax vs PPO") for line in lines):
+        lines.append(comparison.PAPER_LINE)
     return "\n".join(lines)

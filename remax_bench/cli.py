@@ -160,8 +160,10 @@ def report(results_dir, suite_name, reports_dir):
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="override the suite's runtime.device")
 @click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=None,
               help="override shared.gradient_checkpointing (the paper trains with it on)")
+@click.option("--rollout-backend", "rollout_backend", default=None,
+              help="hf, vllm or hf,vllm (each algorithm once per backend); default: the suite's shared.rollout_backend")
 @click.option("--results-dir", default="results", show_default=True, type=click.Path(file_okay=False))
-def bench(model, iterations, suite_arg, algorithms, device, gradient_checkpointing, results_dir):
+def bench(model, iterations, suite_arg, algorithms, device, gradient_checkpointing, rollout_backend, results_dir):
     """Every algorithm on the same model and shared settings: peak memory, time per iteration, tokens/s."""
     from transformers.utils import logging as hf_logging
 
@@ -174,8 +176,19 @@ def bench(model, iterations, suite_arg, algorithms, device, gradient_checkpointi
     unknown = set(chosen) - set(BENCH_ALGORITHMS)
     if unknown:
         _fail(f"--algorithms: unknown {sorted(unknown)}; choose from {list(BENCH_ALGORITHMS)}")
-    table = run_bench(_load(suite_arg), model, iterations, results_dir, chosen, device, echo=LiveLine(),
-                      gradient_checkpointing=gradient_checkpointing)
+    backends = None
+    if rollout_backend:
+        backends = tuple(b.strip() for b in rollout_backend.split(",") if b.strip())
+        if not backends or set(backends) - {"hf", "vllm"} or len(set(backends)) != len(backends):
+            _fail(f"--rollout-backend expects hf, vllm or hf,vllm; got {rollout_backend!r}")
+    suite = _load(suite_arg)
+    if backends and "vllm" in backends:
+        from remax_bench.evaluation.generation import vllm_available
+
+        if not vllm_available():
+            _fail("--rollout-backend vllm: the vllm package is not installed (`make install` adds its CPU build)")
+    table = run_bench(suite, model, iterations, results_dir, chosen, device, echo=LiveLine(),
+                      gradient_checkpointing=gradient_checkpointing, rollout_backends=backends)
     click.echo()
     click.echo(format_bench(table, model))
     if len(table) < len(chosen):

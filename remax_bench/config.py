@@ -106,6 +106,10 @@ class Shared(Strict):
                                         description="generated tokens (at the length limit) every algorithm may spend")
     kl_coef: float = Field(default=0.05, ge=0, description="beta: the KL penalty -beta * (log pi - log pi_ref)")
     generation: Generation = Generation()
+    # The engine that generates every online algorithm's rollouts: transformers' generate on the policy
+    # itself, or a vLLM engine in the trainer's process that takes the policy's weights after each optimizer
+    # step (trainers/vllm_rollout.py). The trainer recomputes every log-prob the loss uses, either way.
+    rollout_backend: Literal["hf", "vllm"] = "hf"
     precision: Literal["fp32", "bf16"] = "fp32"
     gradient_checkpointing: bool = False
     reward_clip: Optional[float] = Field(default=5.0, gt=0, description="c: scores (ReMax: r - b) clipped to +-c")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from remax_bench import algorithms
 from remax_bench.config import Suite
 
 DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
@@ -92,6 +93,21 @@ def problems(suite: Suite, stages: list[str] | None = None) -> list[str]:
         if ev.judge.type == "openai" and not os.environ.get(ev.judge.api_key_env):
             found.append(f"eval.judge.api_key_env: the environment variable {ev.judge.api_key_env} is not set "
                          "(the openai judge reads its API key from it)")
+
+    online = [name for name in suite.enabled_algorithms() if algorithms.get(name).online]
+    if suite.shared.rollout_backend == "vllm" and online and planned(*online):
+        from remax_bench.evaluation.generation import cuda_available, vllm_available, vllm_is_cpu_build
+
+        if not vllm_available():
+            found.append("shared.rollout_backend: 'vllm' but the vllm package is not installed (`make install` puts "
+                         "its CPU build on CPU-only machines, the 'gpu' extra the CUDA build); or set it to 'hf'")
+        elif not (vllm_is_cpu_build() or cuda_available()):
+            found.append("shared.rollout_backend: 'vllm' with the CUDA build of vllm but no CUDA device here")
+        if suite.runtime.data_parallel_size > 1:
+            # One engine per rank in each rank's process would need vLLM's external-launcher mode, which shares
+            # the trainer's process group; not built yet.
+            found.append(f"shared.rollout_backend: 'vllm' runs one rank (tensor parallel 1); this suite has "
+                         f"{suite.runtime.data_parallel_size} ranks: use 'hf' for several ranks")
 
     if suite.runtime.device == "cuda":
         import torch

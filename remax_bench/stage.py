@@ -28,7 +28,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from remax_bench import results
+from remax_bench import algorithms, results
 from remax_bench.config import Suite, per_rank_batch
 from remax_bench.metrics import MemoryTracker, PhaseTimer
 
@@ -176,6 +176,11 @@ class StageRun:
         results.write_json(self.dir / "manifest.json", self.manifest("running"))
         self._metrics_file = open(self.dir / "metrics.jsonl", "a", buffering=1)
         seed_everything(self.seed)
+        online = self.stage in algorithms.REGISTRY and algorithms.get(self.stage).online
+        if self.suite.shared.rollout_backend == "vllm" and online:
+            # vLLM's library is imported before the memory baseline, as torch's is: the peak counts the
+            # engine's weights and KV cache, not the size of the library's code.
+            import vllm  # noqa: F401
         self.memory.start()
 
     def log(self, step: int, **metrics: Any) -> None:

@@ -35,11 +35,13 @@ class DeepSpeedEngine:
         optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=suite.shared.weight_decay)
         self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=self.config)
         self.module = self.engine
+        self.steps = 0  # step calls so far (a vLLM rollout engine syncs its weights when this moves)
         TRAINED_ENGINES.append(self)
 
     def step(self, loss: torch.Tensor) -> float:
         self.engine.backward(loss)
         self.engine.step()
+        self.steps += 1
         norm = self.engine.get_global_grad_norm()
         return float(norm) if norm is not None else float("nan")
 

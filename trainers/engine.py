@@ -19,6 +19,7 @@ class TorchEngine:
         self.max_grad_norm = max_grad_norm
         params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
+        self.steps = 0  # optimizer steps taken (a vLLM rollout engine syncs its weights when this moves)
 
     def step(self, loss: torch.Tensor) -> float:
         """Backward, clip, update. Returns the gradient norm before clipping."""
@@ -27,6 +28,7 @@ class TorchEngine:
         params = [p for p in self.module.parameters() if p.grad is not None]
         norm = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm or float("inf"))
         self.optimizer.step()
+        self.steps += 1
         return float(norm)
 
     def state_bytes(self) -> dict[str, int]:

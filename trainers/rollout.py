@@ -14,6 +14,7 @@ the score is first standardised with the running mean and std of all scores seen
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from dataclasses import dataclass
@@ -99,6 +100,7 @@ class OnlineModels:
     reward_tokenizer: object
     same_tokenizer: bool
     reward_function: Callable[[str, str], float] | None = None
+    rollout_engine: object = None  # the RolloutEngine generating for these models (set by it)
 
 
 def load_online_models(run: StageRun) -> OnlineModels:
@@ -218,16 +220,46 @@ class RolloutEngine:
     def __init__(self, run: StageRun, models: OnlineModels):
         self.run, self.models = run, models
         self.moments = RunningMoments() if run.suite.shared.reward_normalize else None
+        # shared.rollout_backend vllm: a vLLM engine in this process generates, and takes the policy's weights
+        # after every optimizer step (trainers/vllm_rollout.py); hf: transformers' generate on the policy itself.
+        self.vllm = None
+        models.rollout_engine = self
+        if run.suite.shared.rollout_backend == "vllm":
+            from trainers.vllm_rollout import VLLMRollouts
+
+            budget = run.suite.matched_budget(run.stage)
+            rows = budget["samples_per_iteration"] + budget["greedy_per_iteration"]  # one generate call's rows
+            self.vllm = VLLMRollouts(run.inputs["sft"], models.tokenizer, run.suite.shared, run.seed,
+                                     max(1, math.ceil(rows / run.world_size)), run.device)
+            self.synced_at = models.policy.steps  # the engine starts from the policy's own checkpoint
+            run.manifest_extra["rollout_engine"] = self.vllm.record()
 
     def generate(self, prompts: list[str], greedy=False) -> SequenceBatch:
         shared, models = self.run.suite.shared, self.models
-        with self.run.timer.phase("generate"):
-            batch = generate(models.policy.module, models.tokenizer, prompts, shared.max_prompt_length,
-                            shared.max_response_length, temperature=shared.generation.temperature,
-                            top_p=shared.generation.top_p, top_k=shared.generation.top_k, greedy=greedy,
-                            synced_gpus=synced_generation(self.run))
+        if self.vllm is not None:
+            if models.policy.steps != self.synced_at:  # the policy moved since the engine last took its weights
+                with self.run.timer.phase("sync"):
+                    # The model itself, not DeepSpeed's wrapper: the engine wants the checkpoint's names.
+                    self.vllm.sync(getattr(models.policy.module, "module", models.policy.module))
+                self.synced_at = models.policy.steps
+            with self.run.timer.phase("generate"):
+                batch = self.vllm.generate(prompts, greedy).to(self.run.device)
+        else:
+            with self.run.timer.phase("generate"):
+                batch = generate(models.policy.module, models.tokenizer, prompts, shared.max_prompt_length,
+                                 shared.max_response_length, temperature=shared.generation.temperature,
+                                 top_p=shared.generation.top_p, top_k=shared.generation.top_k, greedy=greedy,
+                                 synced_gpus=synced_generation(self.run))
         self.run.generated_widths.append(int(batch.response_ids.shape[1]))
         return batch
+
+    def engine_record(self) -> dict:
+        """The rollout engine's figures for the summary: start-up (one-off) and weight syncs."""
+        if self.vllm is None:
+            return {"backend": "hf"}
+        record = self.vllm.record()
+        self.run.manifest_extra["rollout_engine"] = record
+        return record
 
     @torch.no_grad()
     def reward_scores(self, prompts: list[str], batch: SequenceBatch) -> torch.Tensor:
@@ -325,7 +357,7 @@ def online_loop(run: StageRun, models: OnlineModels, step_fn: Callable[[int, lis
         before = gold_reward_of(models.policy.module, models.tokenizer, suite, eval_prompts)
         summary["heldout_gold_reward_before"] = before["heldout_gold_reward"]
     save_every = max(1, iterations // 4)
-    step_times, phase_totals = [], {"generate": 0.0, "score": 0.0, "train": 0.0}
+    step_times, phase_totals = [], {"generate": 0.0, "sync": 0.0, "score": 0.0, "train": 0.0}
     tokens_total = sampled_total = 0
     rewards, last_eval = [], None
     # Prompts per iteration follow shared.rollout_batch_unit (rollout_batch_size / k when it counts samples).
@@ -378,6 +410,9 @@ def online_loop(run: StageRun, models: OnlineModels, step_fn: Callable[[int, lis
         sampled_tokens_per_second=sampled_total / max(sum(step_times), 1e-9),
         generated_tokens=generated,  # every step's, the first included: the quality-per-token denominator
         matched_budget=budget,
+        # Generation cost per generated token (ms), the figure that compares rollout backends.
+        generate_ms_per_token=1000 * phase_totals["generate"] / max(tokens_total, 1),
+        rollout_engine=models.rollout_engine.engine_record() if models.rollout_engine else {"backend": "hf"},
     )
     if synthetic:
         summary.update(last_eval or gold_reward_of(models.policy.module, models.tokenizer, suite, eval_prompts))

@@ -278,10 +278,12 @@ def variance(suite, checkpoint, results_dir, answers, k, repeats, reward, seed):
 @click.option("--greedy-sequential", is_flag=True, help="ReMax: greedy decoding after sampling, not in one batch")
 @click.option("--flash-attention", is_flag=True, help="no s x s attention scores stored")
 @click.option("--peak", type=click.Choice(["phased", "sum"]))
+@click.option("--rollout-backend", "rollout_backend", type=click.Choice(["hf", "vllm"]),
+              help="vllm: a colocated engine's weights and KV cache are resident (default: the suite's, else hf)")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="also write the component table as CSV")
 def estimate(model, reward, suite, paper, algorithms, prompt_length, response_length, batch, precision,
                  gradient_checkpointing, zero_stage, num_gpus, offload_optimizer, offload_params, frozen_zero3,
-                 offload_frozen, greedy_sequential, flash_attention, peak, csv_path):
+                 offload_frozen, greedy_sequential, flash_attention, peak, rollout_backend, csv_path):
     """Analytical GPU memory per algorithm and component (bytes per GPU), and ReMax's saving against PPO."""
     from remax_bench.estimate import EstimateError, EstimateInputs, estimate_table, format_estimate, paper_inputs
 
@@ -289,7 +291,8 @@ def estimate(model, reward, suite, paper, algorithms, prompt_length, response_le
         prompt_length=prompt_length, response_length=response_length, rollout_batch_per_gpu=batch,
         train_batch_per_gpu=batch, precision=precision, gradient_checkpointing=gradient_checkpointing,
         zero_stage=zero_stage, num_gpus=num_gpus, offload_optimizer=offload_optimizer, offload_params=offload_params,
-        frozen_zero3=frozen_zero3, offload_frozen=offload_frozen, peak=peak).items() if v is not None}
+        frozen_zero3=frozen_zero3, offload_frozen=offload_frozen, peak=peak,
+        rollout_backend=rollout_backend).items() if v is not None}
     if greedy_sequential:
         overrides["remax_greedy_batched"] = False
     if flash_attention:

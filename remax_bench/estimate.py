@@ -23,6 +23,9 @@ No-grad scoring forwards hold one layer's intermediate tensors at a time: counte
 Logits: ``b*s*V`` in the activation dtype for the LM head output plus ``b*s*V*4`` for the fp32 log-softmax kept
   for the backward (trained LMs) or used for the log-probs (scoring forwards).
 Generation KV cache: ``2 * layers * kv_heads * head_dim * (prompt + response) * batch * bytes`` (K and V).
+vLLM rollouts (``rollout_backend="vllm"``): the engine holds its own copy of the policy's weights (16-bit when the
+  suite trains in bf16, else fp32) and a KV cache sized for one rollout batch (sampled and greedy rows), both
+  resident for the whole stage, in place of the transient generation cache.
 
 Phases. Model states are always resident. The transient memory of one phase (a label per component: generate,
 one scoring forward per model, the training forward/backward of each trained model) is freed before the next,
@@ -266,6 +269,7 @@ class EstimateInputs:
     rollout_batch_per_gpu: int = 8  # prompts (or sampled answers, see rollout_batch_unit) per rank per iteration
     rollout_batch_unit: str = "prompts"  # shared.rollout_batch_unit: what rollout_batch_per_gpu counts
     samples_per_prompt: dict = field(default_factory=dict)  # k per online algorithm (absent: 1)
+    rollout_backend: str = "hf"  # shared.rollout_backend: hf (generate on the policy) | vllm (a colocated engine)
     train_batch_per_gpu: int = 8  # micro batch of one forward/backward (pairs for DPO and the reward model)
     precision: str = "bf16"  # bf16 | fp32
     gradient_checkpointing: bool = True
@@ -288,6 +292,8 @@ class EstimateInputs:
             raise EstimateError(f"zero_stage must be 0-3; got {self.zero_stage}")
         if self.engine not in ("deepspeed", "torch"):
             raise EstimateError(f"engine must be deepspeed or torch; got {self.engine!r}")
+        if self.rollout_backend not in ("hf", "vllm"):
+            raise EstimateError(f"rollout_backend must be hf or vllm; got {self.rollout_backend!r}")
         if self.peak not in ("phased", "sum"):
             raise EstimateError(f"peak must be phased or sum; got {self.peak!r}")
         if self.offload_params and self.zero_stage != 3:
@@ -329,6 +335,7 @@ class EstimateInputs:
             offload_optimizer=bool(getattr(ds, "offload_optimizer", False)) if use_ds else False,
             offload_params=bool(getattr(ds, "offload_params", False)) if use_ds else False,
             rollout_batch_unit=getattr(shared, "rollout_batch_unit", "prompts"),
+            rollout_backend=getattr(shared, "rollout_backend", "hf"),
             samples_per_prompt={n: suite.samples_per_prompt(n) for n in registry.online()}
             if hasattr(suite, "samples_per_prompt") else {},
         )
@@ -419,7 +426,7 @@ class Estimate:
         """Per model: params, grads, optimizer bytes of this rank (GPU and CPU together), like summary.json."""
         out: dict[str, dict[str, int]] = {}
         for c in self.components:
-            if c.phase == "states":
+            if c.phase == "states" and c.kind in STATE_KINDS and c.model != "rollout_engine":
                 out.setdefault(c.model, {k: 0 for k in STATE_KINDS})[c.kind] += c.gpu_bytes + c.cpu_bytes
         return out
 
@@ -555,7 +562,15 @@ def estimate(model_config: Any, inputs: EstimateInputs, algorithm: str, reward_c
             add(_trained_states("critic", n_rm, inputs))
         add(_frozen_states("reference", n_lm, inputs))
         add(_frozen_states("reward", n_rm, inputs))
-        if greedy and inputs.remax_greedy_batched:
+        if inputs.rollout_backend == "vllm":
+            # A colocated vLLM engine: its weights and its KV cache (one batch of sampled and greedy rows, the
+            # trainers' sizing) stay allocated from the engine's start to the stage's end.
+            rows = gen_b + (prompts if greedy else 0)
+            weight_bytes = 2 if inputs.precision in ("bf16", "fp16") else 4
+            add([Component("rollout_engine", "params", "states", n_lm * weight_bytes, 0, "vLLM's copy of the policy"),
+                 Component("rollout_engine", "kv_cache", "states", int(1.25 * kv_cache_bytes(policy, s, rows, inputs)),
+                           0, "vLLM's KV cache for one rollout batch")])
+        elif greedy and inputs.remax_greedy_batched:
             add([Component("policy", "kv_cache", "generate", kv_cache_bytes(policy, s, gen_b + prompts, inputs), 0,
                            "sampled + greedy in one pass")])
         else:

@@ -21,8 +21,8 @@ COLORS = {"sft": "#7f7f7f", **{a.name: a.color for a in algorithms.REGISTRY.valu
 COMPONENT_COLORS = {"policy": "#9467bd", "reference": "#8c564b", "reward": "#bcbd22", "critic": "#17becf"}
 STATE_KINDS = ("params", "grads", "optimizer")
 KIND_STYLE = {"params": (1.0, ""), "grads": (0.7, "//"), "optimizer": (0.45, "xx")}  # (alpha, hatch)
-PHASES = ("generate", "score", "train")
-PHASE_COLORS = {"generate": "#ff7f0e", "score": "#bcbd22", "train": "#9467bd", "other": "#c7c7c7"}
+PHASES = ("generate", "sync", "score", "train")  # sync: weights into a vLLM rollout engine
+PHASE_COLORS = {"generate": "#ff7f0e", "sync": "#17becf", "score": "#bcbd22", "train": "#9467bd", "other": "#c7c7c7"}
 OTHER_MEMORY = "other (activations, cache, allocator)"
 MEMORY_KIND_TEXT = {
     "cuda_max_allocated": "torch.cuda.max_memory_allocated (GPU, allocator level)",

@@ -215,8 +215,11 @@ def _time_plot(table: pd.DataFrame, path: Path, dpi: int) -> None:
     bottom = np.zeros(len(algos))
     for phase in (*PHASES, "other"):
         values = frame[phase].to_numpy(float)
+        if phase == "sync" and not values.any():
+            continue  # hf rollouts: no engine to sync
         label = {"score": "score (reward + reference forward)", "train": "train (forward + backward + step)",
-                 "other": "other (logging, checkpoints)"}.get(phase, phase)
+                 "other": "other (logging, checkpoints)",
+                 "sync": "sync (weights into the vLLM engine)"}.get(phase, phase)
         ax.bar(xs, values, 0.6, bottom=bottom, color=PHASE_COLORS[phase], label=label, edgecolor="white")
         bottom += values
     if (frame["total_std"] > 0).any():

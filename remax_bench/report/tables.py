@@ -8,6 +8,7 @@ import math
 
 import pandas as pd
 
+from remax_bench import algorithms as registry
 from remax_bench import comparison
 from remax_bench.comparison import PAPER
 from remax_bench.report.load import (
@@ -115,6 +116,10 @@ def summary_table(res: SuiteResults) -> pd.DataFrame:
             "time_per_iteration_s": per_iter,
             **{f"time_{p}_s": v for p, v in phase_times(summary, steps).items()},
             "tokens_per_second": tokens,
+            # Generation time per generated token: what the rollout backend (hf or vllm) costs.
+            "generate_ms_per_token": _num_or_nan(summary.get("generate_ms_per_token")),
+            "rollout_backend": (summary.get("rollout_engine") or {}).get("backend", "hf")
+            if stage in registry.online() else "",
             **_per_token(summary, steps, tokens),
         }
         for comp, kinds in _component_bytes(summary).items():
@@ -223,6 +228,7 @@ AGG_COLUMNS = [
     ("tokens / s", "tokens_per_second"),
     ("generated tokens", "generated_tokens"),
     ("time / 1k generated tokens (s)", "time_per_1k_generated_tokens_s"),
+    ("generation ms / token", "generate_ms_per_token"),
     ("held-out gold gain / 10k generated tokens", "gold_gain_per_10k_tokens"),
     ("win rate vs {ref} (%)", "win_rate_pct"),
     ("MT-bench (1–10)", "mt_bench_score"),

@@ -118,3 +118,58 @@ def test_bench_table_compares_backends():
     text = format_bench(table, "tiny:x")
     assert "remax: vllm rollouts 2.00x the speed of hf rollouts per iteration; generation 4.00x per token; " \
            "weight sync 2.5% of an iteration; engine start-up 3.0 s (once)" in text
+
+
+class _RecordingLLM:
+    """Stands in for vllm.LLM where only CUDA can run it: records the calls, answers every prompt with eos."""
+
+    calls: list = []
+
+    def __init__(self, **kwargs):
+        self.calls.append(("init", kwargs.get("enable_sleep_mode", False)))
+
+    def apply_model(self, fn):
+        return [0]
+
+    def sleep(self, level):
+        self.calls.append(("sleep", level))
+
+    def wake_up(self):
+        self.calls.append(("wake_up",))
+
+    def collective_rpc(self, method, kwargs):
+        self.calls.append((method, len(list(kwargs["weights_iterator"]))))
+
+    def generate(self, prompts, params, use_tqdm=False):
+        self.calls.append(("generate", len(prompts)))
+        eos = params[0].kwargs["stop_token_ids"][0]
+        return [SimpleNamespace(outputs=[SimpleNamespace(token_ids=[eos])]) for _ in prompts]
+
+
+@pytest.mark.parametrize("device, sleeps", [("cuda", True), ("cpu", False)])
+def test_engine_sleeps_between_rollouts_on_cuda_only(tmp_path, monkeypatch, device, sleeps):
+    """vLLM's sleep mode needs CUDA, so this is the seam: the order of the engine calls, on a recording stand-in."""
+    import sys
+
+    from remax_bench.models import save_pretrained
+    from trainers.vllm_rollout import VLLMRollouts
+
+    fake = SimpleNamespace(LLM=_RecordingLLM, SamplingParams=lambda **kw: SimpleNamespace(kwargs=kw))
+    monkeypatch.setitem(sys.modules, "vllm", fake)
+    _RecordingLLM.calls = []
+    model, tokenizer = build_tiny_model("tiny:nano", seed=0)
+    path = save_pretrained(model, tokenizer, tmp_path / "policy")
+    shared = load_suite_text(yaml.safe_dump(_suite_data(rollout_backend="vllm"))).shared
+    engine = VLLMRollouts(str(path), tokenizer, shared, seed=0, rows=2, device=torch.device(device))
+    batch = engine.generate(["a", "b"], greedy=True)
+    engine.sync(model)
+    engine.generate(["a", "b"])
+    n_tensors = len(model.state_dict())
+    if sleeps:
+        assert _RecordingLLM.calls == [("init", True), ("sleep", 1),
+                                       ("wake_up",), ("generate", 2), ("sleep", 1),  # asleep while the trainer trains
+                                       ("wake_up",), ("reload_weights", n_tensors),  # awake: new weights in
+                                       ("generate", 2), ("sleep", 1)]
+    else:
+        assert _RecordingLLM.calls == [("init", False), ("generate", 2), ("reload_weights", n_tensors), ("generate", 2)]
+    assert batch.response_mask.tolist() == [[1.0], [1.0]]  # eos first: one-token answers

@@ -13,9 +13,13 @@ back in the shared layout (SequenceBatch), so every log-prob the loss uses is re
 vLLM's own log-probs are never used.
 
 What needs CUDA: with the CUDA build the same code runs on a GPU (tensor parallel 1: one engine per rank,
-each generating its rank's share). Under ZeRO-3 the weights are gathered layer by layer for the sync
-(``_full_weights``). On CPU one rank is proven (tests/test_vllm.py); several ranks with an engine each need
-vLLM's external-launcher mode and are refused by the preflight (remax_bench/preflight.py).
+each generating its rank's share). There the engine sleeps between rollouts (vLLM's sleep mode, CUDA only:
+weights offloaded to CPU memory, KV cache released), so training, the peak phase, does not carry it; it wakes,
+takes the new weights and generates. That branch is tested at its seam (a recording stand-in for the engine);
+on the CPU build there is no sleep mode and the engine's memory stays allocated. Under ZeRO-3 the weights are
+gathered module by module for the sync (``_full_weights``), proven on the CPU with one rank
+(tests/test_vllm_rollout.py); several ranks with an engine each need vLLM's external-launcher mode and are
+refused by the preflight (remax_bench/preflight.py).
 """
 
 from __future__ import annotations
@@ -109,6 +113,10 @@ class VLLMRollouts:
             "enable_prefix_caching": False,  # cached prefixes would outlive a weight update
             "enforce_eager": True,  # no graph capture or compilation: weights change every step
         }
+        # Sleep between rollouts where vLLM can (CUDA's allocator): the memory goes back while the trainer trains.
+        self.sleeps = device.type == "cuda"
+        if self.sleeps:
+            self.engine_kwargs["enable_sleep_mode"] = True
         start = time.perf_counter()
         # The engine core in this process (not a worker process): the policy's tensors pass by reference.
         before = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
@@ -121,6 +129,8 @@ class VLLMRollouts:
             else:
                 os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = before
         self.start_s = time.perf_counter() - start
+        self.asleep = False
+        self.sleep()
         self.weight_bytes = sum(self.llm.apply_model(_parameter_bytes))
         self.sync_s: list[float] = []
         self.calls = 0
@@ -137,16 +147,29 @@ class VLLMRollouts:
         self.calls += 1
         params = [SamplingParams(**sampling_kwargs(shared, g, self.seed * 1_000_003 + self.calls * 4099 + i,
                                                    tokenizer.eos_token_id)) for i, g in enumerate(flags)]
+        self.wake_up()
         outputs = self.llm.generate([{"prompt_token_ids": r} for r in rows], params, use_tqdm=False)
+        self.sleep()  # until the next rollout: the trainer's forward and backward passes get the memory
         answers = [list(o.outputs[0].token_ids) for o in outputs]
         return to_sequence_batch(prompts, answers, tokenizer.eos_token_id, tokenizer.pad_token_id)
 
     def sync(self, model: torch.nn.Module) -> float:
         """The trained policy's current weights into the engine, in memory; returns the seconds it took."""
         start = time.perf_counter()
+        self.wake_up()  # level-1 sleep keeps the weights in CPU memory: they come back, then are overwritten
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": _full_weights(model)})
         self.sync_s.append(time.perf_counter() - start)
         return self.sync_s[-1]
+
+    def sleep(self) -> None:
+        if self.sleeps and not self.asleep:
+            self.llm.sleep(level=1)  # weights to CPU memory, KV cache released
+            self.asleep = True
+
+    def wake_up(self) -> None:
+        if self.asleep:
+            self.llm.wake_up()
+            self.asleep = False
 
     def record(self) -> dict:
         return {

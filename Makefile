@@ -62,8 +62,8 @@ test-slow: $(STAMP)
 test-multirank: $(STAMP)
 	REMAX_BENCH_MULTIRANK=1 $(PY) -m pytest -q -m multirank
 
-# The real vLLM engine (the CPU build here): greedy answers identical to transformers', prompt trimming, and the
-# eval stage's generation through vLLM. About 1.5 minutes (each engine starts in ~40 s).
+# The real vLLM engine (the CPU build here): greedy answers identical to transformers', prompt trimming, the
+# eval stage's generation through vLLM, and rollouts through vLLM (shared.rollout_backend). About 4 minutes.
 test-vllm: $(STAMP)
 	REMAX_BENCH_VLLM=1 $(PY) -m pytest -q -m vllm
 

@@ -166,7 +166,8 @@ def test_remax_stage_end_to_end_builds_no_value_model(tmp_path, monkeypatch):
     for key in ("heldout_gold_reward", "heldout_gold_reward_before", "final_reward_mean", "time_per_iteration_s",
                 "tokens_per_second"):
         assert isinstance(summary[key], float), key
-    assert summary["iterations"] == 3 and set(summary["time_split_s"]) == {"generate", "score", "train"}
+    assert summary["iterations"] == 3 and set(summary["time_split_s"]) == {"generate", "sync", "score", "train"}
+    assert summary["time_split_s"]["sync"] == 0.0 and summary["rollout_engine"] == {"backend": "hf"}  # no engine
     # the greedy answers are generated but not trained on: counted in tokens/s, not in sampled tokens/s
     assert 0 < summary["sampled_tokens_per_second"] < summary["tokens_per_second"]
 

@@ -129,9 +129,9 @@ class VLLMRollouts:
             else:
                 os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = before
         self.start_s = time.perf_counter() - start
+        self.weight_bytes = sum(self.llm.apply_model(_parameter_bytes))
         self.asleep = False
         self.sleep()
-        self.weight_bytes = sum(self.llm.apply_model(_parameter_bytes))
         self.sync_s: list[float] = []
         self.calls = 0
 

@@ -183,10 +183,10 @@ def bench(model, iterations, suite_arg, algorithms, device, gradient_checkpointi
             _fail(f"--rollout-backend expects hf, vllm or hf,vllm; got {rollout_backend!r}")
     suite = _load(suite_arg)
     if backends and "vllm" in backends:
-        from remax_bench.evaluation.generation import vllm_available
+        from remax_bench.bench import bench_suite
 
-        if not vllm_available():
-            _fail("--rollout-backend vllm: the vllm package is not installed (`make install` adds its CPU build)")
+        # The run's own checks of shared.rollout_backend (vllm installed, a GPU for its CUDA build, one rank).
+        _preflight(bench_suite(suite, model, iterations, device, gradient_checkpointing, "vllm"), chosen)
     table = run_bench(suite, model, iterations, results_dir, chosen, device, echo=LiveLine(),
                       gradient_checkpointing=gradient_checkpointing, rollout_backends=backends)
     click.echo()

@@ -71,6 +71,7 @@ from remax_bench import comparison
 GIB = 1024**3
 ALGORITHMS = (*registry.NAMES, *registry.PREPARATION_STAGES)
 STATE_KINDS = ("params", "grads", "optimizer")
+ENGINE_KV_SLACK = 1.25  # a vLLM rollout engine's KV cache: one batch's blocks, and a quarter more (the trainers' sizing)
 
 
 class EstimateError(ValueError):
@@ -568,7 +569,7 @@ def estimate(model_config: Any, inputs: EstimateInputs, algorithm: str, reward_c
             rows = gen_b + (prompts if greedy else 0)
             weight_bytes = 2 if inputs.precision in ("bf16", "fp16") else 4
             add([Component("rollout_engine", "params", "states", n_lm * weight_bytes, 0, "vLLM's copy of the policy"),
-                 Component("rollout_engine", "kv_cache", "states", int(1.25 * kv_cache_bytes(policy, s, rows, inputs)),
+                 Component("rollout_engine", "kv_cache", "states", int(ENGINE_KV_SLACK * kv_cache_bytes(policy, s, rows, inputs)),
                            0, "vLLM's KV cache for one rollout batch")])
         elif greedy and inputs.remax_greedy_batched:
             add([Component("policy", "kv_cache", "generate", kv_cache_bytes(policy, s, gen_b + prompts, inputs), 0,

@@ -100,7 +100,6 @@ class OnlineModels:
     reward_tokenizer: object
     same_tokenizer: bool
     reward_function: Callable[[str, str], float] | None = None
-    rollout_engine: object = None  # the RolloutEngine generating for these models (set by it)
 
 
 def load_online_models(run: StageRun) -> OnlineModels:
@@ -223,7 +222,6 @@ class RolloutEngine:
         # shared.rollout_backend vllm: a vLLM engine in this process generates, and takes the policy's weights
         # after every optimizer step (trainers/vllm_rollout.py); hf: transformers' generate on the policy itself.
         self.vllm = None
-        models.rollout_engine = self
         if run.suite.shared.rollout_backend == "vllm":
             from trainers.vllm_rollout import VLLMRollouts
 
@@ -232,7 +230,7 @@ class RolloutEngine:
             self.vllm = VLLMRollouts(run.inputs["sft"], models.tokenizer, run.suite.shared, run.seed,
                                      max(1, math.ceil(rows / run.world_size)), run.device)
             self.synced_at = models.policy.steps  # the engine starts from the policy's own checkpoint
-            run.manifest_extra["rollout_engine"] = self.vllm.record()
+            run.manifest_extra["rollout_engine"] = self.vllm.record()  # kept current: the summary reads it too
 
     def generate(self, prompts: list[str], greedy=False) -> SequenceBatch:
         shared, models = self.run.suite.shared, self.models
@@ -242,6 +240,7 @@ class RolloutEngine:
                     # The model itself, not DeepSpeed's wrapper: the engine wants the checkpoint's names.
                     self.vllm.sync(getattr(models.policy.module, "module", models.policy.module))
                 self.synced_at = models.policy.steps
+                self.run.manifest_extra["rollout_engine"] = self.vllm.record()
             with self.run.timer.phase("generate"):
                 batch = self.vllm.generate(prompts, greedy).to(self.run.device)
         else:
@@ -252,14 +251,6 @@ class RolloutEngine:
                                  synced_gpus=synced_generation(self.run))
         self.run.generated_widths.append(int(batch.response_ids.shape[1]))
         return batch
-
-    def engine_record(self) -> dict:
-        """The rollout engine's figures for the summary: start-up (one-off) and weight syncs."""
-        if self.vllm is None:
-            return {"backend": "hf"}
-        record = self.vllm.record()
-        self.run.manifest_extra["rollout_engine"] = record
-        return record
 
     @torch.no_grad()
     def reward_scores(self, prompts: list[str], batch: SequenceBatch) -> torch.Tensor:
@@ -412,7 +403,8 @@ def online_loop(run: StageRun, models: OnlineModels, step_fn: Callable[[int, lis
         matched_budget=budget,
         # Generation cost per generated token (ms), the figure that compares rollout backends.
         generate_ms_per_token=1000 * phase_totals["generate"] / max(tokens_total, 1),
-        rollout_engine=models.rollout_engine.engine_record() if models.rollout_engine else {"backend": "hf"},
+        # The vLLM engine's start-up (one-off), weight syncs and memory; hf rollouts have no engine.
+        rollout_engine=run.manifest_extra.get("rollout_engine", {"backend": "hf"}),
     )
     if synthetic:
         summary.update(last_eval or gold_reward_of(models.policy.module, models.tokenizer, suite, eval_prompts))

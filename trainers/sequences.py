@@ -185,16 +185,22 @@ def generate(
     model.eval()
     sequences = model.generate(**prompts, **kwargs)
     model.train(was_training)
-    prompt_width = prompts["input_ids"].shape[1]
-    response_ids = sequences[:, prompt_width:]
-    response_mask = response_mask_from_ids(response_ids, tokenizer.eos_token_id)
+    response_ids = sequences[:, prompts["input_ids"].shape[1] :]
+    return answers_batch(prompts, response_ids, tokenizer.eos_token_id, tokenizer.pad_token_id)
+
+
+def answers_batch(prompts: dict[str, torch.Tensor], response_ids: torch.Tensor, eos_token_id: int,
+                  pad_token_id: int) -> SequenceBatch:
+    """Left-padded prompts (``encode_prompts``) and generated responses [B, R] in the shared layout; both
+    rollout backends end here. The mask covers each response up to and including its first eos."""
+    response_mask = response_mask_from_ids(response_ids, eos_token_id)
     # Everything after the first eos becomes pad, so later forwards see exactly what was generated.
-    response_ids = torch.where(response_mask.bool(), response_ids, torch.full_like(response_ids, tokenizer.pad_token_id))
+    response_ids = torch.where(response_mask.bool(), response_ids, torch.full_like(response_ids, pad_token_id))
     return SequenceBatch(
         input_ids=torch.cat([prompts["input_ids"], response_ids], dim=1),
         attention_mask=torch.cat([prompts["attention_mask"], response_mask.long()], dim=1),
-        prompt_width=prompt_width,
-        response_mask=response_mask.to(device),
+        prompt_width=prompts["input_ids"].shape[1],
+        response_mask=response_mask.to(response_ids.device),
     )
 
 

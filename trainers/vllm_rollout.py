@@ -32,19 +32,20 @@ from typing import Iterator
 
 import torch
 
-from trainers.sequences import SequenceBatch, encode_prompts, response_mask_from_ids
+from remax_bench.estimate import ENGINE_KV_SLACK
+from trainers.sequences import SequenceBatch, answers_batch, encode_prompts
 
 BLOCK_TOKENS = 16  # vLLM's KV cache block: a sequence's cache is rounded up to whole blocks
 
 
 def kv_cache_bytes(model_config, rows: int, max_tokens: int, dtype_bytes: int) -> int:
     """KV cache for ``rows`` sequences of at most ``max_tokens`` tokens each: keys and values of every
-    layer, rounded up to whole blocks, with a quarter more for the allocator's alignment."""
+    layer, rounded up to whole blocks, with ENGINE_KV_SLACK more for the allocator's alignment."""
     heads = getattr(model_config, "num_key_value_heads", None) or model_config.num_attention_heads
     head_dim = getattr(model_config, "head_dim", None) or model_config.hidden_size // model_config.num_attention_heads
     per_token = 2 * model_config.num_hidden_layers * heads * head_dim * dtype_bytes
     tokens = rows * math.ceil(max_tokens / BLOCK_TOKENS) * BLOCK_TOKENS
-    return int(tokens * per_token * 1.25)
+    return int(tokens * per_token * ENGINE_KV_SLACK)
 
 
 def sampling_kwargs(shared, greedy: bool, seed: int, eos_token_id: int) -> dict:
@@ -69,23 +70,14 @@ def sampling_kwargs(shared, greedy: bool, seed: int, eos_token_id: int) -> dict:
 
 def to_sequence_batch(prompts: dict[str, torch.Tensor], answers: list[list[int]], eos_token_id: int,
                       pad_token_id: int) -> SequenceBatch:
-    """Left-padded prompts (``encode_prompts``) and each row's generated tokens, in the shared layout:
-    responses right-padded to the longest, everything after the first eos made pad and masked, as
-    ``sequences.generate`` leaves them."""
+    """Each row's generated tokens (up to and including eos, as vLLM returns them), right-padded to the longest,
+    then laid out as ``sequences.generate`` lays its answers out. A row shorter than the longest ended at its
+    eos (the only stop), so the pad after it is masked like anything after an eos."""
     width = max(1, max(len(a) for a in answers))
     ids = torch.full((len(answers), width), pad_token_id, dtype=torch.long)
     for row, answer in enumerate(answers):
         ids[row, : len(answer)] = torch.tensor(answer, dtype=torch.long)
-    mask = response_mask_from_ids(ids, eos_token_id)
-    lengths = torch.tensor([len(a) for a in answers]).unsqueeze(-1)
-    mask = mask * (torch.arange(width).unsqueeze(0) < lengths).float()  # rows shorter than the width end there
-    ids = torch.where(mask.bool(), ids, torch.full_like(ids, pad_token_id))
-    return SequenceBatch(
-        input_ids=torch.cat([prompts["input_ids"], ids], dim=1),
-        attention_mask=torch.cat([prompts["attention_mask"], mask.long()], dim=1),
-        prompt_width=prompts["input_ids"].shape[1],
-        response_mask=mask,
-    )
+    return answers_batch(prompts, ids, eos_token_id, pad_token_id)
 
 
 class VLLMRollouts:
@@ -200,8 +192,8 @@ def _full_weights(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
     zero3 = any(hasattr(p, "ds_id") for p in model.parameters())
     for module_name, module in model.named_modules():
         own = list(module.named_parameters(recurse=False))
-        buffers = [(n, b) for n, b in module.named_buffers(recurse=False) if n in module._buffers
-                   and n not in getattr(module, "_non_persistent_buffers_set", set())]
+        buffers = [(n, b) for n, b in module.named_buffers(recurse=False)
+                   if n not in module._non_persistent_buffers_set]  # what state_dict holds
         if not own and not buffers:
             continue
         gather = nullcontext()

@@ -175,10 +175,10 @@ class VLLMRollouts:
         }
 
     def close(self) -> None:
-        from remax_bench.evaluation.generation import _shut_down_vllm
+        from remax_bench.evaluation.generation import shut_down_vllm
 
         self.llm = None
-        _shut_down_vllm()
+        shut_down_vllm()
 
 
 def _parameter_bytes(model: torch.nn.Module) -> int:

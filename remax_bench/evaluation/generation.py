@@ -372,17 +372,19 @@ class VLLMGenerator(Generator):
         kept = self.keep_engine and _ENGINE.get("llm") is self.llm
         self.llm = None
         if not kept:
-            _shut_down_vllm()
+            shut_down_vllm()
 
 
 def release_engines() -> None:
     """End the engine kept between checkpoints (before a judge server needs the memory, or at the end)."""
     if _ENGINE:
         _ENGINE.clear()
-        _shut_down_vllm()
+        shut_down_vllm()
 
 
-def _shut_down_vllm() -> None:
+def shut_down_vllm() -> None:
+    """Free what a dropped vLLM engine held (its parallel state, cached GPU memory); the eval generators and the
+    rollout engine (trainers/vllm_rollout.py) both end their engines here."""
     gc.collect()
     try:
         import torch

@@ -72,42 +72,6 @@ def test_greedy_rollouts_are_the_hf_batches_token_for_token(policy, rollouts):
     assert got.response_mask.sum() > len(PROMPTS)  # real answers
 
 
-def test_bf16_checkpoint_with_a_bos_tokenizer(tmp_path):
-    """The real-checkpoint path: weights saved in bf16 (the trainer holds them in fp32, the engine is built in
-    fp32 from the same file), a BPE tokenizer that adds <s> and a chat template that holds it too: each rollout
-    prompt starts with exactly one BOS, and greedy answers are those of generate on the policy."""
-    import sys
-
-    from remax_bench.models import load_causal_lm
-    from trainers.vllm_rollout import VLLMRollouts
-
-    sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
-    from real_checkpoints import MISTRAL_STYLE_TEMPLATE, llama_style_tokenizer, save_llama
-
-    path = save_llama(tmp_path / "llama-bf16", torch.bfloat16, llama_style_tokenizer(MISTRAL_STYLE_TEMPLATE),
-                      hidden_size=64)
-    sharpened = load_causal_lm(str(path))
-    with torch.no_grad():  # decisive logits, then saved in bf16 again
-        sharpened.lm_head.weight.mul_(12.0)
-    sharpened.to(torch.bfloat16).save_pretrained(path)
-    tokenizer, policy = load_tokenizer(str(path)), load_causal_lm(str(path))
-    assert next(policy.parameters()).dtype == torch.float32
-    shared = _suite().shared
-    engine = VLLMRollouts(str(path), tokenizer, shared, seed=0, rows=len(PROMPTS), device=torch.device("cpu"))
-    try:
-        got = engine.generate(PROMPTS, greedy=True)
-    finally:
-        engine.close()
-    expected = generate(policy, tokenizer, PROMPTS, shared.max_prompt_length, shared.max_response_length, greedy=True)
-    assert engine.engine_kwargs["dtype"] == "float32"
-    assert torch.equal(got.input_ids, expected.input_ids) and torch.equal(got.response_mask, expected.response_mask)
-    assert got.response_mask.sum() > len(PROMPTS)  # real answers, not eos at once
-    bos = tokenizer.bos_token_id
-    for ids, mask in zip(got.input_ids[:, : got.prompt_width], got.attention_mask[:, : got.prompt_width]):
-        prompt = ids[mask.bool()]
-        assert prompt[0] == bos and int((prompt == bos).sum()) == 1
-
-
 def test_sampled_and_greedy_rows_in_one_request_batch(policy, rollouts):
     model, tokenizer, _ = policy
     shared = _suite().shared
@@ -188,3 +152,37 @@ def test_zero3_policy_syncs_gathered_weights(policy, tmp_path):
     assert summary["rollout_engine"]["weight_syncs"] == 1
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["deepspeed_configs"][0]["zero_optimization"]["stage"] == 3
+
+
+def test_bf16_checkpoint_with_a_bos_tokenizer(tmp_path):
+    """The real-checkpoint path: weights saved in bf16 (the trainer holds them in fp32, the engine is built in
+    fp32 from the same file), a BPE tokenizer that adds <s> and a chat template that holds it too: each rollout
+    prompt starts with exactly one BOS, and greedy answers are those of generate on the policy."""
+    import sys
+
+    from remax_bench.models import load_causal_lm
+    from trainers.vllm_rollout import VLLMRollouts
+
+    sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
+    from real_checkpoints import MISTRAL_STYLE_TEMPLATE, llama_style_tokenizer, save_llama
+
+    path = save_llama(tmp_path / "llama-bf16", torch.bfloat16, llama_style_tokenizer(MISTRAL_STYLE_TEMPLATE),
+                      hidden_size=64)
+    sharpened = load_causal_lm(str(path))
+    with torch.no_grad():  # decisive logits, then saved in bf16 again
+        sharpened.lm_head.weight.mul_(12.0)
+    sharpened.to(torch.bfloat16).save_pretrained(path)
+    tokenizer, policy = load_tokenizer(str(path)), load_causal_lm(str(path))
+    assert next(policy.parameters()).dtype == torch.float32
+    shared = _suite().shared
+    # Last in this module: a second in-process engine ending tears down vLLM's process-wide parallel state.
+    engine = VLLMRollouts(str(path), tokenizer, shared, seed=0, rows=len(PROMPTS), device=torch.device("cpu"))
+    got = engine.generate(PROMPTS, greedy=True)
+    expected = generate(policy, tokenizer, PROMPTS, shared.max_prompt_length, shared.max_response_length, greedy=True)
+    assert engine.engine_kwargs["dtype"] == "float32"
+    assert torch.equal(got.input_ids, expected.input_ids) and torch.equal(got.response_mask, expected.response_mask)
+    assert got.response_mask.sum() > len(PROMPTS)  # real answers, not eos at once
+    bos = tokenizer.bos_token_id
+    for ids, mask in zip(got.input_ids[:, : got.prompt_width], got.attention_mask[:, : got.prompt_width]):
+        prompt = ids[mask.bool()]
+        assert prompt[0] == bos and int((prompt == bos).sum()) == 1

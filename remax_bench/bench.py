@@ -127,6 +127,13 @@ def ratios(table: pd.DataFrame, algorithm: str = "remax") -> dict[str, float]:
     }
 
 
+def engine_speedup_bound(generate_s: float, iteration_s: float) -> float:
+    """Amdahl's bound on what a faster rollout engine can buy: the iteration's time over its time without
+    generation. Scoring and training cost the same whatever engine generates the answers."""
+    rest = iteration_s - generate_s
+    return iteration_s / rest if rest > 0 else math.inf
+
+
 def format_bench(table: pd.DataFrame, model: str) -> str:
     if table.empty:
         return "no algorithm finished; see the logs above"
@@ -142,6 +149,10 @@ def format_bench(table: pd.DataFrame, model: str) -> str:
             compared_with_ppo = True
             lines.append(f"ReMax vs PPO ({backend} rollouts): peak memory {r['peak_memory_saving']:+.1%} saved, "
                          f"model states {r['model_states_saving']:+.1%} saved, speed-up {r['speedup']:.2f}x")
+    for row in table[(table.rollouts == "hf") & (table.generate_s > 0)].itertuples():  # DPO generates nothing
+        bound = engine_speedup_bound(row.generate_s, row.time_per_iteration_s)
+        lines.append(f"{row.algorithm} (hf rollouts): generation is {row.generate_s / row.time_per_iteration_s:.1%} "
+                     f"of an iteration: a rollout engine that generated for free would make it {bound:.2f}x faster")
     if len(backends) > 1:
         for algo in dict.fromkeys(table.algorithm):
             rows = table[table.algorithm == algo].set_index("rollouts")

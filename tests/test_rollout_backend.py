@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from remax_bench.bench import bench_row, format_bench
+from remax_bench.bench import bench_row, engine_speedup_bound, format_bench
 from remax_bench.config import SuiteError, load_suite_text
 from remax_bench.estimate import EstimateInputs, estimate
 from remax_bench.models import build_tiny_model
@@ -118,6 +118,10 @@ def test_bench_table_compares_backends():
     text = format_bench(table, "tiny:x")
     assert "remax: vllm rollouts 2.00x the speed of hf rollouts per iteration; generation 4.00x per token; " \
            "weight sync 2.5% of an iteration; engine start-up 3.0 s (once)" in text
+    # Amdahl's bound from the hf row: 2.0 s of a 4.0 s iteration generate, so at most 4.0 / 2.0 = 2x.
+    assert "remax (hf rollouts): generation is 50.0% of an iteration: a rollout engine that generated for free " \
+           "would make it 2.00x faster" in text
+    assert engine_speedup_bound(1.0, 4.0) == 4.0 / 3.0 and engine_speedup_bound(4.0, 4.0) == math.inf
 
 
 class _RecordingLLM:

@@ -65,6 +65,48 @@ def test_trained_models_hold_fp32_master_weights_and_optimizer_states(checkpoint
     assert {p.dtype for p in load_causal_lm(str(path), precision="bf16").parameters()} == {torch.bfloat16}
 
 
+def _layer_forwards(model: torch.nn.Module, gradient_checkpointing: bool) -> int:
+    """How often the first decoder layer starts its forward in one training step through TorchEngine (a
+    checkpointed layer starts it again in the backward pass, stopping once its saved tensors are back)."""
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    engine = TorchEngine(model, learning_rate=1e-3)
+    calls = []
+    model.model.layers[0].register_forward_pre_hook(lambda *_: calls.append(1))
+    ids = torch.tensor([[1, 5, 9, 12, 7, 8]])
+    engine.step(model(input_ids=ids, labels=ids, use_cache=False).loss)
+    return len(calls)
+
+
+def test_gradient_checkpointing_recomputes_on_a_checkpoint_loaded_from_disk(checkpoints):
+    # from_pretrained returns its model in eval mode, where transformers skips checkpointing silently: the
+    # engine puts what it trains in train mode, so the backward pass runs each layer's forward again.
+    assert not load_causal_lm(str(checkpoints["bf16"])).training
+    assert _layer_forwards(load_causal_lm(str(checkpoints["bf16"])), gradient_checkpointing=False) == 1
+    assert _layer_forwards(load_causal_lm(str(checkpoints["bf16"])), gradient_checkpointing=True) == 2
+
+
+def test_rl_policies_train_without_dropout_and_with_the_fused_adamw(checkpoints, tmp_path):
+    from trainers.engine import without_dropout
+
+    model = load_causal_lm(str(checkpoints["bf16"]))
+    model.config.attention_dropout = 0.5
+    for layer in model.model.layers:
+        layer.self_attn.attention_dropout = 0.5
+    model.model.embed_tokens = torch.nn.Sequential(model.model.embed_tokens, torch.nn.Dropout(0.5))
+    engine = TorchEngine(without_dropout(model), learning_rate=1e-3)
+    assert model.training and {layer.self_attn.attention_dropout for layer in model.model.layers} == {0.0}
+    ids = torch.tensor([[1, 5, 9, 12, 7, 8]])
+    with torch.no_grad():  # train mode and no dropout: two forwards give the same log-probs
+        assert torch.equal(model(input_ids=ids).logits, model(input_ids=ids).logits)
+    assert engine.optimizer.defaults["fused"]
+    # The fused kernel's step is AdamW's: one step at lr 1e-3 from zero states moves each weight by ~lr.
+    before = [p.detach().clone() for p in model.parameters()]
+    engine.step(model(input_ids=ids, labels=ids).loss)
+    moved = [(p.detach() - b).abs().max().item() for p, b in zip(model.parameters(), before) if p.grad is not None]
+    assert moved and max(moved) == pytest.approx(1e-3, rel=1e-3)
+
+
 def _changed_fraction(model: torch.nn.Module, lr: float) -> float:
     torch.manual_seed(0)
     before = [p.detach().clone() for p in model.parameters()]

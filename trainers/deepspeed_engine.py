@@ -16,6 +16,7 @@ import torch
 
 from remax_bench.metrics import tensor_bytes
 from remax_bench.stage import ENGINE_CONFIGS, TRAINED_ENGINES
+from trainers.engine import adamw
 
 
 class DeepSpeedEngine:
@@ -32,7 +33,8 @@ class DeepSpeedEngine:
         params = [p for p in model.parameters() if p.requires_grad]
         # A torch optimizer keeps the CPU path free of DeepSpeed's compiled Adam ops; DeepSpeed wraps it
         # in its ZeRO optimizer all the same (states partitioned, optionally offloaded).
-        optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=suite.shared.weight_decay)
+        optimizer = adamw(params, learning_rate, suite.shared.weight_decay)
+        model.train()  # from_pretrained's eval mode would leave gradient checkpointing off
         self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=self.config)
         self.module = self.engine
         self.steps = 0  # step calls so far (a vLLM rollout engine syncs its weights when this moves)

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from remax_bench.models import load_causal_lm, load_tokenizer
 from remax_bench.stage import StageError, StageRun, check_finite, stage_main
 from trainers.data import batches, preference_splits, rank_batches
-from trainers.engine import build_engine, frozen_state_bytes, place_frozen
+from trainers.engine import build_engine, frozen_state_bytes, place_frozen, without_dropout
 from trainers.heldout import gold_reward_of, heldout_prompts, is_synthetic
 from trainers.sequences import encode_pairs, response_logprobs
 
@@ -90,6 +90,7 @@ def train(run: StageRun) -> dict:
     reference_seconds = run.timer.pop().get("score", 0.0)
 
     model = run.record_dtype("policy", load_causal_lm(sft, seed=run.seed).to(run.device))  # fp32 master weights
+    without_dropout(model)
     if suite.shared.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     engine = build_engine(model, suite.shared.learning_rate, suite, run.per_rank("shared.train_batch_size"))

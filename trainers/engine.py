@@ -12,13 +12,34 @@ import torch
 from remax_bench.metrics import model_state_bytes, tensor_bytes
 
 
+def adamw(params: list[torch.Tensor], learning_rate: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW with torch's fused kernel where the device has one (CPU and CUDA), as DeepSpeed's FusedAdam on
+    GPUs: one pass per tensor and no temporaries, where the default multi-tensor step holds a copy of every
+    weight tensor at once (on a 27M-parameter model: 110 MB more at the step, and a 5x slower step on 2 cores)."""
+    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+    return torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay, fused=fused or None)
+
+
+def without_dropout(model: torch.nn.Module) -> torch.nn.Module:
+    """Dropout off, as RLHF trainers do for the policy and critic (TRL, the ReMax authors' scripts): the
+    log-probs of the rollout, of the reference and of the training forward must be those of one function.
+    Llama-family attention reads its own ``attention_dropout`` rather than an nn.Dropout module."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        if isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = 0.0
+    return model
+
+
 class TorchEngine:
     def __init__(self, model: torch.nn.Module, learning_rate: float, weight_decay: float = 0.0,
                  max_grad_norm: float | None = 1.0):
-        self.module = model
+        # from_pretrained hands back a model in eval mode, and gradient checkpointing only acts in train mode.
+        self.module = model.train()
         self.max_grad_norm = max_grad_norm
         params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
+        self.optimizer = adamw(params, learning_rate, weight_decay)
         self.steps = 0  # optimizer steps taken (a vLLM rollout engine syncs its weights when this moves)
 
     def step(self, loss: torch.Tensor) -> float:

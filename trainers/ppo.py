@@ -16,7 +16,7 @@ import torch
 
 from remax_bench.models import load_reward_model
 from remax_bench.stage import StageError, StageRun, check_finite, stage_main
-from trainers.engine import build_engine
+from trainers.engine import build_engine, without_dropout
 from trainers.rollout import RolloutEngine, frozen_states, load_online_models, online_loop, sequence_kl
 from trainers.sequences import SequenceBatch, forward_logits, masked_mean, position_ids, token_logprobs
 
@@ -95,6 +95,7 @@ def train(run: StageRun) -> dict:
     critic_model = run.record_dtype("critic", load_reward_model(run.inputs["reward_model"], seed=run.seed).to(run.device))
     if not hasattr(critic_model, "score"):
         raise StageError("PPO's critic needs a reward model with a `score` head (a *ForSequenceClassification model)")
+    without_dropout(critic_model)
     if suite.shared.gradient_checkpointing:
         critic_model.gradient_checkpointing_enable()
     mini_batch = run.per_rank("shared.train_batch_size")  # this rank's share of each global mini-batch

@@ -25,7 +25,7 @@ import torch
 from remax_bench.data import load_prompts
 from remax_bench.models import load_causal_lm, load_reward_model, load_tokenizer
 from remax_bench.stage import StageError, StageRun, check_finite
-from trainers.engine import build_engine, frozen_state_bytes, place_frozen
+from trainers.engine import build_engine, frozen_state_bytes, place_frozen, without_dropout
 from trainers.heldout import gold_reward_of, heldout_prompts, is_synthetic
 from trainers.sequences import (
     SequenceBatch,
@@ -112,6 +112,7 @@ def load_online_models(run: StageRun) -> OnlineModels:
                          " or shared.reward_function")
     tokenizer = load_tokenizer(sft)
     policy = run.record_dtype("policy", load_causal_lm(sft, seed=run.seed).to(run.device))  # fp32 master weights
+    without_dropout(policy)
     if suite.shared.gradient_checkpointing:
         policy.gradient_checkpointing_enable()
     engine = build_engine(policy, suite.shared.learning_rate, suite, run.per_rank("shared.train_batch_size"))

@@ -23,7 +23,7 @@ from remax_bench.models import (
 )
 from remax_bench.stage import stage_main
 from trainers import remax, sft
-from trainers.engine import TorchEngine
+from trainers.engine import TorchEngine, build_engine
 from trainers.sequences import encode_pairs, generate
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -66,11 +66,10 @@ def test_trained_models_hold_fp32_master_weights_and_optimizer_states(checkpoint
 
 
 def _layer_forwards(model: torch.nn.Module, gradient_checkpointing: bool) -> int:
-    """How often the first decoder layer starts its forward in one training step through TorchEngine (a
-    checkpointed layer starts it again in the backward pass, stopping once its saved tensors are back)."""
-    if gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-    engine = TorchEngine(model, learning_rate=1e-3)
+    """How often the first decoder layer starts its forward in one training step through the engine a suite
+    with shared.gradient_checkpointing builds (a checkpointed layer starts it again in the backward pass,
+    stopping once its saved tensors are back)."""
+    engine = build_engine(model, 1e-3, _suite(gradient_checkpointing=gradient_checkpointing), batch_size=1)
     calls = []
     model.model.layers[0].register_forward_pre_hook(lambda *_: calls.append(1))
     ids = torch.tensor([[1, 5, 9, 12, 7, 8]])
@@ -86,7 +85,7 @@ def test_gradient_checkpointing_recomputes_on_a_checkpoint_loaded_from_disk(chec
     assert _layer_forwards(load_causal_lm(str(checkpoints["bf16"])), gradient_checkpointing=True) == 2
 
 
-def test_rl_policies_train_without_dropout_and_with_the_fused_adamw(checkpoints, tmp_path):
+def test_rl_policies_train_without_dropout_and_with_the_fused_adamw(checkpoints):
     from trainers.engine import without_dropout
 
     model = load_causal_lm(str(checkpoints["bf16"]))

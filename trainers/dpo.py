@@ -91,8 +91,6 @@ def train(run: StageRun) -> dict:
 
     model = run.record_dtype("policy", load_causal_lm(sft, seed=run.seed).to(run.device))  # fp32 master weights
     without_dropout(model)
-    if suite.shared.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
     engine = build_engine(model, suite.shared.learning_rate, suite, run.per_rank("shared.train_batch_size"))
     before = implicit_accuracy(engine.module, tokenizer, eval_rows, suite, run.device, beta, batch_size)
     rng = random.Random(run.seed)

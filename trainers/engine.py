@@ -62,8 +62,11 @@ class TorchEngine:
 
 
 def build_engine(model: torch.nn.Module, learning_rate: float, suite, batch_size: int):
-    """The engine the suite's runtime block asks for."""
+    """The engine the suite's runtime block asks for, with shared.gradient_checkpointing on the model it trains
+    (every trained model comes through here; the engines put it in train mode, where checkpointing acts)."""
     shared = suite.shared
+    if shared.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
     if suite.runtime.deepspeed.enabled:
         from trainers.deepspeed_engine import DeepSpeedEngine  # imported only on the DeepSpeed path
 

@@ -96,8 +96,6 @@ def train(run: StageRun) -> dict:
     if not hasattr(critic_model, "score"):
         raise StageError("PPO's critic needs a reward model with a `score` head (a *ForSequenceClassification model)")
     without_dropout(critic_model)
-    if suite.shared.gradient_checkpointing:
-        critic_model.gradient_checkpointing_enable()
     mini_batch = run.per_rank("shared.train_batch_size")  # this rank's share of each global mini-batch
     critic = build_engine(critic_model, cfg.critic_learning_rate, suite, mini_batch)
     rollouts = RolloutEngine(run, models)

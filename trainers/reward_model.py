@@ -53,8 +53,6 @@ def train(run: StageRun) -> dict:
     train_rows, eval_rows = preference_splits(run, tokenizer, cfg.eval_fraction)
     # The one stage that may start a fresh head (on the SFT model's body); fp32 master weights.
     model = run.record_dtype("reward", load_reward_model(base, seed=run.seed, new_head=True).to(run.device))
-    if suite.shared.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
     engine = build_engine(model, cfg.learning_rate, suite, run.per_rank("reward_model.batch_size"))
     model = engine.module
     accuracy_before = pairwise_accuracy(model, tokenizer, eval_rows, suite, run.device, cfg.batch_size)

@@ -113,8 +113,6 @@ def load_online_models(run: StageRun) -> OnlineModels:
     tokenizer = load_tokenizer(sft)
     policy = run.record_dtype("policy", load_causal_lm(sft, seed=run.seed).to(run.device))  # fp32 master weights
     without_dropout(policy)
-    if suite.shared.gradient_checkpointing:
-        policy.gradient_checkpointing_enable()
     engine = build_engine(policy, suite.shared.learning_rate, suite, run.per_rank("shared.train_batch_size"))
     # Scoring-only models may run in bf16 outright; the trained ones keep fp32 master weights.
     frozen_precision = suite.shared.precision

@@ -51,8 +51,6 @@ def train(run: StageRun) -> dict:
     rows = keep_fitting(run, tokenizer, rows, "data.sft")
     train_rows, eval_rows = split_heldout(rows, cfg.eval_fraction, run.seed)
     model = run.record_dtype("policy", load_causal_lm(suite.models.policy, seed=run.seed).to(run.device))
-    if suite.shared.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
     engine = build_engine(model, cfg.learning_rate, suite, run.per_rank("sft.batch_size"))
     model = engine.module
     loss_before = heldout_loss(model, tokenizer, eval_rows, suite, cfg.batch_size)

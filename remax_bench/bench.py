@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from remax_bench import algorithms, comparison, results
-from remax_bench.config import Suite
+from remax_bench import comparison
+from remax_bench.core import algorithms, results
+from remax_bench.core.config import Suite
 
 BENCH_ALGORITHMS = algorithms.NAMES
 MIB = 2**20
@@ -45,7 +46,7 @@ def bench_suite(base: Suite, model: str, iterations: int, device: str | None = N
 
 def prepare_initial_models(suite: Suite, out: Path) -> tuple[str, str]:
     """The starting policy and the reward model, saved as HF directories (built once, seeded)."""
-    from remax_bench.models import load_causal_lm, load_reward_model, load_tokenizer, save_pretrained
+    from remax_bench.core.models import load_causal_lm, load_reward_model, load_tokenizer, save_pretrained
 
     seed = suite.seeds[0]
     policy_dir, reward_dir = out / "policy", out / "reward_model"

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from statistics import mean
 
-from remax_bench import algorithms, comparison, results
+from remax_bench import comparison
+from remax_bench.core import algorithms, results
 
 
 @dataclass
@@ -233,7 +234,7 @@ def run_check(results_dir: str | Path, baseline_path: str | Path | None = None, 
         raise CheckError(f"no complete stages with figures under {suite_dir}{hint}", code=1)
     suite = suite_dir.resolve().name
     if baseline_path is None:
-        from remax_bench.config import SUITES_DIR
+        from remax_bench.core.config import SUITES_DIR
 
         baseline_path = SUITES_DIR / "baselines" / f"{suite}.json"
     notes = []

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from remax_bench import __version__
-from remax_bench.algorithms import NAMES as ALGORITHM_NAMES
+from remax_bench.core.algorithms import NAMES as ALGORITHM_NAMES
 
 USAGE_ERROR = 2
 
@@ -20,7 +20,8 @@ def _fail(message: str, code: int = USAGE_ERROR):
 
 
 def _load(suite_arg: str):
-    from remax_bench.config import SuiteError, load_suite
+    from remax_bench.core.config import SuiteError
+    from remax_bench.core.suite_file import load_suite
 
     try:
         return load_suite(suite_arg)
@@ -91,7 +92,7 @@ def main():
                    "for a suite written here to run on a GPU cluster")
 def validate(suite, table, config_only):
     """Check SUITE (a YAML path or a name in suites/) and print the resolved config."""
-    from remax_bench.config import to_yaml
+    from remax_bench.core.suite_file import to_yaml
 
     loaded = _load(suite)
     if not config_only:
@@ -99,7 +100,7 @@ def validate(suite, table, config_only):
     if table:
         import pandas as pd
 
-        from remax_bench.algorithms import hyperparameter_table
+        from remax_bench.core.algorithms import hyperparameter_table
 
         click.echo(pd.DataFrame(hyperparameter_table(loaded)).to_string(index=False))
     else:
@@ -234,7 +235,7 @@ def check(results_dir, baseline_path, update_baseline, reproduce):
 def variance(suite, checkpoint, results_dir, answers, k, repeats, reward, seed):
     """Variance of the policy-gradient estimate under no baseline, ReMax's greedy baseline, the group mean,
     GRPO and RLOO, at equal generated answers; writes RESULTS_DIR/<suite>/variance/ (the report shows it)."""
-    from remax_bench.rewards import RewardFunctionError
+    from remax_bench.core.rewards import RewardFunctionError
     from remax_bench.variance import run_variance
 
     loaded = _load(suite)
@@ -299,7 +300,7 @@ def estimate(model, reward, suite, paper, algorithms, prompt_length, response_le
         overrides["flash_attention"] = True
     try:
         if suite:
-            from remax_bench.config import load_suite
+            from remax_bench.core.suite_file import load_suite
 
             loaded = load_suite(suite)
             if any(k in overrides for k in ("zero_stage", "num_gpus", "offload_optimizer", "offload_params")):

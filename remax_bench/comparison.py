@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from remax_bench.algorithms import BASELINE
+from remax_bench.core.algorithms import BASELINE
 
 # The paper's own figures, always shown as the paper's (Li et al. 2023, "ReMax: A Simple, Effective, and
 # Efficient Reinforcement Learning Method for Aligning Large Language Models").

@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from remax_bench import algorithms
-from remax_bench.config import Suite
+from remax_bench.core import algorithms
+from remax_bench.core.config import Suite
 
 DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 NAMED_SOURCES = ("synthetic", "default")
@@ -26,7 +26,7 @@ def _offline() -> bool:
 
 
 def _model_problem(field: str, spec: str) -> str | None:
-    from remax_bench.models import TINY_PREFIX, ModelSpecError, tiny_config
+    from remax_bench.core.models import TINY_PREFIX, ModelSpecError, tiny_config
 
     if spec.startswith(TINY_PREFIX):
         try:

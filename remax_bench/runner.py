@@ -32,10 +32,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from remax_bench import algorithms, results
-from remax_bench.config import Suite
+from remax_bench.core import algorithms, results
+from remax_bench.core.config import Suite
 
-# The module each stage runs as (``python -m <module>``); every one ends in remax_bench.stage.stage_main.
+# The module each stage runs as (``python -m <module>``); every one ends in remax_bench.core.stage.stage_main.
 STAGE_MODULES = {"sft": "trainers.sft", "reward_model": "trainers.reward_model",
                  **{a.name: a.module for a in algorithms.REGISTRY.values()}, "eval": "remax_bench.evaluation.stage"}
 
@@ -161,7 +161,7 @@ class Runner:
         out = str(self.final_dir(item.key))
         runtime = self.suite.runtime
         if runtime.deepspeed.enabled and (runtime.num_gpus > 1 or runtime.num_nodes > 1) and item.stage != "eval":
-            from remax_bench.deepspeed_config import launch_command
+            from remax_bench.core.deepspeed_config import launch_command
 
             return launch_command(item.module, str(self.config_path(item)), out, runtime)
         return [self.python, "-m", item.module, "--config", str(self.config_path(item)), "--out", out]
@@ -170,7 +170,7 @@ class Runner:
     def why_run(self, item: StagePlan, config: dict, rerun: set[str] = frozenset()) -> str | None:
         """None when the stage's complete result matches its config and inputs; else why it must run."""
         final = self.final_dir(item.key)
-        from remax_bench.stage import config_hash
+        from remax_bench.core.stage import config_hash
 
         if results.is_complete(final):
             manifest = results.read_json(final / "manifest.json")

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from remax_bench.rewards import load_reward_function, score_all
+from remax_bench.core.rewards import load_reward_function, score_all
 from trainers.sequences import decode_responses, generate, response_logprobs
 
 EPS = 1e-6
@@ -163,8 +163,8 @@ def run_variance(suite, checkpoint: str, out: Path, *, answers: int = 32, k: int
     variance.csv and variance.png into ``out``."""
     import pandas as pd
 
-    from remax_bench.data import load_prompts
-    from remax_bench.models import load_causal_lm, load_tokenizer
+    from remax_bench.core.data import load_prompts
+    from remax_bench.core.models import load_causal_lm, load_tokenizer
 
     torch.manual_seed(seed)
     shared = suite.shared

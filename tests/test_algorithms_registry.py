@@ -5,8 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from remax_bench import algorithms
-from remax_bench.config import Suite, load_suite
+from remax_bench.core import algorithms
+from remax_bench.core.config import Suite
+from remax_bench.core.suite_file import load_suite
 from remax_bench.runner import plan
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -3,15 +3,8 @@ import json
 import pytest
 import yaml
 
-from remax_bench.config import (
-    SUITES_DIR,
-    Suite,
-    SuiteError,
-    load_suite,
-    load_suite_text,
-    resolve_suite_path,
-    to_yaml,
-)
+from remax_bench.core.config import SUITES_DIR, Suite, SuiteError
+from remax_bench.core.suite_file import load_suite, load_suite_text, resolve_suite_path, to_yaml
 
 TINY = (SUITES_DIR / "tiny.yaml").read_text()
 

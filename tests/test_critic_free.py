@@ -10,9 +10,9 @@ import pytest
 import torch
 import yaml
 
-from remax_bench.config import load_suite_text
-from remax_bench.models import load_causal_lm, load_reward_model, load_tokenizer, save_pretrained
-from remax_bench.stage import stage_main
+from remax_bench.core.models import load_causal_lm, load_reward_model, load_tokenizer, save_pretrained
+from remax_bench.core.stage import stage_main
+from remax_bench.core.suite_file import load_suite_text
 from trainers import grpo, reinforce, reinforce_pp, remax, rloo
 from trainers.critic_free import group_mean, policy_gradient_loss, returns_to_go
 from trainers.grpo import grpo_advantages, grpo_loss, k3_kl
@@ -183,7 +183,7 @@ def test_grpo_with_several_mini_batches_and_epochs_takes_a_step_each(tmp_path, o
 
 
 def test_remax_with_k_answers_shares_one_greedy_answer_per_prompt(tmp_path):
-    from remax_bench.stage import StageRun
+    from remax_bench.core.stage import StageRun
     from trainers.rollout import RolloutEngine, load_online_models
 
     config = json.loads(_stage_config(tmp_path, "remax", {"samples_per_prompt": 3}).read_text())

@@ -4,8 +4,8 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
-from remax_bench.data import DataError, load_preferences, load_prompts, load_sft
-from remax_bench.task import SyntheticTask, gold_score
+from remax_bench.core.data import DataError, load_preferences, load_prompts, load_sft
+from remax_bench.core.task import SyntheticTask, gold_score
 
 # The loader is duck-typed: any object with these attributes will do (the suite's DataSource is one).
 SYN = {"seed": 7, "tasks": None, "n_sft": 20, "n_pairs": 10, "n_prompts": 15, "n_eval": 5, "demo_noise": 0.5}
@@ -53,7 +53,7 @@ def test_synthetic_sources_use_the_configured_sizes_and_task():
 
 
 def test_the_suite_config_objects_fit_the_loader():
-    config = pytest.importorskip("remax_bench.config")
+    config = pytest.importorskip("remax_bench.core.config")
     rows = load_prompts(config.DataSource(source="synthetic"), config.SyntheticData(n_prompts=4), "train")
     assert len(rows) == 4
 

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from remax_bench.deepspeed_config import (
+from remax_bench.core.deepspeed_config import (
     DEFAULT_MASTER_PORT,
     deepspeed_config,
     free_port,
@@ -188,7 +188,7 @@ WORKER = textwrap.dedent(
     import torch
     import deepspeed
     from transformers import LlamaConfig, LlamaForCausalLM
-    from remax_bench.deepspeed_config import deepspeed_config, init_distributed_single_process
+    from remax_bench.core.deepspeed_config import deepspeed_config, init_distributed_single_process
 
     backend = init_distributed_single_process()
     conf = LlamaConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,

@@ -10,10 +10,7 @@ from click.testing import CliRunner
 
 from remax_bench.estimate import (
     GIB,
-    KNOWN_MODELS,
-    EstimateError,
     EstimateInputs,
-    ModelShape,
     compare_measured,
     estimate,
     estimate_table,
@@ -23,9 +20,9 @@ from remax_bench.estimate import (
     logits_bytes,
     paper_inputs,
     remax_saving,
-    resolve_model,
     training_activation_bytes,
 )
+from remax_bench.model_shapes import KNOWN_MODELS, EstimateError, ModelShape, resolve_model
 
 # A shape small enough to count by hand: h=64, 2 layers, 4 heads (head_dim 16), MLP 128, vocab 100.
 #   layer: attention 4*64*64 = 16384, MLP 3*64*128 = 24576, norms 2*64 = 128 -> 41088; x2 = 82176
@@ -90,7 +87,7 @@ def test_counts_match_real_transformers_models():
 
 
 def test_tiny_spec_counts_the_built_model():
-    from remax_bench.models import build_tiny_model
+    from remax_bench.core.models import build_tiny_model
 
     model, _ = build_tiny_model("tiny:nano,num_hidden_layers=3", seed=0)
     assert resolve_model("tiny:nano,num_hidden_layers=3").num_params() == _hf_count(model)
@@ -195,7 +192,7 @@ def test_k_answers_per_prompt_scale_generation_unless_samples_are_held_equal():
 
 
 def test_estimate_inputs_read_k_from_the_suite():
-    from remax_bench.config import load_suite
+    from remax_bench.core.suite_file import load_suite
 
     inputs = EstimateInputs.from_suite(load_suite("tiny_family"))
     assert inputs.rollout_batch_unit == "samples"
@@ -288,7 +285,7 @@ def test_inputs_from_suite_place_the_frozen_models_as_the_trainers_do():
     suite.runtime.deepspeed.frozen_models = "zero3_offload"
     inputs = EstimateInputs.from_suite(suite)
     assert inputs.shard_frozen and inputs.offload_frozen
-    config = pytest.importorskip("remax_bench.config")
+    config = pytest.importorskip("remax_bench.core.suite_file")
     paper = EstimateInputs.from_suite(config.load_suite("7b_comparison"))
     assert (paper.zero_stage, paper.shard_frozen, paper.offload_frozen) == (2, True, True)
 
@@ -301,7 +298,7 @@ def test_inputs_from_suite_use_the_trainers_split_rule():
 
 
 def test_inputs_from_the_tiny_suite():
-    config = pytest.importorskip("remax_bench.config")
+    config = pytest.importorskip("remax_bench.core.suite_file")
     suite = config.load_suite("tiny")
     inputs = EstimateInputs.from_suite(suite)
     assert inputs.seq_len == suite.shared.max_prompt_length + suite.shared.max_response_length
@@ -313,8 +310,8 @@ def test_compare_measured_against_real_model_states():
     """A tiny PPO's exact model states (torch engine, fp32) against the estimate."""
     from transformers import LlamaForCausalLM, LlamaForSequenceClassification
 
-    from remax_bench.metrics import model_state_bytes
-    from remax_bench.models import tiny_config
+    from remax_bench.core.metrics import model_state_bytes
+    from remax_bench.core.models import tiny_config
 
     spec = "tiny:nano"
     config = tiny_config(spec)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from remax_bench.core.task import SyntheticTask, gold_score
 from remax_bench.evaluation import data as eval_data
 from remax_bench.evaluation.alpaca import length_controlled
 from remax_bench.evaluation.common import EvalDataError
@@ -18,7 +19,6 @@ from remax_bench.evaluation.data import (
     mt_bench_reference_answers,
 )
 from remax_bench.evaluation.stats import bootstrap_cluster_mean_ci, bootstrap_mean_ci
-from remax_bench.task import SyntheticTask, gold_score
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -3,6 +3,7 @@ FastChat conversation template), two-turn MT-bench answers, the backend choice."
 
 import pytest
 
+from remax_bench.core.models import build_tiny_model, byte_tokenizer, save_pretrained
 from remax_bench.evaluation.common import EvalConfigError
 from remax_bench.evaluation.generation import (
     GenerationSettings,
@@ -14,7 +15,6 @@ from remax_bench.evaluation.generation import (
     mt_bench_turns,
     resolve_backend,
 )
-from remax_bench.models import build_tiny_model, byte_tokenizer, save_pretrained
 
 QUESTIONS = [
     {"question_id": 1, "category": "reverse", "turns": ["Reverse: abc", "Uppercase: abc"]},

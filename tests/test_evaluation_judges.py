@@ -15,19 +15,11 @@ from remax_bench.evaluation.alpaca import judge_alpaca_eval
 from remax_bench.evaluation.cache import JudgmentCache
 from remax_bench.evaluation.common import EvalError
 from remax_bench.evaluation.data import judge_prompts, mt_bench_questions, mt_bench_reference_answers
-from remax_bench.evaluation.judges import (
-    GoldJudge,
-    OpenAIJudge,
-    PairwiseItem,
-    RewardModelJudge,
-    SingleItem,
-    VLLMLocalJudge,
-    parse_pairwise,
-    parse_rating,
-    reward_to_rating,
-)
+from remax_bench.evaluation.judges import GoldJudge, RewardModelJudge, reward_to_rating
+from remax_bench.evaluation.llm_judges import OpenAIJudge, VLLMLocalJudge, parse_pairwise, parse_rating
 from remax_bench.evaluation.mt_bench import judge_mt_bench
 from remax_bench.evaluation.server import ManagedServer, vllm_serve_command
+from remax_bench.evaluation.verdicts import PairwiseItem, SingleItem
 
 FIXTURES = Path(__file__).parent / "fixtures"
 sys.path.insert(0, str(FIXTURES))
@@ -187,9 +179,9 @@ def test_missing_key_is_a_clear_error(monkeypatch):
 
 def test_key_never_written_to_any_file(key, tmp_path):
     """A 401 whose message echoes the key, a re-run from the cache: the key string is in no written file."""
-    from remax_bench.config import Eval
+    from remax_bench.core.config import Eval
+    from remax_bench.core.models import build_tiny_model, save_pretrained
     from remax_bench.evaluation import evaluate_checkpoint
-    from remax_bench.models import build_tiny_model, save_pretrained
 
     checkpoint = save_pretrained(*build_tiny_model("tiny:nano", 0), tmp_path / "ckpt")
     ev = Eval.model_validate({
@@ -313,13 +305,13 @@ def test_vllm_local_judge_end_to_end_against_a_stand_in_server(tmp_path, monkeyp
 def test_vllm_generator_builds_engine_and_sampling_arguments(tmp_path, monkeypatch):
     """The vLLM backend against a stand-in ``vllm`` module: the exact LLM / SamplingParams kwargs, token-id
     prompts, and one engine per checkpoint."""
-    from remax_bench.config import Eval
+    from remax_bench.core.config import Eval
+    from remax_bench.core.models import build_tiny_model, save_pretrained
     from remax_bench.evaluation import generation
-    from remax_bench.models import build_tiny_model, save_pretrained
 
     checkpoint = save_pretrained(*build_tiny_model("tiny:nano", 0), tmp_path / "ckpt")
     calls = {"llm": [], "sampling": [], "generate": []}
-    from remax_bench.models import load_tokenizer
+    from remax_bench.core.models import load_tokenizer
 
     gen_tokenizer = [load_tokenizer(str(checkpoint))]  # the stand-in engine answers in the checkpoint's tokens
 
@@ -380,7 +372,7 @@ def test_gold_judge_ties_single_grades_and_foreign_instructions():
 
 
 def test_reward_model_judge_scores_are_padding_invariant_and_mapped_to_1_10(tmp_path):
-    from remax_bench.models import byte_tokenizer, load_reward_model, save_pretrained
+    from remax_bench.core.models import byte_tokenizer, load_reward_model, save_pretrained
 
     save_pretrained(load_reward_model("tiny:nano", seed=3, new_head=True), byte_tokenizer(), tmp_path / "rm")
     judge = RewardModelJudge(str(tmp_path / "rm"), batch_size=4)
@@ -399,7 +391,7 @@ def test_reward_model_judge_scores_are_padding_invariant_and_mapped_to_1_10(tmp_
 
 
 def test_build_judge_from_the_suite_block(tmp_path):
-    from remax_bench.config import Judge
+    from remax_bench.core.config import Judge
     from remax_bench.evaluation import build_judge
 
     assert isinstance(build_judge(Judge(type="gold")), GoldJudge)
@@ -468,7 +460,7 @@ def test_alpaca_eval_pairs_go_through_alpaca_evals_own_annotator(monkeypatch, tm
     127.0.0.1: the server must see exactly alpaca_eval's requests, and the weighted preferences come back."""
     import alpaca_eval
 
-    from remax_bench.config import Judge
+    from remax_bench.core.config import Judge
     from remax_bench.evaluation.alpaca import judge_alpaca_eval
 
     monkeypatch.setenv(KEY_ENV, "sk-alpaca-test")

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from remax_bench.config import load_suite_text
+from remax_bench.core.models import build_tiny_model, byte_tokenizer, load_reward_model, save_pretrained
+from remax_bench.core.suite_file import load_suite_text
+from remax_bench.core.task import gold_score, true_answer
 from remax_bench.evaluation import EvalConfigError, EvalDataError, evaluate_checkpoint, run_eval_stage
 from remax_bench.evaluation.__main__ import main as cli_main
-from remax_bench.models import build_tiny_model, byte_tokenizer, load_reward_model, save_pretrained
-from remax_bench.task import gold_score, true_answer
 
 FIXTURES = Path(__file__).parent / "fixtures"
 EVAL = {"enabled": True, "backend": "hf", "reference": "sft",
@@ -152,7 +152,7 @@ def test_reward_model_judge_through_the_stage(tmp_path, checkpoints):
 
 
 def test_evaluate_checkpoint_without_reference_and_with_a_reference_file(tmp_path, checkpoints):
-    from remax_bench.config import Eval
+    from remax_bench.core.config import Eval
 
     ev = Eval.model_validate({**EVAL, "mt_bench": {"enabled": False}})
     row = evaluate_checkpoint(checkpoints / "remax", ev, tmp_path / "a", generator_name="remax")
@@ -169,8 +169,8 @@ def test_evaluate_checkpoint_without_reference_and_with_a_reference_file(tmp_pat
 
 
 def test_stage_entry_point_writes_the_results_layout(tmp_path, checkpoints):
+    from remax_bench.core.stage import stage_main
     from remax_bench.evaluation.stage import evaluate
-    from remax_bench.stage import stage_main
 
     _, path = _stage_config(tmp_path, checkpoints, names=("sft", "remax"))
     final = tmp_path / "results" / "nano" / "eval" / "seed0"

@@ -2,7 +2,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-from remax_bench.models import (
+from remax_bench.core.models import (
     ModelSpecError,
     build_tiny_model,
     byte_tokenizer,

@@ -15,9 +15,9 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from remax_bench.config import load_suite
-from remax_bench.deepspeed_config import free_port
-from remax_bench.models import load_causal_lm
+from remax_bench.core.deepspeed_config import free_port
+from remax_bench.core.models import load_causal_lm
+from remax_bench.core.suite_file import load_suite
 from remax_bench.runner import Runner, plan
 
 pytestmark = [pytest.mark.multirank, pytest.mark.timeout(900)]
@@ -147,7 +147,7 @@ import os
 import time
 
 from trainers import sft
-from remax_bench.stage import stage_main
+from remax_bench.core.stage import stage_main
 
 _loss, _calls = sft.sft_loss, [0]
 

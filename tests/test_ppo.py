@@ -8,9 +8,9 @@ import pytest
 import torch
 import yaml
 
-from remax_bench.config import load_suite_text
-from remax_bench.models import load_causal_lm, load_reward_model, load_tokenizer, save_pretrained
-from remax_bench.stage import stage_main
+from remax_bench.core.models import load_causal_lm, load_reward_model, load_tokenizer, save_pretrained
+from remax_bench.core.stage import stage_main
+from remax_bench.core.suite_file import load_suite_text
 from trainers import ppo, remax
 from trainers.ppo import critic_values, gae, ppo_policy_loss, ppo_value_loss, whiten
 from trainers.sequences import SequenceBatch, encode_pairs, sequence_scores

@@ -11,8 +11,7 @@ import pytest
 import torch
 import yaml
 
-from remax_bench.config import load_suite_text
-from remax_bench.models import (
+from remax_bench.core.models import (
     ModelSpecError,
     format_prompt,
     load_causal_lm,
@@ -21,7 +20,8 @@ from remax_bench.models import (
     save_pretrained,
     tokenize_prompts,
 )
-from remax_bench.stage import stage_main
+from remax_bench.core.stage import stage_main
+from remax_bench.core.suite_file import load_suite_text
 from trainers import remax, sft
 from trainers.engine import TorchEngine, build_engine
 from trainers.sequences import encode_pairs, generate

@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from remax_bench import check
-from remax_bench.config import load_suite
-from remax_bench.stage import stage_main
+from remax_bench.core.stage import stage_main
+from remax_bench.core.suite_file import load_suite
 from trainers import remax
 
 

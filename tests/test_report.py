@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from remax_bench import report
-from remax_bench.config import load_suite
+from remax_bench.core.suite_file import load_suite
 
 MIB = 2**20
 SUITE = load_suite("tiny").resolved()

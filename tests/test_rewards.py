@@ -7,9 +7,10 @@ import sys
 import pytest
 import yaml
 
-from remax_bench import task
-from remax_bench.config import SUITES_DIR, SuiteError, load_suite_text
-from remax_bench.rewards import RewardFunctionError, load_reward_function, score_all
+from remax_bench.core import task
+from remax_bench.core.config import SUITES_DIR, SuiteError
+from remax_bench.core.rewards import RewardFunctionError, load_reward_function, score_all
+from remax_bench.core.suite_file import load_suite_text
 from remax_bench.runner import plan
 
 FAMILY = (SUITES_DIR / "tiny_family.yaml").read_text()
@@ -38,9 +39,9 @@ def test_gold_is_the_task_scorer_and_a_user_function_loads_by_import_path(tmp_pa
 @pytest.mark.parametrize("spec,message", [
     ("gold_score", "expected 'gold' or an import path 'pkg.module:function'"),
     ("no_such_module_xyz:score", "cannot import module 'no_such_module_xyz'"),
-    ("remax_bench.task:no_such_function", "module 'remax_bench.task' has no 'no_such_function'"),
-    ("remax_bench.task:TASKS", "is a list, not a function"),
-    ("remax_bench.task:true_answer", r"must accept two positional arguments \(prompt: str, response: str\); its "
+    ("remax_bench.core.task:no_such_function", "module 'remax_bench.core.task' has no 'no_such_function'"),
+    ("remax_bench.core.task:TASKS", "is a list, not a function"),
+    ("remax_bench.core.task:true_answer", r"must accept two positional arguments \(prompt: str, response: str\); its "
                                      r"signature is true_answer\(prompt"),
 ])
 def test_unusable_reward_functions_are_named_in_the_suite_error(spec, message):
@@ -78,7 +79,7 @@ def test_the_plan_trains_no_reward_model_when_nothing_reads_it():
 
 
 def test_shipped_true_reward_suite_plans_no_reward_model():
-    from remax_bench.config import load_suite
+    from remax_bench.core.suite_file import load_suite
 
     suite = load_suite("tiny_family_gold")
     assert suite.shared.reward_function == "gold" and not suite.needs_reward_model_stage()
@@ -100,7 +101,7 @@ def test_budget_errors_name_the_field():
 
 
 def test_a_stage_trains_on_the_gold_reward_without_a_reward_model(tmp_path, one_torch_thread):
-    from remax_bench.stage import stage_main
+    from remax_bench.core.stage import stage_main
     from tests.test_critic_free import _stage_config
     from trainers import grpo
 

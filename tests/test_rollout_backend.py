@@ -12,9 +12,10 @@ import torch
 import yaml
 
 from remax_bench.bench import bench_row, engine_speedup_bound, format_bench
-from remax_bench.config import SuiteError, load_suite_text
+from remax_bench.core.config import SuiteError
+from remax_bench.core.models import build_tiny_model
+from remax_bench.core.suite_file import load_suite_text
 from remax_bench.estimate import EstimateInputs, estimate
-from remax_bench.models import build_tiny_model
 from trainers.sequences import encode_prompts, generate
 from trainers.vllm_rollout import BLOCK_TOKENS, kv_cache_bytes, sampling_kwargs, to_sequence_batch
 
@@ -155,7 +156,7 @@ def test_engine_sleeps_between_rollouts_on_cuda_only(tmp_path, monkeypatch, devi
     """vLLM's sleep mode needs CUDA, so this is the seam: the order of the engine calls, on a recording stand-in."""
     import sys
 
-    from remax_bench.models import save_pretrained
+    from remax_bench.core.models import save_pretrained
     from trainers.vllm_rollout import VLLMRollouts
 
     fake = SimpleNamespace(LLM=_RecordingLLM, SamplingParams=lambda **kw: SimpleNamespace(kwargs=kw))

@@ -9,7 +9,7 @@ import yaml
 from click.testing import CliRunner
 
 from remax_bench.cli import main
-from remax_bench.config import load_suite, load_suite_text
+from remax_bench.core.suite_file import load_suite, load_suite_text
 from remax_bench.runner import plan
 
 NANO = Path(__file__).parent / "fixtures" / "nano.yaml"

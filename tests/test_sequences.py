@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from remax_bench.models import build_tiny_model
+from remax_bench.core.models import build_tiny_model
 from trainers.sequences import (
     GreedyRows,
     decode_responses,

@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from remax_bench.config import load_suite_text
-from remax_bench.models import load_causal_lm
-from remax_bench.stage import stage_main
+from remax_bench.core.models import load_causal_lm
+from remax_bench.core.stage import stage_main
+from remax_bench.core.suite_file import load_suite_text
 from trainers import sft
 
 NANO = Path(__file__).parent / "fixtures" / "nano.yaml"
@@ -96,7 +96,7 @@ def test_deepspeed_zero_path_trains_sft_and_remax_in_one_cpu_process(tmp_path, z
                               capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-2000:]
         if stage == "sft":
-            from remax_bench.models import load_reward_model, load_tokenizer, save_pretrained
+            from remax_bench.core.models import load_reward_model, load_tokenizer, save_pretrained
 
             ckpt = str(sft_out / "checkpoint")
             save_pretrained(load_reward_model(ckpt, new_head=True), load_tokenizer(ckpt), rm_dir)

@@ -2,7 +2,7 @@ import random
 
 import pytest
 
-from remax_bench.task import (
+from remax_bench.core.task import (
     EVAL_BUCKETS,
     LAZY_MARK,
     OPT_IN_TASKS,

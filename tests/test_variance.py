@@ -43,8 +43,8 @@ def test_equal_generated_answers_per_batch():
 
 
 def test_measure_on_the_nano_model_and_the_report_section(tmp_path, one_torch_thread):
-    from remax_bench.models import load_causal_lm, load_tokenizer
-    from remax_bench.rewards import load_reward_function
+    from remax_bench.core.models import load_causal_lm, load_tokenizer
+    from remax_bench.core.rewards import load_reward_function
 
     model, tokenizer = load_causal_lm("tiny:nano", seed=0), load_tokenizer("tiny:nano")
     prompts = ["Reverse: abc", "Uppercase: bad", "Sort the letters: hgab", "Repeat cab 2 times."]

@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from remax_bench.config import Eval
+from remax_bench.core.config import Eval
 from remax_bench.evaluation.generation import GenerationSettings, HFGenerator, VLLMGenerator
 
 pytestmark = pytest.mark.vllm
@@ -23,7 +23,7 @@ SETTINGS = GenerationSettings(max_new_tokens=16, temperature=0.0, top_p=1.0, bat
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    from remax_bench.models import build_tiny_model, save_pretrained
+    from remax_bench.core.models import build_tiny_model, save_pretrained
 
     # Head dimension 32 (vLLM's CPU attention needs at least 32), fp32 weights, a short context so that
     # prompt trimming is easy to provoke.
@@ -82,8 +82,8 @@ def test_eval_stage_generation_through_vllm(checkpoint, tmp_path):
 def test_one_engine_serves_every_checkpoint_of_the_same_shape(checkpoint, tmp_path):
     """The eval stage keeps one engine for checkpoints of one shape: the next checkpoint's weights are reloaded in
     place (no second start-up), and its greedy answers are its own, token for token as transformers gives them."""
+    from remax_bench.core.models import build_tiny_model, save_pretrained
     from remax_bench.evaluation import generation
-    from remax_bench.models import build_tiny_model, save_pretrained
 
     model, tokenizer = build_tiny_model("tiny:small,num_hidden_layers=2,max_position_embeddings=128", seed=12)
     with torch.no_grad():

@@ -12,9 +12,9 @@ import pytest
 import torch
 import yaml
 
-from remax_bench.config import load_suite_text
-from remax_bench.models import build_tiny_model, load_reward_model, load_tokenizer, save_pretrained
-from remax_bench.stage import stage_main
+from remax_bench.core.models import build_tiny_model, load_reward_model, load_tokenizer, save_pretrained
+from remax_bench.core.stage import stage_main
+from remax_bench.core.suite_file import load_suite_text
 from trainers import remax
 from trainers.engine import TorchEngine
 from trainers.sequences import generate, response_logprobs
@@ -160,7 +160,7 @@ def test_bf16_checkpoint_with_a_bos_tokenizer(tmp_path):
     prompt starts with exactly one BOS, and greedy answers are those of generate on the policy."""
     import sys
 
-    from remax_bench.models import load_causal_lm
+    from remax_bench.core.models import load_causal_lm
     from trainers.vllm_rollout import VLLMRollouts
 
     sys.path.insert(0, str(Path(__file__).parent / "fixtures"))

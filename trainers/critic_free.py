@@ -18,7 +18,7 @@ from typing import Callable
 
 import torch
 
-from remax_bench.stage import StageRun, check_finite
+from remax_bench.core.stage import StageRun, check_finite
 from trainers.rollout import (
     Rollout,
     RolloutEngine,

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import random
 
-from remax_bench.data import load_preferences
-from remax_bench.stage import StageError, StageRun
+from remax_bench.core.data import load_preferences
+from remax_bench.core.stage import StageError, StageRun
 from trainers.sequences import prompt_fits
 
 

@@ -1,7 +1,7 @@
 """DeepSpeed behind the trainers' engine seam: the same ``step`` / ``state_bytes`` / ``save_pretrained``.
 
 Imported only when a suite sets ``runtime.deepspeed.enabled``. The ZeRO JSON comes from the suite's runtime
-block (``remax_bench.deepspeed_config``) and is recorded in the stage manifest. The algorithms call
+block (``remax_bench.core.deepspeed_config``) and is recorded in the stage manifest. The algorithms call
 ``engine.module`` for forward and generate: DeepSpeed's engine passes unknown attributes (``generate``,
 ``config``, ``gradient_checkpointing_enable``) through to the wrapped model, and under ZeRO-3 its hooks
 gather the partitioned parameters for every forward.
@@ -14,16 +14,16 @@ from __future__ import annotations
 
 import torch
 
-from remax_bench.metrics import tensor_bytes
-from remax_bench.stage import ENGINE_CONFIGS, TRAINED_ENGINES
-from trainers.engine import adamw
+from remax_bench.core.metrics import tensor_bytes
+from remax_bench.core.stage import ENGINE_CONFIGS, TRAINED_ENGINES
+from trainers.optimizer import adamw
 
 
 class DeepSpeedEngine:
     def __init__(self, model: torch.nn.Module, learning_rate: float, suite, batch_size: int):
         import deepspeed
 
-        from remax_bench.deepspeed_config import deepspeed_config, init_distributed_single_process
+        from remax_bench.core.deepspeed_config import deepspeed_config, init_distributed_single_process
 
         # Under the deepspeed launcher the env it set is kept; collectives time out after the suite's limit.
         init_distributed_single_process(suite.runtime.collective_timeout_s)
@@ -98,7 +98,7 @@ def frozen_engine(model: torch.nn.Module, suite, batch_size: int):
     the partitions in CPU memory; every forward gathers them layer by layer."""
     import deepspeed
 
-    from remax_bench.deepspeed_config import deepspeed_config, init_distributed_single_process
+    from remax_bench.core.deepspeed_config import deepspeed_config, init_distributed_single_process
 
     init_distributed_single_process(suite.runtime.collective_timeout_s)
     config = deepspeed_config(suite.runtime, suite.shared, batch_size, stage="inference")

@@ -18,8 +18,8 @@ import random
 import torch
 import torch.nn.functional as F
 
-from remax_bench.models import load_causal_lm, load_tokenizer
-from remax_bench.stage import StageError, StageRun, check_finite, stage_main
+from remax_bench.core.models import load_causal_lm, load_tokenizer
+from remax_bench.core.stage import StageError, StageRun, check_finite, stage_main
 from trainers.data import batches, preference_splits, rank_batches
 from trainers.engine import build_engine, frozen_state_bytes, place_frozen, without_dropout
 from trainers.heldout import gold_reward_of, heldout_prompts, is_synthetic

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from remax_bench.stage import StageRun, check_finite, stage_main
+from remax_bench.core.stage import StageRun, check_finite, stage_main
 from trainers.critic_free import shared_metrics
 from trainers.ppo import ppo_policy_loss
 from trainers.rollout import RolloutEngine, frozen_states, load_online_models, online_loop

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from remax_bench.data import load_prompts
-from remax_bench.task import gold_score
+from remax_bench.core.data import load_prompts
+from remax_bench.core.task import gold_score
 from trainers.sequences import decode_responses, generate
 
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import torch
 
-from remax_bench.models import load_reward_model
-from remax_bench.stage import StageError, StageRun, check_finite, stage_main
+from remax_bench.core.models import load_reward_model
+from remax_bench.core.stage import StageError, StageRun, check_finite, stage_main
 from trainers.engine import build_engine, without_dropout
 from trainers.rollout import RolloutEngine, frozen_states, load_online_models, online_loop, sequence_kl
 from trainers.sequences import SequenceBatch, forward_logits, masked_mean, position_ids, token_logprobs

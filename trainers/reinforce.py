@@ -11,7 +11,7 @@ not, so its gradient has their expectation and, per the ReMax paper's argument, 
 
 from __future__ import annotations
 
-from remax_bench.stage import StageRun, stage_main
+from remax_bench.core.stage import StageRun, stage_main
 from trainers.critic_free import train_reinforce_family
 
 

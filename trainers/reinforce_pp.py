@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from remax_bench.stage import StageRun, stage_main
+from remax_bench.core.stage import StageRun, stage_main
 from trainers.critic_free import group_mean, train_reinforce_family
 from trainers.sequences import masked_mean
 

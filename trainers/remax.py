@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import torch
 
-from remax_bench.stage import StageRun, check_finite, stage_main
+from remax_bench.core.stage import StageRun, check_finite, stage_main
 from trainers.rollout import (
     RolloutEngine,
     frozen_states,

@@ -13,8 +13,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from remax_bench.models import load_reward_model, load_tokenizer
-from remax_bench.stage import StageError, StageRun, check_finite, stage_main
+from remax_bench.core.models import load_reward_model, load_tokenizer
+from remax_bench.core.stage import StageError, StageRun, check_finite, stage_main
 from trainers.data import batches, preference_splits, rank_batches, steps_per_pass
 from trainers.engine import build_engine
 from trainers.sequences import encode_pairs, sequence_scores

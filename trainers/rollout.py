@@ -22,9 +22,9 @@ from typing import Callable
 
 import torch
 
-from remax_bench.data import load_prompts
-from remax_bench.models import load_causal_lm, load_reward_model, load_tokenizer
-from remax_bench.stage import StageError, StageRun, check_finite
+from remax_bench.core.data import load_prompts
+from remax_bench.core.models import load_causal_lm, load_reward_model, load_tokenizer
+from remax_bench.core.stage import StageError, StageRun, check_finite
 from trainers.engine import build_engine, frozen_state_bytes, place_frozen, without_dropout
 from trainers.heldout import gold_reward_of, heldout_prompts, is_synthetic
 from trainers.sequences import (
@@ -120,7 +120,7 @@ def load_online_models(run: StageRun) -> OnlineModels:
     reference = run.record_dtype("reference", load_causal_lm(sft, seed=run.seed, precision=frozen_precision))
     reference = place_frozen(reference.to(run.device), suite, per_rank)
     if function_spec:
-        from remax_bench.rewards import load_reward_function
+        from remax_bench.core.rewards import load_reward_function
 
         return OnlineModels(tokenizer, engine, reference, None, tokenizer, True, load_reward_function(function_spec))
     reward = run.record_dtype("reward", load_reward_model(reward_dir, seed=run.seed, precision=frozen_precision))
@@ -256,7 +256,7 @@ class RolloutEngine:
         """Reward-model scores of whole responses; re-tokenised when the reward model has its own vocabulary."""
         run, models = self.run, self.models
         if models.reward_function is not None:
-            from remax_bench.rewards import score_all
+            from remax_bench.core.rewards import score_all
 
             texts = decode_responses(models.tokenizer, batch)
             return torch.tensor(score_all(models.reward_function, prompts, texts), device=run.device)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from remax_bench.models import format_prompt, tokenize_prompts
+from remax_bench.core.models import format_prompt, tokenize_prompts
 
 
 @dataclass

@@ -12,9 +12,9 @@ import time
 
 import torch
 
-from remax_bench.data import load_sft
-from remax_bench.models import load_causal_lm, load_tokenizer
-from remax_bench.stage import StageError, StageRun, check_finite, stage_main
+from remax_bench.core.data import load_sft
+from remax_bench.core.models import load_causal_lm, load_tokenizer
+from remax_bench.core.stage import StageError, StageRun, check_finite, stage_main
 from trainers.data import batches, keep_fitting, rank_batches, split_heldout, steps_per_pass
 from trainers.engine import build_engine
 from trainers.heldout import gold_reward_of, heldout_prompts, is_synthetic

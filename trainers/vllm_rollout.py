@@ -32,7 +32,7 @@ from typing import Iterator
 
 import torch
 
-from remax_bench.estimate import ENGINE_KV_SLACK
+from remax_bench.core.vllm_support import ENGINE_KV_SLACK
 from trainers.sequences import SequenceBatch, answers_batch, encode_prompts
 
 BLOCK_TOKENS = 16  # vLLM's KV cache block: a sequence's cache is rounded up to whole blocks
@@ -175,7 +175,7 @@ class VLLMRollouts:
         }
 
     def close(self) -> None:
-        from remax_bench.evaluation.generation import shut_down_vllm
+        from remax_bench.core.vllm_support import shut_down_vllm
 
         self.llm = None
         shut_down_vllm()

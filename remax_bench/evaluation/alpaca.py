@@ -23,8 +23,8 @@ from typing import Any
 
 from remax_bench.evaluation.cache import judge_items
 from remax_bench.evaluation.common import EvalDataError, clean_float, offline_reason, read_jsonl
-from remax_bench.evaluation.judges import TIE, PairwiseItem, judge_label
 from remax_bench.evaluation.stats import bootstrap_mean_ci
+from remax_bench.evaluation.verdicts import TIE, PairwiseItem, judge_label
 
 MIN_PAIRS_FOR_LC = 5  # alpaca_eval's GLMs are cross-validated with 5 folds
 

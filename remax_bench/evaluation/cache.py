@@ -84,7 +84,7 @@ def _judge_each(judge, method, items: list, on_verdict) -> None:
 
 def judge_items(judge, kind: str, items: list, cache: JudgmentCache | None) -> list[tuple]:
     """(verdict, key, cached) per item: cached verdicts reused, the rest judged and each stored on arrival."""
-    from remax_bench.evaluation.judges import Verdict
+    from remax_bench.evaluation.verdicts import Verdict
 
     identity = judge.identity()
     use_cache = cache is not None and judge.cacheable

@@ -9,10 +9,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-# One atomic JSON writer and one digest for the whole project (remax_bench.results); re-exported here for the
+# One atomic JSON writer and one digest for the whole project (remax_bench.core.results); re-exported here for the
 # evaluation modules.
-from remax_bench.results import json_digest as stable_hash  # noqa: F401
-from remax_bench.results import write_json, write_jsonl  # noqa: F401
+from remax_bench.core.results import json_digest as stable_hash  # noqa: F401
+from remax_bench.core.results import write_json, write_jsonl  # noqa: F401
 
 TRUTHY = {"1", "true", "yes", "on"}
 

@@ -44,7 +44,7 @@ DOWNLOAD_TIMEOUT_S = 20.0
 
 def synthetic_task(synthetic: Any = None):
     """The synthetic task of the suite's ``data.synthetic`` block (defaults when None)."""
-    from remax_bench.task import SyntheticTask
+    from remax_bench.core.task import SyntheticTask
 
     if synthetic is None:
         return SyntheticTask()
@@ -200,7 +200,7 @@ def mt_bench_reference_answers(source: str, questions: list[dict]) -> dict[Any, 
     question file: reference_answer/*.jsonl next to it, else the questions' own ``reference`` lists."""
     answers: dict[Any, list[str]] = {}
     if source == "synthetic":
-        from remax_bench.task import true_answer
+        from remax_bench.core.task import true_answer
 
         return {q["question_id"]: [true_answer(t) for t in q["turns"]] for q in questions}
     if source == "default":

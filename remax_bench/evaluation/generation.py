@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from remax_bench.core.vllm_support import shut_down_vllm
 from remax_bench.evaluation.common import EvalConfigError
 
 Conversation = list[dict[str, str]]  # [{"role": "user"|"assistant", "content": str}, ...]
@@ -109,7 +110,7 @@ def chat_prompt(tokenizer, messages: Conversation, conversation_template: str | 
                 conv.append_message(conv.roles[0] if message["role"] == "user" else conv.roles[1], message["content"])
         conv.append_message(conv.roles[1], None)
         return conv.get_prompt()
-    from remax_bench.models import format_conversation
+    from remax_bench.core.models import format_conversation
 
     return format_conversation(tokenizer, messages)
 
@@ -238,7 +239,7 @@ class HFGenerator(Generator):
         super().__init__(checkpoint, settings, conversation_template, seed)
         import torch
 
-        from remax_bench.models import load_causal_lm, load_tokenizer, prepare_tokenizer
+        from remax_bench.core.models import load_causal_lm, load_tokenizer, prepare_tokenizer
 
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.tokenizer = prepare_tokenizer(tokenizer) if tokenizer is not None else load_tokenizer(self.checkpoint)
@@ -251,7 +252,7 @@ class HFGenerator(Generator):
                             "padding_side": "left", "n_prompts_truncated": 0})
 
     def _encode(self, prompts: list[str]) -> list[list[int]]:
-        from remax_bench.models import tokenize_prompts
+        from remax_bench.core.models import tokenize_prompts
 
         # Exactly one BOS where the model's tokenizer adds one, as in training.
         ids = tokenize_prompts(self.tokenizer, prompts)
@@ -325,7 +326,7 @@ class VLLMGenerator(Generator):
 
         from vllm import LLM  # only here: the hf path never imports vllm
 
-        from remax_bench.models import load_tokenizer
+        from remax_bench.core.models import load_tokenizer
 
         engine = engine or {}
         self.keep_engine = keep_engine
@@ -358,7 +359,7 @@ class VLLMGenerator(Generator):
     def _generate(self, prompts: list[str], settings: GenerationSettings) -> list[str]:
         from vllm import SamplingParams
 
-        from remax_bench.models import tokenize_prompts
+        from remax_bench.core.models import tokenize_prompts
 
         # Token ids, not text: vLLM would add a second bos to templates that already hold one.
         ids, trimmed = trim_to_context(tokenize_prompts(self.tokenizer, prompts),
@@ -380,22 +381,6 @@ def release_engines() -> None:
     if _ENGINE:
         _ENGINE.clear()
         shut_down_vllm()
-
-
-def shut_down_vllm() -> None:
-    """Free what a dropped vLLM engine held (its parallel state, cached GPU memory); the eval generators and the
-    rollout engine (trainers/vllm_rollout.py) both end their engines here."""
-    gc.collect()
-    try:
-        import torch
-        from vllm.distributed.parallel_state import destroy_distributed_environment, destroy_model_parallel
-
-        destroy_model_parallel()
-        destroy_distributed_environment()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except Exception:  # noqa: BLE001 - best effort: the next engine or the judge server needs the memory
-        pass
 
 
 def open_generator(checkpoint: str, eval_cfg: Any, seed: int = 0, precision: str | None = None,

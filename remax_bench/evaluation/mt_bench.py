@@ -13,8 +13,9 @@ from typing import Any, Callable
 
 from remax_bench.evaluation.cache import judge_items
 from remax_bench.evaluation.common import clean_float
-from remax_bench.evaluation.judges import SingleItem, judge_label, needs_reference
+from remax_bench.evaluation.llm_judges import needs_reference
 from remax_bench.evaluation.stats import bootstrap_cluster_mean_ci
+from remax_bench.evaluation.verdicts import SingleItem, judge_label
 
 UNJUDGED_SCORE = -1  # FastChat's marker for a failed judgment
 

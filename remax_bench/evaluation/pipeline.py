@@ -48,8 +48,10 @@ from remax_bench.evaluation.generation import (
     open_generator,
     release_engines,
 )
-from remax_bench.evaluation.judges import Judge, OpenAIJudge, build_judge, judge_label, needs_reference
+from remax_bench.evaluation.judges import build_judge
+from remax_bench.evaluation.llm_judges import OpenAIJudge, needs_reference
 from remax_bench.evaluation.mt_bench import judge_mt_bench
+from remax_bench.evaluation.verdicts import Judge, judge_label
 
 ALPACA_OUTPUTS = "alpaca_eval_outputs.json"
 ALPACA_JUDGMENTS = "alpaca_eval_judgments.jsonl"
@@ -68,7 +70,7 @@ def _log(message: str) -> None:
 def as_eval_config(cfg: Any):
     """The suite's eval block: a pydantic ``Eval``, or a plain dict validated into one."""
     if isinstance(cfg, dict):
-        from remax_bench.config import Eval
+        from remax_bench.core.config import Eval
 
         return Eval.model_validate(cfg)
     return cfg
@@ -160,7 +162,7 @@ def leaderboard_comparison(prompts: str, judge: Judge, reference: str | None) ->
 
 
 def _gold_reward_mean(outputs: list[dict]) -> float | None:
-    from remax_bench.task import gold_score
+    from remax_bench.core.task import gold_score
 
     try:
         scores = [gold_score(o["instruction"], o["output"]) for o in outputs]
@@ -310,7 +312,7 @@ def run_eval_stage(stage_config: dict, out_dir: str | Path, log: Callable[[str],
                    cache_path: str | Path | None = None) -> dict:
     """Evaluate every checkpoint of a stage config {"stage": "eval", "seed", "suite", "inputs": {"checkpoints":
     {name: dir}, "reward_model": dir}}; writes out_dir/<name>/... and out_dir/summary.json (one row each)."""
-    from remax_bench.config import Suite
+    from remax_bench.core.config import Suite
 
     suite = Suite.model_validate(stage_config["suite"])
     ev, seed = suite.eval, int(stage_config.get("seed", 0))

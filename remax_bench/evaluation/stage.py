@@ -29,6 +29,6 @@ def evaluate(run) -> dict:
 
 
 if __name__ == "__main__":
-    from remax_bench.stage import stage_main
+    from remax_bench.core.stage import stage_main
 
     sys.exit(stage_main("eval", evaluate))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from remax_bench import algorithms, results
+from remax_bench.core import algorithms, results
 
 MIB = 2**20
 ALGORITHMS = algorithms.NAMES
@@ -155,7 +155,7 @@ def _planned_keys(manifests: dict[tuple[str, int], dict]) -> list[str]:
     if not suites:
         return []
     try:
-        from remax_bench.config import Suite
+        from remax_bench.core.config import Suite
         from remax_bench.runner import plan
 
         return [p.key for p in plan(Suite.model_validate(suites[0])) if not p.given]

@@ -8,9 +8,9 @@ import math
 
 import pandas as pd
 
-from remax_bench import algorithms as registry
 from remax_bench import comparison
 from remax_bench.comparison import PAPER
+from remax_bench.core import algorithms as registry
 from remax_bench.report.load import (
     ALGORITHMS,
     COMPARED_BLOCKS,

@@ -3,7 +3,7 @@
 Each entry says what an algorithm needs (a reward model to optimise? a critic? a greedy baseline? preference
 data?), where its update rule lives (``trainers/<name>.py``, one short function next to its formula) and its
 suite block: the pydantic schema of the settings that are specific to it. What every algorithm shares lives in
-``shared:`` (remax_bench.config.Shared) and an algorithm block may not repeat it.
+``shared:`` (remax_bench.core.config.Shared) and an algorithm block may not repeat it.
 
 The stage graph (runner.plan), the suite schema (config.Suite), report, check, bench and estimate iterate over
 ``REGISTRY``. Adding an algorithm is its trainer module, one entry here, its tests and a block in the suites.
@@ -19,7 +19,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from remax_bench.schema import Strict
+from remax_bench.core.schema import Strict
 
 
 # -- the algorithm-specific suite blocks -------------------------------------------------------------

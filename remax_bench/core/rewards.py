@@ -3,7 +3,7 @@ learned reward model (``shared.reward_function``).
 
 A reward function takes ``(prompt: str, response: str)`` (the instruction as the dataset gives it and the
 decoded answer, without its eos) and returns a number, higher is better. ``gold`` names the synthetic task's
-own scorer (remax_bench.task.gold_score); anything else is an import path ``pkg.module:function``.
+own scorer (remax_bench.core.task.gold_score); anything else is an import path ``pkg.module:function``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import inspect
 import re
 from typing import Callable
 
-GOLD = "remax_bench.task:gold_score"
+GOLD = "remax_bench.core.task:gold_score"
 ALIASES = {"gold": GOLD}
 _PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
 

@@ -28,11 +28,11 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from remax_bench import algorithms, results
-from remax_bench.config import Suite, per_rank_batch
-from remax_bench.metrics import MemoryTracker, PhaseTimer
+from remax_bench.core import algorithms, results
+from remax_bench.core.config import Suite, per_rank_batch
+from remax_bench.core.metrics import MemoryTracker, PhaseTimer
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 # DeepSpeed configs generated in this process, one per engine; the stage manifest records them.
 ENGINE_CONFIGS: list[dict] = []
 # The DeepSpeed engines of trained models in this process; a multi-rank stage compares their weights across ranks.

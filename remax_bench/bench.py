@@ -115,7 +115,7 @@ def bench_row(algo: str, summary: dict) -> dict:
     }
 
 
-def ratios(table: pd.DataFrame, algorithm: str = "remax") -> dict[str, float]:
+def ratios(table: pd.DataFrame, algorithm: str = algorithms.FOCUS) -> dict[str, float]:
     """One algorithm against PPO: memory saving (share of PPO's) and speed-up (PPO time / its time)."""
     by = table.set_index("algorithm")
     if not {comparison.BASELINE, algorithm} <= set(by.index):

@@ -101,7 +101,7 @@ def rules(suite_dir: str | Path, metrics: dict[str, float]) -> list[CheckRow]:
         critic = [r for r in summaries if "critic" in r.get("model_state_bytes", {})]
         out.append(CheckRow(f"rule: {spec.label} builds no value model", None, None, None, not critic,
                             "no critic states recorded" if not critic else "a critic was recorded"))
-    ratio = metrics.get(f"remax.peak_memory_ratio_vs_{comparison.BASELINE}")
+    ratio = metrics.get(f"{algorithms.FOCUS}.peak_memory_ratio_vs_{comparison.BASELINE}")
     if ratio is not None:
         out.append(CheckRow("rule: ReMax peak memory below PPO's", 1.0, ratio, None, ratio < 1.0, "ratio < 1"))
     sft = metrics.get("sft.heldout_gold_reward")
@@ -166,7 +166,7 @@ def format_rows(rows: list[CheckRow]) -> str:
 REPRODUCED_KEYS = ("reward_mean", "kl", "policy_loss", "loss")
 
 
-def reproduce(suite_dir: str | Path, stage: str = "remax", seed: int | None = None, steps: int = 3,
+def reproduce(suite_dir: str | Path, stage: str = algorithms.FOCUS, seed: int | None = None, steps: int = 3,
               workdir: str | Path | None = None) -> CheckRow:
     """Re-run the first ``steps`` iterations of a finished stage from its own config and compare them.
 

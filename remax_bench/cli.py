@@ -103,6 +103,8 @@ def validate(suite, table, config_only):
         from remax_bench.core.algorithms import hyperparameter_table
 
         click.echo(pd.DataFrame(hyperparameter_table(loaded)).to_string(index=False))
+        for name, how in loaded.kl_departures().items():
+            click.echo(f"not matched: {name} regularises with its own KL, {how}", err=True)
     else:
         click.echo(to_yaml(loaded))
     click.echo(f"# suite {loaded.name!r} is valid (config hash {loaded.config_hash()})", err=True)

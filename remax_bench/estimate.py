@@ -415,7 +415,7 @@ def estimate_table(model: Any, inputs: EstimateInputs, algorithms: Iterable[str]
 def remax_saving(ppo: Estimate, remax: Estimate) -> dict[str, Any]:
     """ReMax's GPU saving against PPO, and where it comes from: the difference, component by component, of
     what each algorithm holds at its peak (positive: PPO holds more)."""
-    if ppo.algorithm != "ppo" or remax.algorithm != "remax":
+    if ppo.algorithm != registry.BASELINE or remax.algorithm != registry.FOCUS:
         raise EstimateError("remax_saving(ppo_estimate, remax_estimate)")
 
     def at_peak(est: Estimate) -> dict[tuple[str, str], int]:
@@ -495,8 +495,8 @@ def format_estimate(model: Any, inputs: EstimateInputs, algorithms: Sequence[str
         for key in cpu_keys:
             lines.append(f"{key[0]} {key[1]}".ljust(width) + "".join(cell(e, key, True) for e in estimates.values()))
         lines.append("total".ljust(width) + "".join(_gib(e.cpu_bytes).strip().rjust(13) + " " for e in estimates.values()))
-    if "ppo" in estimates and "remax" in estimates:
-        saving = remax_saving(estimates["ppo"], estimates["remax"])
+    if registry.BASELINE in estimates and registry.FOCUS in estimates:
+        saving = remax_saving(estimates[registry.BASELINE], estimates[registry.FOCUS])
         lines += [
             "",
             f"ReMax vs PPO: {100 * saving['saving_fraction']:.1f}% less GPU memory "

@@ -191,9 +191,6 @@ class Runner:
             return "failed: the last attempt failed"
         return "missing"
 
-    def is_done(self, item: StagePlan, config: dict) -> bool:
-        return self.why_run(item, config) is None
-
     def run(self, stages: list[StagePlan], dry_run: bool = False) -> list[Outcome]:
         plans = {s.key: s for s in stages}
         outcomes: dict[str, Outcome] = {}

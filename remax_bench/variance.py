@@ -6,11 +6,10 @@ gradient vectors it produces is measured:
 
     g = (1/n) sum_i A_i * grad sum_t log pi(a_it | x_i)            (n sampled answers in one batch)
 
-    none          A_i = r_i                                        (REINFORCE, no baseline)
-    remax         A_i = r_i - r(x_i, greedy answer)                (k answers share one greedy answer)
-    group_mean    A_i = r_i - mean of the group's k                 (REINFORCE++'s baseline, before normalising)
-    grpo          A_i = (r_i - mean) / (std + eps)                  (GRPO)
-    rloo          A_i = r_i - mean of the other k - 1               (RLOO)
+Every critic-free algorithm of the registry is an estimator here, through its own ``advantages`` (the very function
+its stage trains with; trainers/<name>.py): REINFORCE (no baseline), ReMax (greedy baseline; k answers share one
+greedy answer), GRPO ((r - mean) / std within the group), RLOO (leave-one-out mean) and REINFORCE++ (group mean,
+then whitened over the batch), at k answers per prompt, and at k = 1 too where the algorithm allows it.
 
 Every batch costs the same number of generated answers (``answers``): an estimator that decodes k sampled answers
 and one greedy answer per prompt sees answers / (k + 1) prompts. The figure is the trace of the covariance of g
@@ -22,6 +21,7 @@ SFT model), where pi = pi_ref, so the KL term is zero and left out.
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import random
@@ -29,8 +29,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from pydantic import ValidationError
 
+from remax_bench.core import algorithms
+from remax_bench.core.algorithms import KL
+from remax_bench.core.global_batch import GlobalBatch
 from remax_bench.core.rewards import load_reward_function, score_all
+from trainers.online import Experience
 from trainers.sequences import decode_responses, generate, response_logprobs
 
 EPS = 1e-6
@@ -38,42 +43,51 @@ EPS = 1e-6
 
 @dataclass(frozen=True)
 class Estimator:
-    name: str
+    name: str  # the algorithm
     label: str
     k: int  # sampled answers per prompt
     greedy: bool = False  # also decodes one greedy answer per prompt
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}_k{self.k}"
 
     @property
     def cost_per_prompt(self) -> int:
         return self.k + (1 if self.greedy else 0)
 
 
+def _allows(block_type, k: int) -> bool:
+    try:
+        block_type(samples_per_prompt=k)
+        return True
+    except ValidationError:
+        return False
+
+
 def estimators(k: int) -> list[Estimator]:
-    return [
-        Estimator("none", "REINFORCE, no baseline", 1),
-        Estimator("remax", "ReMax, greedy baseline (k = 1)", 1, greedy=True),
-        Estimator("remax_k", f"ReMax, greedy baseline (k = {k})", k, greedy=True),
-        Estimator("group_mean", f"group mean (k = {k})", k),
-        Estimator("grpo", f"GRPO, (r - mean) / std (k = {k})", k),
-        Estimator("rloo", f"RLOO, leave-one-out (k = {k})", k),
-    ]
+    """Every critic-free online algorithm at k answers per prompt, and at k = 1 where its block allows it."""
+    out = []
+    for spec in algorithms.REGISTRY.values():
+        if not spec.online or spec.critic:
+            continue
+        for ks in sorted({1, k}):
+            if _allows(spec.block, ks):
+                out.append(Estimator(spec.name, f"{spec.label} (k = {ks})", ks, spec.greedy_baseline))
+    return out
 
 
-def advantages(name: str, scores: torch.Tensor, k: int, greedy_scores: torch.Tensor | None = None) -> torch.Tensor:
-    """A_i of each sampled answer (rows grouped k per prompt) under one estimator."""
-    groups = scores.view(-1, k)
-    if name == "none":
-        return scores
-    if name in ("remax", "remax_k"):
-        return scores - greedy_scores.repeat_interleave(k)
-    if name == "group_mean":
-        return (groups - groups.mean(-1, keepdim=True)).reshape(-1)
-    if name == "grpo":
-        std = groups.std(-1, keepdim=True) if k > 1 else torch.ones_like(groups)
-        return ((groups - groups.mean(-1, keepdim=True)) / (std + EPS)).reshape(-1)
-    if name == "rloo":
-        return (groups - (groups.sum(-1, keepdim=True) - groups) / (k - 1)).reshape(-1)
-    raise ValueError(f"unknown estimator {name!r}")
+def advantages(est: Estimator, scores: torch.Tensor, mask: torch.Tensor, greedy_scores: torch.Tensor | None = None,
+               block=None):
+    """The Estimate (advantages [n, R], the baseline where there is one) of the sampled answers (rows grouped k per
+    prompt) under one algorithm's estimator. At the starting policy pi = pi_ref, so the KL term is zero; scores are
+    not clipped."""
+    spec = algorithms.get(est.name)
+    block = (block or spec.block()).model_copy(update={"samples_per_prompt": est.k})
+    zeros = torch.zeros_like(mask)
+    greedy = greedy_scores.repeat_interleave(est.k) if greedy_scores is not None else None
+    exp = Experience(scores, greedy, zeros, zeros, mask, est.k, KL(), 0.0, None)
+    return importlib.import_module(spec.module).advantages(exp, block, GlobalBatch())
 
 
 class Moments:
@@ -105,7 +119,7 @@ def _flat_grad(model) -> torch.Tensor:
 
 def measure(model, tokenizer, prompts: list[str], reward_fn, *, answers: int = 32, k: int = 4, repeats: int = 16,
             max_prompt_length: int = 64, max_response_length: int = 24, temperature: float = 1.0,
-            seed: int = 0, echo=lambda *_: None) -> list[dict]:
+            seed: int = 0, blocks: dict | None = None, echo=lambda *_: None) -> list[dict]:
     """One row per estimator: trace of the gradient covariance over ``repeats`` batches of ``answers``
     generated answers each, ||mean g||^2, their ratio, the mean reward and the generated tokens per batch."""
     if repeats < 2:
@@ -134,16 +148,19 @@ def measure(model, tokenizer, prompts: list[str], reward_fn, *, answers: int = 3
             scores = torch.tensor(score_all(reward_fn, rows_in + (chosen if est.greedy else []), texts))
             n = len(rows_in)
             sampled = batch.select(slice(0, n))
-            adv = advantages(est.name, scores[:n], est.k, scores[n:] if est.greedy else None)
+            estimate = advantages(est, scores[:n], sampled.response_mask, scores[n:] if est.greedy else None,
+                                  (blocks or {}).get(est.name))
+            adv, has_baseline = estimate.advantages, estimate.baseline is not None
             rewards.append(scores[:n].mean().item())
             model.zero_grad(set_to_none=True)
             logprobs = response_logprobs(model, sampled)
-            surrogate = (adv.unsqueeze(-1) * logprobs * sampled.response_mask).sum() / n
+            surrogate = (adv * logprobs * sampled.response_mask).sum() / n
             surrogate.backward()
             moments.add(_flat_grad(model))
         model.zero_grad(set_to_none=True)
         trace, signal = moments.trace_cov(), moments.mean_norm_sq()
-        rows.append({"estimator": est.name, "label": est.label, "samples_per_prompt": est.k,
+        rows.append({"estimator": est.key, "algorithm": est.name, "label": est.label, "baseline": has_baseline,
+                     "samples_per_prompt": est.k,
                      "greedy_per_prompt": int(est.greedy), "prompts_per_batch": n_prompts,
                      "answers_per_batch": n_prompts * est.cost_per_prompt, "repeats": repeats,
                      "generated_tokens_per_batch": sum(tokens) / len(tokens),
@@ -151,7 +168,8 @@ def measure(model, tokenizer, prompts: list[str], reward_fn, *, answers: int = 3
                      # no signal above the noise of the mean: the ratio is unbounded (more repeats needed)
                      "noise_to_signal": trace / signal if signal > 0 else math.inf})
         echo(f"  {est.label:<36} trace(Cov) {trace:.4g}  ||mean g||^2 {signal:.4g}")
-    none = next(r for r in rows if r["estimator"] == "none")
+    # The reference: an estimator without a baseline at one answer per prompt (REINFORCE).
+    none = next(r for r in rows if not r["baseline"] and r["samples_per_prompt"] == 1)
     for row in rows:
         row["trace_cov_vs_none"] = row["trace_cov"] / none["trace_cov"] if none["trace_cov"] > 0 else math.nan
     return rows
@@ -176,7 +194,8 @@ def run_variance(suite, checkpoint: str, out: Path, *, answers: int = 32, k: int
          f"reward {spec}")
     rows = measure(model, tokenizer, prompts, reward_fn, answers=answers, k=k, repeats=repeats,
                    max_prompt_length=shared.max_prompt_length, max_response_length=shared.max_response_length,
-                   temperature=shared.generation.temperature, seed=seed, echo=echo)
+                   temperature=shared.generation.temperature, seed=seed,
+                   blocks={name: getattr(suite, name) for name in algorithms.NAMES}, echo=echo)
     out.mkdir(parents=True, exist_ok=True)
     record = {"suite": suite.name, "checkpoint": checkpoint, "reward": spec, "answers": answers, "k": k,
               "repeats": repeats, "seed": seed, "threads": torch.get_num_threads(), "rows": rows}

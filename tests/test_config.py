@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 import yaml
@@ -227,8 +228,27 @@ def test_several_problems_in_one_message():
 
 
 def test_empty_algorithm_block_means_defaults():
-    suite = load_suite_text(TINY.replace("remax:\n  gamma: 1.0\n  kl_mode: per_token\n", "remax:\n"))
-    assert suite.remax.enabled and suite.remax.gamma == 1.0 and suite.remax.kl_mode == "per_token"
+    text = re.sub(r"\nremax:\n(  .*\n)+", "\nremax:\n", TINY)
+    assert "\nremax:\n\n" in text
+    suite = load_suite_text(text)
+    assert suite.remax.enabled and suite.remax.gamma == 1.0 and suite.remax.kl_override is None
+
+
+def test_one_kl_treatment_for_every_algorithm_unless_a_block_overrides_it():
+    suite = load_suite_text(_with(lambda d: d.update(remax={"kl_override": None}, grpo={"enabled": True},
+                                                     rloo={"enabled": True, "kl_override": "paper"})))
+    assert suite.kl_treatment("ppo") == suite.kl_treatment("remax") == suite.shared.kl
+    assert suite.kl_departures() == {}  # RLOO's paper treatment is the shared one
+    suite = load_suite_text(_with(lambda d: d.update(remax={"kl_override": "paper"}, grpo={
+        "enabled": True, "kl_override": {"estimator": "k2", "placement": "loss"}})))
+    assert suite.kl_treatment("remax").shape == "per_token"
+    assert suite.kl_departures() == {
+        "remax": "-beta * k1 per-token reward, per-token (shared.kl: -beta * k1 per-token reward, return-to-go)",
+        "grpo": "beta * k2 in the loss (shared.kl: -beta * k1 per-token reward, return-to-go)"}
+    message = _error(_with(lambda d: d["remax"].update(kl_mode="per_token")))
+    assert message.startswith("remax.kl_mode: unknown key; the KL treatment is shared.kl") and "kl_override: paper" in message
+    message = _error(_with(lambda d: d["shared"].update(kl={"estimator": "k4"})))
+    assert message == "shared.kl.estimator: expected one of 'k1', 'k2', 'k3', got 'k4' (a string)"
 
 
 def test_data_source_shorthand():

@@ -3,20 +3,26 @@
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 import yaml
 
+from remax_bench.core.algorithms import KL as KLTreatment
+from remax_bench.core.global_batch import GlobalBatch
 from remax_bench.core.models import load_causal_lm, load_reward_model, load_tokenizer, save_pretrained
 from remax_bench.core.stage import stage_main
 from remax_bench.core.suite_file import load_suite_text
-from trainers import ppo, remax
-from trainers.ppo import critic_values, gae, ppo_policy_loss, ppo_value_loss, whiten
+from trainers import online, ppo
+from trainers.online import critic_values
+from trainers.policy_gradient import clipped_policy_loss, explained_variance, ratio_diagnostics
+from trainers.ppo import gae
 from trainers.sequences import SequenceBatch, encode_pairs, sequence_scores
 
 T = torch.tensor
 NANO = Path(__file__).parent / "fixtures" / "nano.yaml"
+STATS = GlobalBatch()
 
 
 def test_gae_on_one_response_of_three_tokens():
@@ -45,8 +51,29 @@ def test_gae_ignores_everything_after_the_last_token():
 
 def test_whiten_uses_response_tokens_only():
     # mean of [1, 2, 3] is 2, variance 2/3: (x - 2) / sqrt(2/3) = [-1.2247, 0, 1.2247]; padding -> 0
-    out = whiten(T([[1.0, 2.0], [3.0, 99.0]]), T([[1.0, 1.0], [1.0, 0.0]]))
+    out = STATS.whiten(T([[1.0, 2.0], [3.0, 99.0]]), T([[1.0, 1.0], [1.0, 0.0]]))
     assert torch.allclose(out, T([[-1.224745, 0.0], [1.224745, 0.0]]), atol=1e-5)
+
+
+def test_the_kl_enters_gae_or_each_token_as_shared_kl_says():
+    # score 2 at the last of 3 tokens, KL penalties [0.1, -0.1, 0] (beta 1, k1), values [1, 1.2, 1.5], lambda 0.95.
+    # return_to_go: rewards [0.1, -0.1, 2.0] go through GAE: A = [0.94125, 0.675, 0.5] (as above), then whitened
+    mask, values, kl = torch.ones(1, 3), T([[1.0, 1.2, 1.5]]), T([[0.1, -0.1, 0.0]])
+    cfg = SimpleNamespace(gamma=1.0, gae_lambda=0.95)
+
+    def estimate(**treatment):
+        exp = online.Experience(T([2.0]), None, -kl, torch.zeros(1, 3), mask, 1, KLTreatment(**treatment), 1.0, 5.0,
+                                values)
+        return ppo.advantages(exp, cfg, STATS)
+
+    in_return = estimate()
+    assert torch.allclose(in_return.returns, T([[1.94125, 1.875, 2.0]]))
+    assert torch.allclose(in_return.advantages, STATS.whiten(T([[0.94125, 0.675, 0.5]]), mask))
+    # per_token: GAE over the score alone: deltas [0.2, 0.3, 0.5] -> A = [0.93625, 0.775, 0.5], returns A + V;
+    # then each token's own KL penalty is added before whitening: [1.03625, 0.675, 0.5]
+    per_token = estimate(shape="per_token")
+    assert torch.allclose(per_token.returns, T([[1.93625, 1.975, 2.0]]))
+    assert torch.allclose(per_token.advantages, STATS.whiten(T([[1.03625, 0.675, 0.5]]), mask))
 
 
 def test_policy_loss_clips_the_ratio_on_both_sides():
@@ -62,7 +89,7 @@ def test_policy_loss_clips_the_ratio_on_both_sides():
     #   rho 0.5, A  1: max(-0.5, -0.8) = -0.5   (pessimistic: the unclipped term)
     #   rho 1.5, A -1: max( 1.5,  1.2) =  1.5   (pessimistic: the unclipped term)
     # mean over the 5 response tokens: (-2.4 + 0.8 - 1.1 - 0.5 + 1.5) / 5 = -0.34
-    loss = ppo_policy_loss(logprobs, old, advantages, mask, clip_range=0.2)
+    loss = clipped_policy_loss(logprobs, old, advantages, mask, SimpleNamespace(clip_range=0.2), STATS)
     assert loss.item() == pytest.approx(-0.34)
     loss.backward()
     # d/d log pi of -A * rho is -A * rho / 5 where unclipped, 0 where clipped or masked
@@ -75,11 +102,12 @@ def test_value_loss_clips_around_the_old_values():
     #   t1: moves -0.1, inside;             (0.9 - 0)^2 = 0.81                     -> 0.81
     #   t2: moves -1 -> clipped 1.8;        (1.0 - 2)^2 = 1.0  vs (1.8 - 2)^2 = 0.04 -> 1.0
     # loss = 0.5 * (0.64 + 0.81 + 1.0) / 3 = 0.408333
-    loss = ppo_value_loss(T([[0.5, 0.9, 1.0]]), T([[0.0, 1.0, 2.0]]), T([[1.0, 0.0, 2.0]]), torch.ones(1, 3), 0.2)
+    cfg = SimpleNamespace(value_clip_range=0.2)
+    loss = ppo.value_loss(T([[0.5, 0.9, 1.0]]), T([[0.0, 1.0, 2.0]]), T([[1.0, 0.0, 2.0]]), torch.ones(1, 3), cfg, STATS)
     assert loss.item() == pytest.approx(0.5 * 2.45 / 3)
     # a masked position contributes nothing
-    masked = ppo_value_loss(T([[0.5, 0.9, 1.0, 50.0]]), T([[0.0, 1.0, 2.0, 0.0]]), T([[1.0, 0.0, 2.0, 0.0]]),
-                            T([[1.0, 1.0, 1.0, 0.0]]), 0.2)
+    masked = ppo.value_loss(T([[0.5, 0.9, 1.0, 50.0]]), T([[0.0, 1.0, 2.0, 0.0]]), T([[1.0, 0.0, 2.0, 0.0]]),
+                            T([[1.0, 1.0, 1.0, 0.0]]), cfg, STATS)
     assert masked.item() == pytest.approx(loss.item())
 
 
@@ -118,7 +146,7 @@ def _stage_configs(tmp_path, **shared):
 
 def test_ppo_stage_end_to_end_and_the_memory_remax_saves(tmp_path, monkeypatch):
     steps = {"policy": 0, "critic": 0}
-    real_policy_loss, real_value_loss = ppo.ppo_policy_loss, ppo.ppo_value_loss
+    real_policy_loss, real_value_loss = ppo.policy_loss, ppo.value_loss
 
     def count(name, real):
         def wrapped(*args):
@@ -126,11 +154,11 @@ def test_ppo_stage_end_to_end_and_the_memory_remax_saves(tmp_path, monkeypatch):
             return real(*args)
         return wrapped
 
-    monkeypatch.setattr(ppo, "ppo_policy_loss", count("policy", real_policy_loss))
-    monkeypatch.setattr(ppo, "ppo_value_loss", count("critic", real_value_loss))
+    monkeypatch.setattr(ppo, "policy_loss", count("policy", real_policy_loss))
+    monkeypatch.setattr(ppo, "value_loss", count("critic", real_value_loss))
     configs = _stage_configs(tmp_path, iterations=2, train_batch_size=2)
     out = tmp_path / "ppo" / "seed0"
-    assert stage_main("ppo", ppo.train, ["--config", str(configs["ppo"]), "--out", str(out)]) == 0
+    assert stage_main("ppo", online.train, ["--config", str(configs["ppo"]), "--out", str(out)]) == 0
     # 2 iterations x 2 epochs x (4 prompts / mini-batches of 2) = 8 updates of actor and critic each
     assert steps == {"policy": 8, "critic": 8}
 
@@ -156,7 +184,7 @@ def test_ppo_stage_end_to_end_and_the_memory_remax_saves(tmp_path, monkeypatch):
     # ReMax on the same inputs: the same policy, reference and reward bytes, and no critic. The whole
     # difference in model-state bytes is the critic and its optimizer.
     remax_out = tmp_path / "remax" / "seed0"
-    assert stage_main("remax", remax.train, ["--config", str(configs["remax"]), "--out", str(remax_out)]) == 0
+    assert stage_main("remax", online.train, ["--config", str(configs["remax"]), "--out", str(remax_out)]) == 0
     remax_summary = json.loads((remax_out / "summary.json").read_text())
     for component in ("policy", "reference", "reward"):
         assert remax_summary["model_state_bytes"][component] == states[component]
@@ -167,14 +195,13 @@ def test_ppo_stage_end_to_end_and_the_memory_remax_saves(tmp_path, monkeypatch):
 def test_ppo_diagnostics_by_hand():
     import math
 
-    from trainers.ppo import ppo_diagnostics
-
     mask = torch.tensor([[1.0, 1.0, 0.0]])  # the third token is padding: it must not count
     old = torch.tensor([[0.0, -1.0, -9.0]])
     new = torch.tensor([[math.log(1.5), -1.0, 5.0]])  # ratios 1.5, 1.0 (and a huge one on the padding)
     returns = torch.tensor([[1.0, 3.0, 100.0]])
     values = torch.tensor([[1.0, 2.0, -100.0]])
-    d = ppo_diagnostics(new, old, values, returns, mask, clip_range=0.2)
+    d = {**ratio_diagnostics(new, old, mask, STATS, clip_range=0.2),
+         "explained_variance": explained_variance(values, returns, mask, STATS)}
     # approx_kl = mean((rho - 1) - log rho) = ((0.5 - ln 1.5) + 0) / 2
     assert d["approx_kl"] == pytest.approx((0.5 - math.log(1.5)) / 2, rel=1e-6)
     assert d["clipfrac"] == pytest.approx(0.5)  # 1.5 is outside [0.8, 1.2], 1.0 is not

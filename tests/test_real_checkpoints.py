@@ -22,7 +22,7 @@ from remax_bench.core.models import (
 )
 from remax_bench.core.stage import stage_main
 from remax_bench.core.suite_file import load_suite_text
-from trainers import remax, sft
+from trainers import online, sft
 from trainers.engine import TorchEngine, build_engine
 from trainers.sequences import encode_pairs, generate
 
@@ -209,19 +209,19 @@ def test_a_bf16_suite_trains_fp32_weights_under_autocast_with_frozen_models_in_b
     save_pretrained(load_causal_lm(str(checkpoints["bf16"])), load_tokenizer(str(checkpoints["bf16"])), policy_dir)
     save_pretrained(load_reward_model(str(policy_dir), seed=1, new_head=True), load_tokenizer(str(policy_dir)), rm_dir)
     autocast_dtypes = []
-    real_forward = remax.forward_logits
+    real_forward = online.forward_logits
 
     def spy(model, batch):
         autocast_dtypes.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None)
         return real_forward(model, batch)
 
-    monkeypatch.setattr(remax, "forward_logits", spy)
+    monkeypatch.setattr(online, "forward_logits", spy)
     config = tmp_path / "remax.json"
     config.write_text(json.dumps({"stage": "remax", "seed": 0, "suite": suite.resolved(),
                                   "inputs": {"sft": str(policy_dir), "reward_model": str(rm_dir)},
                                   "skip_heldout": True}))
     out = tmp_path / "remax" / "seed0"
-    assert stage_main("remax", remax.train, ["--config", str(config), "--out", str(out)]) == 0
+    assert stage_main("remax", online.train, ["--config", str(config), "--out", str(out)]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["model_dtypes"] == {"policy": "float32", "reference": "bfloat16", "reward": "bfloat16"}
     assert {p.dtype for p in load_causal_lm(str(out / "checkpoint")).parameters()} == {torch.float32}

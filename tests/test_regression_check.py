@@ -10,6 +10,7 @@ measures. Minutes on 2 cores, so marked slow (``make test-slow``).
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ import torch
 from remax_bench import check
 from remax_bench.core.stage import stage_main
 from remax_bench.core.suite_file import load_suite
-from trainers import remax
+from trainers import online, remax
 
 
 @pytest.mark.slow
@@ -39,24 +40,24 @@ def test_check_fails_the_gold_rule_when_remax_forgets_its_baseline(tmp_path, mon
         rows = check.rules(suite_dir, check.collect_metrics(suite_dir))
         return {r.name: r.passed for r in rows}["rule: remax beats SFT on gold reward"]
 
-    assert stage_main("remax", remax.train, ["--config", str(path), "--out", str(root / "remax/seed0")]) == 0
+    assert stage_main("remax", online.train, ["--config", str(path), "--out", str(root / "remax/seed0")]) == 0
     assert verdict(root), "the unbroken ReMax must pass the gold rule"
 
-    real_returns = remax.remax_returns
+    real_advantages = remax.advantages
 
-    def inverted(scores, baseline_scores, *args, **kwargs):
-        return real_returns(baseline_scores, scores, *args, **kwargs)
+    def inverted(exp, cfg, stats):
+        return real_advantages(replace(exp, scores=exp.greedy_scores, greedy_scores=exp.scores), cfg, stats)
 
-    def no_baseline(scores, baseline_scores, *args, **kwargs):
-        return real_returns(scores, torch.zeros_like(baseline_scores), *args, **kwargs)
+    def no_baseline(exp, cfg, stats):
+        return real_advantages(replace(exp, greedy_scores=torch.zeros_like(exp.greedy_scores)), cfg, stats)
 
     outcomes = {}
     for name, broken_returns in (("inverted", inverted), ("no_baseline", no_baseline)):
-        monkeypatch.setattr(remax, "remax_returns", broken_returns)
+        monkeypatch.setattr(remax, "advantages", broken_returns)
         broken = tmp_path / name / "tiny"
         (broken / "sft").mkdir(parents=True)
         (broken / "sft" / "seed0").symlink_to(root / "sft" / "seed0")
-        assert stage_main("remax", remax.train, ["--config", str(path), "--out", str(broken / "remax/seed0")]) == 0
+        assert stage_main("remax", online.train, ["--config", str(path), "--out", str(broken / "remax/seed0")]) == 0
         outcomes[name] = verdict(broken)
     print("gold rule passed:", outcomes)
     assert not outcomes["inverted"], "a ReMax that climbs the wrong way must fail the gold rule"

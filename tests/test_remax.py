@@ -2,16 +2,19 @@
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 import yaml
 
+from remax_bench.core.algorithms import KL as KLTreatment
+from remax_bench.core.global_batch import GlobalBatch
 from remax_bench.core.models import load_causal_lm, load_reward_model, load_tokenizer, save_pretrained
 from remax_bench.core.stage import stage_main
 from remax_bench.core.suite_file import load_suite_text
-from trainers import ppo, remax, rollout
-from trainers.remax import remax_loss, remax_returns
+from trainers import online, remax, rollout
+from trainers.policy_gradient import policy_gradient_loss
 
 T = torch.tensor
 NANO = Path(__file__).parent / "fixtures" / "nano.yaml"
@@ -24,12 +27,20 @@ MASK = T([[1.0, 1.0, 1.0, 0.0], [1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
 KL = T([[0.1, 0.0, -0.2, 7.0], [-0.3, 5.0, 5.0, 5.0], [0.0, 0.0, 0.0, 0.1]])
 
 
+def _returns(scores, baselines, kl, mask, gamma=1.0, reward_clip=5.0, shape="per_token"):
+    """ReMax's advantages through the estimator the loop calls, with the per-token KL penalties ``kl`` given
+    directly (beta 1, k1: log pi - log pi_ref = -kl)."""
+    exp = online.Experience(scores, baselines, -kl, torch.zeros_like(kl), mask, 1, KLTreatment(shape=shape), 1.0,
+                            reward_clip)
+    return remax.advantages(exp, SimpleNamespace(gamma=gamma), GlobalBatch()).advantages
+
+
 def test_per_token_returns_with_eos_in_the_middle_of_the_batch():
     # gamma 1: every token gets the centred score plus its own KL penalty; padding gets 0.
     #   row 0: 0.5 + [0.1, 0, -0.2]      = [0.6, 0.5, 0.3, 0]
     #   row 1: -1 + [-0.3]                = [-1.3, 0, 0, 0]
     #   row 2: 5 + [0, 0, 0, 0.1]         = [5, 5, 5, 5.1]
-    returns = remax_returns(SCORES, BASELINES, KL, MASK, gamma=1.0, reward_clip=5.0, kl_mode="per_token")
+    returns = _returns(SCORES, BASELINES, KL, MASK, gamma=1.0, reward_clip=5.0, shape="per_token")
     assert torch.allclose(returns, T([[0.6, 0.5, 0.3, 0.0], [-1.3, 0.0, 0.0, 0.0], [5.0, 5.0, 5.0, 5.1]]))
 
 
@@ -39,24 +50,21 @@ def test_per_token_returns_discount_back_from_each_rows_own_last_token():
     #   row 0: 0.5 * [0.729, 0.81, 0.9] + [0.1, 0, -0.2]          = [0.4645, 0.405, 0.25, 0]
     #   row 1: -1 * [0.9] + [-0.3]                                 = [-1.2, 0, 0, 0]
     #   row 2: 5 * [0.6561, 0.729, 0.81, 0.9] + [0, 0, 0, 0.1]     = [3.2805, 3.645, 4.05, 4.6]
-    returns = remax_returns(SCORES, BASELINES, KL, MASK, gamma=0.9, reward_clip=5.0)
+    returns = _returns(SCORES, BASELINES, KL, MASK, gamma=0.9, reward_clip=5.0)
     assert torch.allclose(returns, T([[0.4645, 0.405, 0.25, 0.0], [-1.2, 0.0, 0.0, 0.0], [3.2805, 3.645, 4.05, 4.6]]))
 
 
-def test_return_to_go_is_the_reverse_cumsum_of_token_rewards_minus_the_baseline():
-    # Token rewards: KL penalty on every token, the (clipped) score r on the last: r = [2, 0, 9 -> 5].
-    #   row 0 [0.1, 0, -0.2 + 2], row 1 [-0.3 + 0], row 2 [0, 0, 0, 0.1 + 5]; baselines [1.5, 1, 1], unclipped.
-    # gamma 1, G_t = sum of later rewards - b: row 0 [1.9, 1.8, 1.8] - 1.5, row 1 [-0.3] - 1, row 2 [5.1] * 4 - 1
-    returns = remax_returns(SCORES, BASELINES, KL, MASK, gamma=1.0, reward_clip=5.0, kl_mode="return_to_go")
-    assert torch.allclose(returns, T([[0.4, 0.3, 0.3, 0.0], [-1.3, 0.0, 0.0, 0.0], [4.1, 4.1, 4.1, 4.1]]))
-    # gamma 0.9, running sum G_t = rew_t + 0.9 G_{t+1}, then - b:
-    #   row 0: 1.8, 1.62, 0.1 + 1.458 = 1.558  ->  [0.058, 0.12, 0.3]
-    #   row 2: 5.1, 4.59, 4.131, 3.7179          ->  [2.7179, 3.131, 3.59, 4.1]
-    returns = remax_returns(SCORES, BASELINES, KL, MASK, gamma=0.9, reward_clip=5.0, kl_mode="return_to_go")
-    assert torch.allclose(returns, T([[0.058, 0.12, 0.3, 0.0], [-1.3, 0.0, 0.0, 0.0], [2.7179, 3.131, 3.59, 4.1]]))
-    # Without a reward clip the score goes in whole: row 2 = 9.1 - 1 on every token.
-    returns = remax_returns(SCORES, BASELINES, KL, MASK, gamma=1.0, reward_clip=None, kl_mode="return_to_go")
-    assert torch.allclose(returns[2], T([8.1, 8.1, 8.1, 8.1]))
+def test_return_to_go_sums_the_later_kl_penalties_into_each_token():
+    # shared.kl's return_to_go: each token carries the clipped centred score (gamma^(T - t + 1)) and the sum of the
+    # KL penalties from itself on. Centred [0.5, -1, 8 -> 5].
+    #   row 0: 0.5 + [0.1 + 0 - 0.2, 0 - 0.2, -0.2] = [0.4, 0.3, 0.3];  row 1: -1 - 0.3;  row 2: 5 + 0.1 on each
+    returns = _returns(SCORES, BASELINES, KL, MASK, gamma=1.0, reward_clip=5.0, shape="return_to_go")
+    assert torch.allclose(returns, T([[0.4, 0.3, 0.3, 0.0], [-1.3, 0.0, 0.0, 0.0], [5.1, 5.1, 5.1, 5.1]]))
+    # gamma 0.9: score 0.5 * [0.729, 0.81, 0.9], KL to go G_t = kl_t + 0.9 G_{t+1}: [0.1 - 0.162, -0.18, -0.2]
+    #   row 0: [0.3645 - 0.062, 0.405 - 0.18, 0.45 - 0.2] = [0.3025, 0.225, 0.25]
+    #   row 2: 5 * [0.6561, 0.729, 0.81, 0.9] + 0.1 * [0.729, 0.81, 0.9, 1] = [3.3534, 3.726, 4.14, 4.6]
+    returns = _returns(SCORES, BASELINES, KL, MASK, gamma=0.9, reward_clip=5.0, shape="return_to_go")
+    assert torch.allclose(returns, T([[0.3025, 0.225, 0.25, 0.0], [-1.2, 0.0, 0.0, 0.0], [3.3534, 3.726, 4.14, 4.6]]))
 
 
 def _authors_returns(kl, centred, mask, gamma, clip):
@@ -86,28 +94,33 @@ def test_returns_match_the_authors_and_verls_formulas_on_random_tensors(gamma):
     scores = torch.randn(batch, generator=gen) * 6  # |r - b| often above the clip of 5
     baselines = torch.randn(batch, generator=gen) * 6
     kl = torch.randn(batch, width, generator=gen) * 0.1
-    ours = remax_returns(scores, baselines, kl, mask, gamma=gamma, reward_clip=5.0, kl_mode="per_token")
+    ours = _returns(scores, baselines, kl, mask, gamma=gamma, reward_clip=5.0, shape="per_token")
     assert (scores - baselines).abs().max() > 5  # the clip is active in this draw
     assert torch.allclose(ours, _authors_returns(kl * mask, scores - baselines, mask, gamma, 5.0), atol=1e-6)
-    if gamma == 1.0:  # verl's estimator has no discount
+    if gamma == 1.0:  # verl's estimator has no discount and no clip
         token_rewards = kl * mask
         token_rewards[torch.arange(batch), lengths - 1] += scores
-        ours = remax_returns(scores, baselines, kl, mask, gamma=1.0, reward_clip=None, kl_mode="return_to_go")
+        ours = _returns(scores, baselines, kl, mask, gamma=1.0, reward_clip=None, shape="return_to_go")
         assert torch.allclose(ours, _verl_returns(token_rewards, baselines, mask), atol=1e-6)
 
 
 def test_clipping_applies_to_the_centred_score_and_returns_are_detached():
     kl = KL.clone().requires_grad_(True)
     # no clipping: row 2's centred score stays 8 -> [8, 8, 8, 8.1]
-    returns = remax_returns(SCORES, BASELINES, kl, MASK, gamma=1.0, reward_clip=None)
+    returns = _returns(SCORES, BASELINES, kl, MASK, gamma=1.0, reward_clip=None)
     assert torch.allclose(returns[2], T([8.0, 8.0, 8.0, 8.1])) and not returns.requires_grad
     # clip 0.25: centred [0.25, -0.25, 0.25]; row 0 -> [0.35, 0.25, 0.05], row 1 -> [-0.55]
-    returns = remax_returns(SCORES, BASELINES, KL, MASK, gamma=1.0, reward_clip=0.25)
+    returns = _returns(SCORES, BASELINES, KL, MASK, gamma=1.0, reward_clip=0.25)
     assert torch.allclose(returns[:2], T([[0.35, 0.25, 0.05, 0.0], [-0.55, 0.0, 0.0, 0.0]]))
     # a sample as good as the greedy answer, with no KL, teaches nothing
-    assert not remax_returns(T([1.0]), T([1.0]), torch.zeros(1, 3), torch.ones(1, 3)).any()
-    with pytest.raises(ValueError, match="kl_mode"):
-        remax_returns(SCORES, BASELINES, KL, MASK, kl_mode="value_model")
+    assert not _returns(T([1.0]), T([1.0]), torch.zeros(1, 3), torch.ones(1, 3)).any()
+
+
+def test_kl_in_the_loss_leaves_the_returns_to_the_score():
+    exp = online.Experience(SCORES, BASELINES, -KL, torch.zeros_like(KL), MASK, 1, KLTreatment(placement="loss"), 1.0,
+                            5.0)
+    returns = remax.advantages(exp, SimpleNamespace(gamma=1.0), GlobalBatch()).advantages
+    assert torch.allclose(returns, T([0.5, -1.0, 5.0]).unsqueeze(-1) * MASK)
 
 
 def test_remax_loss_by_hand():
@@ -116,7 +129,7 @@ def test_remax_loss_by_hand():
     # sum G * log pi over the 8 response tokens:
     #   row 0: -0.6 - 1.0 - 0.15 = -1.75;  row 1: 0.13;  row 2: -5 - 5 - 5 - 5.1 = -20.1;  total -21.72
     # loss = 21.72 / 8 = 2.715
-    loss = remax_loss(logprobs, returns, MASK)
+    loss = policy_gradient_loss(logprobs, logprobs.detach(), returns, MASK, None, GlobalBatch())
     assert loss.item() == pytest.approx(2.715)
     loss.backward()
     # d loss / d log pi(a_t) = -G_t / 8 on response tokens, 0 on padding
@@ -150,10 +163,10 @@ def test_remax_stage_end_to_end_builds_no_value_model(tmp_path, monkeypatch):
 
     monkeypatch.setattr(rollout, "build_engine", counting_engine)
     monkeypatch.setattr(rollout, "load_reward_model", counting_rm)
-    monkeypatch.setattr(ppo, "build_engine", counting_engine)  # would catch a critic built through PPO's code
+    monkeypatch.setattr(online, "build_engine", counting_engine)  # would catch a critic built by the loop
     config = _stage_config(tmp_path, iterations=3, heldout_eval_every=2)
     out = tmp_path / "remax" / "seed0"
-    assert stage_main("remax", remax.train, ["--config", str(config), "--out", str(out)]) == 0
+    assert stage_main("remax", online.train, ["--config", str(config), "--out", str(out)]) == 0
 
     # One trained model (the policy), one reward model (frozen), nothing that predicts values.
     assert len(engines) == 1 and len(reward_models) == 1
@@ -187,16 +200,18 @@ def test_remax_stage_end_to_end_builds_no_value_model(tmp_path, monkeypatch):
 
 def test_non_finite_loss_stops_before_the_update(tmp_path, monkeypatch):
     calls = {"n": 0}
-    real = remax.remax_loss
+    real = remax.advantages
 
     def poisoned(*args):
         calls["n"] += 1
-        return real(*args) * (float("nan") if calls["n"] == 2 else 1.0)
+        estimate = real(*args)
+        estimate.advantages = estimate.advantages * (float("nan") if calls["n"] == 2 else 1.0)
+        return estimate
 
-    monkeypatch.setattr(remax, "remax_loss", poisoned)
+    monkeypatch.setattr(remax, "advantages", poisoned)
     config = _stage_config(tmp_path, iterations=4)  # a checkpoint after every step (4 // 4)
     out = tmp_path / "remax" / "seed0"
-    assert stage_main("remax", remax.train, ["--config", str(config), "--out", str(out)]) == 1
+    assert stage_main("remax", online.train, ["--config", str(config), "--out", str(out)]) == 1
     failed = tmp_path / "remax" / "seed0.failed"
     manifest = json.loads((failed / "manifest.json").read_text())
     assert "NonFiniteError" in manifest["error"] and "policy_loss is not finite at step 1" in manifest["error"]

@@ -103,12 +103,12 @@ def test_budget_errors_name_the_field():
 def test_a_stage_trains_on_the_gold_reward_without_a_reward_model(tmp_path, one_torch_thread):
     from remax_bench.core.stage import stage_main
     from tests.test_critic_free import _stage_config
-    from trainers import grpo
+    from trainers import online
 
     config = _stage_config(tmp_path, "grpo", {"enabled": True, "samples_per_prompt": 2}, with_reward_model=False,
                            iterations=2, reward_function="gold")
     out = tmp_path / "grpo" / "seed0"
-    assert stage_main("grpo", grpo.train, ["--config", str(config), "--out", str(out)]) == 0
+    assert stage_main("grpo", online.train, ["--config", str(config), "--out", str(out)]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["model_state_bytes"]) == {"policy", "reference"}  # no reward model loaded
     assert summary["matched_budget"]["reward"] == "gold"

@@ -1,4 +1,4 @@
-"""The shared rollout engine: KL-penalised rewards by hand, prompt filtering, and one real rollout batch."""
+"""The shared rollout engine and the loop's KL rewards: by hand, prompt filtering, and one real rollout batch."""
 
 import json
 from pathlib import Path
@@ -8,18 +8,13 @@ import pytest
 import torch
 import yaml
 
+from remax_bench.core.algorithms import KL
 from remax_bench.core.models import load_causal_lm, load_reward_model, load_tokenizer, save_pretrained
 from remax_bench.core.stage import StageError, StageRun
 from remax_bench.core.suite_file import load_suite_text
-from trainers.rollout import (
-    PromptSampler,
-    RolloutEngine,
-    RunningMoments,
-    kl_penalised_rewards,
-    last_token_index,
-    load_online_models,
-    sequence_kl,
-)
+from trainers.online import Experience
+from trainers.policy_gradient import at_last_token, last_token_index, sequence_kl
+from trainers.rollout import PromptSampler, RolloutEngine, RunningMoments, load_online_models
 from trainers.sequences import generate, response_logprobs, sequence_scores
 
 T = torch.tensor
@@ -30,6 +25,13 @@ NANO = Path(__file__).parent / "fixtures" / "nano.yaml"
 LOGP = T([[-1.0, -0.5, -3.0, -3.0], [-2.0, -1.0, -0.5, -0.25]])
 REF = T([[-1.5, -0.5, -1.0, -1.0], [-1.0, -1.0, -1.0, -1.0]])
 MASK = T([[1.0, 1.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
+
+
+def kl_penalised_rewards(scores, logprobs, ref_logprobs, mask, kl_coef, reward_clip):
+    """Each token's KL reward (k1, summed into the return) plus the clipped score on its last token, as PPO's GAE
+    and every return-to-go see them."""
+    exp = Experience(scores, None, logprobs, ref_logprobs, mask, 1, KL(), kl_coef, reward_clip)
+    return exp.kl_in_return() + at_last_token(exp.clip(scores), mask)
 
 
 def test_kl_penalised_rewards_by_hand():
@@ -51,7 +53,7 @@ def test_last_token_and_kl_estimate_respect_the_mask():
     # a one-token response (just eos) has its last token at index 0
     assert last_token_index(T([[1.0, 1.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0], [1.0, 0.0, 0.0, 0.0]])).tolist() == [1, 3, 0]
     # summed masked log-ratios: row 0 0.5 + 0 = 0.5, row 1 -1 + 0 + 0.5 + 0.75 = 0.25; mean 0.375
-    assert sequence_kl(LOGP, REF, MASK) == pytest.approx(0.375)
+    assert sequence_kl(LOGP, REF, MASK).mean().item() == pytest.approx(0.375)
 
 
 def test_running_moments_standardise_with_the_sample_std():
@@ -117,7 +119,7 @@ def test_one_rollout_batch_samples_greedy_in_the_same_pass_and_scores_it(tmp_pat
     # Before any update the policy is the reference: no KL, so each row's reward is its clipped score
     # (+-0.01 here) on its last token and zero everywhere else.
     assert torch.allclose(ro.old_logprobs, ro.ref_logprobs, atol=1e-5)
-    rewards = ro.rewards(kl_coef=0.5, reward_clip=shared.reward_clip)
+    rewards = kl_penalised_rewards(ro.scores, ro.old_logprobs, ro.ref_logprobs, ro.mask, 0.5, shared.reward_clip)
     last = last_token_index(ro.mask)
     expected = torch.zeros_like(rewards)
     expected[torch.arange(n), last] = ro.scores.clamp(-0.01, 0.01)
@@ -131,7 +133,7 @@ def test_reward_normalisation_puts_the_greedy_baseline_on_the_same_scale(tmp_pat
     engine = RolloutEngine(run, load_online_models(run))
     ro = engine.collect(["reverse: abc", "sort: cab", "count: aaa"], step=0, greedy_baseline=True,
                         policy_logprobs=False)
-    assert ro.old_logprobs is None and ro.entropy is None
+    assert ro.old_logprobs is None and ro.token_entropy is None
     mean, std = ro.raw_scores.mean(), ro.raw_scores.std()  # first batch: the running stats are this batch's
     assert torch.allclose(ro.scores, (ro.raw_scores - mean) / std, atol=1e-5)
     assert torch.allclose(ro.greedy_scores, (ro.raw_greedy_scores - mean) / std, atol=1e-5)

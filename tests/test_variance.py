@@ -13,17 +13,23 @@ T = torch.tensor
 SCORES = T([1.0, 2.0, 3.0, 6.0])
 
 
-def test_advantages_of_each_estimator_by_hand():
-    assert torch.equal(advantages("none", SCORES, 1), SCORES)
+def test_each_registered_estimator_by_hand():
+    est = {e.key: e for e in estimators(2)}
+    mask = torch.ones(4, 1)  # one-token answers: each advantage is the answer's own
+
+    def adv(key, greedy=None):
+        return advantages(est[key], SCORES, mask, greedy).advantages.squeeze(-1)
+
+    assert torch.equal(adv("reinforce_k1"), SCORES)
     # ReMax, k = 2: one greedy score per prompt (0.5 and 4), shared by its two answers
-    assert torch.allclose(advantages("remax_k", SCORES, 2, T([0.5, 4.0])), T([0.5, 1.5, -1.0, 2.0]))
-    assert torch.allclose(advantages("group_mean", SCORES, 2), T([-0.5, 0.5, -1.5, 1.5]))
+    assert torch.allclose(adv("remax_k2", T([0.5, 4.0])), T([0.5, 1.5, -1.0, 2.0]))
     a = 1 / math.sqrt(2)
-    assert torch.allclose(advantages("grpo", SCORES, 2), T([-a, a, -a, a]), atol=1e-5)
-    # RLOO, k = 4: r_i - (12 - r_i) / 3
-    assert torch.allclose(advantages("rloo", SCORES, 4), T([1 - 11 / 3, 2 - 10 / 3, 0.0, 4.0]))
-    with pytest.raises(ValueError, match="unknown estimator"):
-        advantages("a2c", SCORES, 2)
+    assert torch.allclose(adv("grpo_k2"), T([-a, a, -a, a]), atol=1e-5)
+    # RLOO, k = 2: r_i minus its partner's score
+    assert torch.allclose(adv("rloo_k2"), T([-1.0, 1.0, -3.0, 3.0]))
+    # REINFORCE++: the group mean [1.5, 4.5] subtracted, then whitened over the batch: [-0.5, 0.5, -1.5, 1.5] / std
+    std = math.sqrt((0.25 + 0.25 + 2.25 + 2.25) / 4)
+    assert torch.allclose(adv("reinforce_pp_k2"), T([-0.5, 0.5, -1.5, 1.5]) / std, atol=1e-5)
 
 
 def test_moments_trace_and_unbiased_signal_by_hand():
@@ -36,10 +42,12 @@ def test_moments_trace_and_unbiased_signal_by_hand():
 
 
 def test_equal_generated_answers_per_batch():
-    # 20 answers: no baseline 20 prompts; ReMax k = 1 10 x (1 + 1); k = 4 groups 5 x 4; ReMax k = 4 4 x (4 + 1)
-    costs = {e.name: (20 // e.cost_per_prompt, e.cost_per_prompt) for e in estimators(4)}
-    assert costs == {"none": (20, 1), "remax": (10, 2), "remax_k": (4, 5), "group_mean": (5, 4), "grpo": (5, 4),
-                     "rloo": (5, 4)}
+    # 20 answers: no baseline 20 prompts; ReMax k = 1 10 x (1 + 1); k = 4 groups 5 x 4; ReMax k = 4 4 x (4 + 1).
+    # Every critic-free algorithm of the registry, at k = 1 too where its block allows it (GRPO, RLOO and REINFORCE++
+    # need two answers per prompt).
+    costs = {e.key: (20 // e.cost_per_prompt, e.cost_per_prompt) for e in estimators(4)}
+    assert costs == {"remax_k1": (10, 2), "remax_k4": (4, 5), "reinforce_k1": (20, 1), "reinforce_k4": (5, 4),
+                     "grpo_k4": (5, 4), "rloo_k4": (5, 4), "reinforce_pp_k4": (5, 4)}
 
 
 def test_measure_on_the_nano_model_and_the_report_section(tmp_path, one_torch_thread):
@@ -50,11 +58,12 @@ def test_measure_on_the_nano_model_and_the_report_section(tmp_path, one_torch_th
     prompts = ["Reverse: abc", "Uppercase: bad", "Sort the letters: hgab", "Repeat cab 2 times."]
     rows = measure(model, tokenizer, prompts, load_reward_function("gold"), answers=6, k=2, repeats=2,
                    max_response_length=6)
-    assert [r["estimator"] for r in rows] == ["none", "remax", "remax_k", "group_mean", "grpo", "rloo"]
+    assert [r["estimator"] for r in rows] == ["remax_k1", "remax_k2", "reinforce_k1", "reinforce_k2", "grpo_k2",
+                                              "rloo_k2", "reinforce_pp_k2"]
     for r in rows:
         assert r["answers_per_batch"] == 6 and r["trace_cov"] >= 0 and 0 <= r["reward_mean"] <= 1
         assert 0 < r["generated_tokens_per_batch"] <= 6 * 6
-    assert rows[0]["trace_cov_vs_none"] == pytest.approx(1.0)
+    assert rows[2]["trace_cov_vs_none"] == pytest.approx(1.0)  # REINFORCE at k = 1 is the reference
     assert all(p.grad is None for p in model.parameters())  # nothing left behind
     with pytest.raises(ValueError, match="repeats"):
         measure(model, tokenizer, prompts, load_reward_function("gold"), repeats=1)
@@ -69,7 +78,7 @@ def test_measure_on_the_nano_model_and_the_report_section(tmp_path, one_torch_th
     section = _variance_section(suite_dir, tmp_path)
     assert section[0] == "## Policy-gradient variance"
     assert len([line for line in section if line.startswith("| ")]) == 2 + len(rows)  # header, rule, rows
-    assert variance_markdown(record)[2].startswith("| REINFORCE, no baseline | 6 × (1 + 0)")
+    assert variance_markdown(record)[4].startswith("| REINFORCE (k = 1) | 6 × (1 + 0)")
 
 
 def test_variance_command_needs_a_policy_and_writes_what_the_report_reads(tmp_path, one_torch_thread):
@@ -88,4 +97,4 @@ def test_variance_command_needs_a_policy_and_writes_what_the_report_reads(tmp_pa
     assert result.exit_code == 0, result.output
     written = tmp_path / "nano" / "variance"
     record = json.loads((written / "variance.json").read_text())
-    assert record["reward"] == "gold" and len(record["rows"]) == 6 and (written / "variance.png").is_file()
+    assert record["reward"] == "gold" and len(record["rows"]) == 7 and (written / "variance.png").is_file()

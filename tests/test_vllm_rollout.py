@@ -15,7 +15,7 @@ import yaml
 from remax_bench.core.models import build_tiny_model, load_reward_model, load_tokenizer, save_pretrained
 from remax_bench.core.stage import stage_main
 from remax_bench.core.suite_file import load_suite_text
-from trainers import remax
+from trainers import online
 from trainers.engine import TorchEngine
 from trainers.sequences import generate, response_logprobs
 
@@ -113,7 +113,7 @@ def test_remax_stage_trains_with_vllm_rollouts(policy, tmp_path):
     config.write_text(json.dumps({"stage": "remax", "seed": 0, "suite": suite.resolved(),
                                   "inputs": {"sft": str(sft), "reward_model": str(rm)}}))
     out = tmp_path / "remax" / "seed0"
-    assert stage_main("remax", remax.train, ["--config", str(config), "--out", str(out)]) == 0
+    assert stage_main("remax", online.train, ["--config", str(config), "--out", str(out)]) == 0
     summary = json.loads((out / "summary.json").read_text())
     engine = summary["rollout_engine"]
     assert engine["backend"] == "vllm" and engine["engine_start_s"] > 0

@@ -115,7 +115,7 @@ def train(run: StageRun) -> dict:
         if step > 0:
             step_times.append(elapsed)
             tokens_total += tokens
-        run.log(step, loss=run.mean_over_ranks(loss.detach()), accuracy=run.mean_over_ranks((rc > rr).float().mean()),
+        run.log(step, loss=run.stats.scalar(loss.detach()), accuracy=run.stats.scalar((rc > rr).float().mean()),
                 reward_margin=(rc - rr).mean().item(),
                 chosen_reward=rc.mean().item(), rejected_reward=rr.mean().item(), time_train_s=elapsed,
                 time_step_s=elapsed, tokens_per_second=tokens / max(elapsed, 1e-9))

@@ -71,9 +71,9 @@ def train(run: StageRun) -> dict:
             engine.step(loss)
             if step == 0:
                 run.component_bytes["reward"] = engine.state_bytes()
-            metrics = {"loss": run.mean_over_ranks(loss.detach()),
-                       "accuracy": run.mean_over_ranks((chosen > rejected).float().mean()),
-                       "reward_margin": run.mean_over_ranks((chosen - rejected).mean().detach())}
+            metrics = {"loss": run.stats.scalar(loss.detach()),
+                       "accuracy": run.stats.scalar((chosen > rejected).float().mean()),
+                       "reward_margin": run.stats.scalar((chosen - rejected).mean().detach())}
             if (step + 1) % eval_every == 0 or step + 1 == total_steps:
                 metrics["eval_accuracy"] = pairwise_accuracy(model, tokenizer, eval_rows, suite, run.device, cfg.batch_size)
                 engine.save_pretrained(run.checkpoint_dir, tokenizer)

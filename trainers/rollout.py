@@ -1,22 +1,17 @@
-"""The rollout engine every online algorithm shares: prompts, generation, scoring, KL-penalised rewards, the loop.
+"""The rollout engine every online algorithm shares: prompts, generation and scoring.
 
 An algorithm may draw k sampled answers per prompt (``samples_per_prompt``): prompt i's answers are rows
 i*k .. i*k + k - 1 of the batch, so ``scores.view(-1, k)`` is one group per row. The score is the reward
-model's, or that of a reward function when the suite names one (shared.reward_function).
-
-Per-token reward of a sampled response a = (a_1..a_T) to prompt x:
-
-    rew_t = -beta * (log pi(a_t) - log pi_ref(a_t))  +  [t == T] * clip(r(x, a))
-
-Everything past the first eos is padding and is masked out of every sum. With ``shared.reward_normalize``
-the score is first standardised with the running mean and std of all scores seen so far.
+model's, or that of a reward function when the suite names one (shared.reward_function); with
+``shared.reward_normalize`` it is standardised with the running mean and std of every score seen so far.
+Everything past the first eos is padding and is masked out of every sum. What an algorithm makes of a rollout
+batch (advantages, losses, the KL) is the online loop's (trainers/online.py).
 """
 
 from __future__ import annotations
 
 import math
 import random
-import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -26,7 +21,6 @@ from remax_bench.core.data import load_prompts
 from remax_bench.core.models import load_causal_lm, load_reward_model, load_tokenizer
 from remax_bench.core.stage import StageError, StageRun, check_finite
 from trainers.engine import build_engine, frozen_state_bytes, place_frozen, without_dropout
-from trainers.heldout import gold_reward_of, heldout_prompts, is_synthetic
 from trainers.sequences import (
     SequenceBatch,
     decode_responses,
@@ -34,39 +28,11 @@ from trainers.sequences import (
     entropy,
     forward_logits,
     generate,
-    masked_mean,
     prompt_fits,
     response_logprobs,
     sequence_scores,
     token_logprobs,
 )
-
-
-# -- the math -------------------------------------------------------------------------------------
-def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kl_coef: float) -> torch.Tensor:
-    """-beta * (log pi - log pi_ref) per token: the KL term folded into the reward."""
-    return -kl_coef * (logprobs - ref_logprobs)
-
-
-def sequence_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, response_mask: torch.Tensor) -> float:
-    """Mean over responses of the summed log-ratio: the usual sample estimate of KL(pi || pi_ref)."""
-    return ((logprobs - ref_logprobs) * response_mask).sum(-1).mean().item()
-
-
-def last_token_index(response_mask: torch.Tensor) -> torch.Tensor:
-    """Index of each row's last response token (its eos, or the length limit)."""
-    return (response_mask.sum(-1).long() - 1).clamp(min=0)
-
-
-def kl_penalised_rewards(scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor,
-                         response_mask: torch.Tensor, kl_coef: float, reward_clip: float | None) -> torch.Tensor:
-    """Per-token rewards [B, R]: each token's KL penalty, plus the (clipped) score on its last token."""
-    rewards = kl_penalty(logprobs, ref_logprobs, kl_coef) * response_mask
-    if reward_clip is not None:
-        scores = scores.clamp(-reward_clip, reward_clip)
-    rows = torch.arange(len(scores), device=scores.device)
-    rewards[rows, last_token_index(response_mask)] += scores
-    return rewards
 
 
 class RunningMoments:
@@ -192,24 +158,16 @@ class Rollout:
     raw_scores: torch.Tensor  # [n] reward-model scores as the reward model gave them
     ref_logprobs: torch.Tensor  # [n, R] log pi_ref(a_t)
     old_logprobs: torch.Tensor | None  # [n, R] log pi(a_t) at generation time; None when the trainer takes them
-    entropy: float | None  # mean per-token entropy of pi on the sampled tokens (with old_logprobs)
+    token_entropy: torch.Tensor | None  # [n, R] entropy of pi at each sampled position (with old_logprobs)
     greedy_batch: SequenceBatch | None  # one greedy response per distinct prompt (ReMax's baseline)
     greedy_scores: torch.Tensor | None  # [n] the greedy score of each row's prompt, on the scale of ``scores``
     raw_greedy_scores: torch.Tensor | None
     generated_tokens: int  # every generated response token, greedy ones included
     samples_per_prompt: int = 1
 
-    def groups(self, values: torch.Tensor) -> torch.Tensor:
-        """[n] per-row values as [n / k, k]: one row per prompt."""
-        return values.view(-1, self.samples_per_prompt)
-
     @property
     def mask(self) -> torch.Tensor:
         return self.batch.response_mask
-
-    def rewards(self, kl_coef: float, reward_clip: float | None) -> torch.Tensor:
-        """Per-token KL-penalised rewards [n, R] (needs old_logprobs)."""
-        return kl_penalised_rewards(self.scores, self.old_logprobs, self.ref_logprobs, self.mask, kl_coef, reward_clip)
 
 
 class RolloutEngine:
@@ -269,15 +227,6 @@ class RolloutEngine:
                                     shared.max_response_length).to(run.device)
             return sequence_scores(models.reward, rescored)
 
-    def _all_ranks(self, values: torch.Tensor) -> torch.Tensor:
-        """The values of every rank's share of the global batch (ranks hold equal shares), in rank order: the
-        running reward statistics are those of the global batch, the same on every rank."""
-        if self.run.world_size == 1:
-            return values
-        parts = [torch.empty_like(values) for _ in range(self.run.world_size)]
-        torch.distributed.all_gather(parts, values.contiguous())
-        return torch.cat(parts)
-
     def collect(self, prompts: list[str], step: int, *, samples_per_prompt: int = 1, greedy_baseline: bool = False,
                 policy_logprobs: bool = True) -> Rollout:
         """Sample k = ``samples_per_prompt`` responses per prompt (and, with ``greedy_baseline``, one greedy
@@ -304,107 +253,15 @@ class RolloutEngine:
                 if policy_logprobs:
                     logits = forward_logits(self.models.policy.module, sampled)
                     old_logprobs = token_logprobs(logits, sampled.response_ids)
-                    token_entropy = masked_mean(entropy(logits), sampled.response_mask).item()
+                    token_entropy = entropy(logits)
                     del logits
         # Each sampled row is centred by its own prompt's greedy answer: k rows share one.
         raw_scores, raw_greedy = (raw[:n], raw[n:].repeat_interleave(k)) if greedy_baseline else (raw, None)
         scores, greedy_scores = raw_scores, raw_greedy
         if self.moments is not None:
             # Statistics of the sampled scores only; the greedy baseline is put on the same scale.
-            self.moments.update(self._all_ranks(raw_scores))
+            self.moments.update(run.stats.gather(raw_scores))  # the global batch's, the same on every rank
             scores = self.moments.normalise(raw_scores)
             greedy_scores = self.moments.normalise(raw_greedy) if greedy_baseline else None
         return Rollout(rows, sampled, scores, raw_scores, ref_logprobs, old_logprobs, token_entropy,
                        greedy_batch, greedy_scores, raw_greedy, generated_tokens, k)
-
-
-# -- the loop ---------------------------------------------------------------------------------------
-# What every online algorithm logs each step, so curves compare across algorithms; each adds its own on top
-# (PPO: value_loss, approx_kl, clipfrac, explained_variance; ReMax: baseline_reward_mean, advantage_mean).
-SHARED_DIAGNOSTICS = ("reward_mean", "reward_std", "kl", "policy_loss", "grad_norm", "entropy", "response_length",
-                      "tokens", "sampled_tokens")
-
-
-def online_loop(run: StageRun, models: OnlineModels, step_fn: Callable[[int, list[str]], dict],
-                extra_states: Callable[[], dict] | None = None) -> dict:
-    """Runs ``suite.iterations`` steps of ``step_fn`` (one rollout batch each), logging, timing and saving.
-
-    step_fn(iteration, prompts) returns the step's metrics (reward_mean, kl, losses, response_length,
-    ``tokens``: every generated response token, and ``sampled_tokens``: those of the sampled answers the
-    loss trains on; they differ for ReMax, whose greedy answers are generated too). It must check its loss
-    with check_finite before the optimizer step, so a non-finite loss never reaches the weights and the last
-    saved checkpoint stays good.
-    """
-    suite = run.suite
-    sampler = PromptSampler(run, models.tokenizer)
-    run.per_rank("shared.rollout_batch_size")
-    iterations = suite.iterations
-    synthetic = is_synthetic(suite) and not run.config.get("skip_heldout")
-    eval_prompts = heldout_prompts(suite) if synthetic else []
-    summary: dict = {"iterations": iterations}
-    if synthetic:
-        # The SFT model's figure, with the very same greedy evaluation as the trained policy's.
-        before = gold_reward_of(models.policy.module, models.tokenizer, suite, eval_prompts)
-        summary["heldout_gold_reward_before"] = before["heldout_gold_reward"]
-    save_every = max(1, iterations // 4)
-    step_times, phase_totals = [], {"generate": 0.0, "sync": 0.0, "score": 0.0, "train": 0.0}
-    tokens_total = sampled_total = 0
-    rewards, last_eval = [], None
-    # Prompts per iteration follow shared.rollout_batch_unit (rollout_batch_size / k when it counts samples).
-    budget = suite.matched_budget(run.stage)
-    run.manifest_extra["matched_budget"] = budget
-    generated = 0
-    for step in range(iterations):
-        start = time.perf_counter()
-        metrics = step_fn(step, sampler.next(budget["prompts_per_iteration"]))
-        metrics["reward_mean"] = run.mean_over_ranks(metrics["reward_mean"])  # over the global batch
-        elapsed = time.perf_counter() - start
-        phases = run.timer.pop()
-        missing = [name for name in SHARED_DIAGNOSTICS if name not in metrics]
-        if missing:
-            raise StageError(f"{run.stage} logs no {', '.join(missing)}: every online algorithm logs "
-                             f"{', '.join(SHARED_DIAGNOSTICS)}")
-        for name in ("reward_mean", "kl", "policy_loss", "value_loss"):
-            if name in metrics:
-                check_finite(name, metrics[name], step)
-        if step == 0:
-            # After the first optimizer step, so the optimizer states exist and are counted.
-            run.component_bytes.update(extra_states() if extra_states else {})
-        if step > 0 or iterations == 1:  # the first step pays one-off warm-up costs
-            step_times.append(elapsed)
-            for name in phase_totals:
-                phase_totals[name] += phases.get(name, 0.0)
-            tokens_total += metrics.get("tokens", 0)
-            sampled_total += metrics.get("sampled_tokens", 0)
-        generated += metrics.get("tokens", 0)
-        rewards.append(metrics["reward_mean"])
-        row = {**metrics, "generated_tokens": generated, "time_step_s": elapsed,
-               "tokens_per_second": metrics.get("tokens", 0) / elapsed}
-        row.update({f"time_{k}_s": phases.get(k, 0.0) for k in phase_totals})
-        last_eval = None
-        if synthetic and suite.shared.heldout_eval_every and (step + 1) % suite.shared.heldout_eval_every == 0:
-            last_eval = gold_reward_of(models.policy.module, models.tokenizer, suite, eval_prompts)
-            row.update(last_eval)
-        run.log(step, **row)
-        if (step + 1) % save_every == 0:
-            models.policy.save_pretrained(run.checkpoint_dir, models.tokenizer)
-    if iterations % save_every:
-        models.policy.save_pretrained(run.checkpoint_dir, models.tokenizer)
-    measured = max(len(step_times), 1)
-    tail = rewards[-max(1, len(rewards) // 10):]  # the last 10% of steps
-    summary.update(
-        final_reward_mean=sum(tail) / len(tail),
-        time_per_iteration_s=sum(step_times) / measured,
-        time_split_s={k: v / measured for k, v in phase_totals.items()},
-        tokens_per_second=tokens_total / max(sum(step_times), 1e-9),
-        sampled_tokens_per_second=sampled_total / max(sum(step_times), 1e-9),
-        generated_tokens=generated,  # every step's, the first included: the quality-per-token denominator
-        matched_budget=budget,
-        # Generation cost per generated token (ms), the figure that compares rollout backends.
-        generate_ms_per_token=1000 * phase_totals["generate"] / max(tokens_total, 1),
-        # The vLLM engine's start-up (one-off), weight syncs and memory; hf rollouts have no engine.
-        rollout_engine=run.manifest_extra.get("rollout_engine", {"backend": "hf"}),
-    )
-    if synthetic:
-        summary.update(last_eval or gold_reward_of(models.policy.module, models.tokenizer, suite, eval_prompts))
-    return summary

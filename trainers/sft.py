@@ -24,7 +24,7 @@ from trainers.sequences import encode_pairs, forward_logits, masked_mean, token_
 def sft_loss(logits: torch.Tensor, tokens: torch.Tensor, response_mask: torch.Tensor, mean=masked_mean) -> torch.Tensor:
     """Mean negative log-likelihood of the response tokens. logits [B,R,V], tokens/mask [B,R].
 
-    ``mean`` is the masked mean to take; with several ranks, StageRun.token_mean (over the global batch)."""
+    ``mean`` is the masked mean to take; with several ranks, StageRun.stats.loss_mean (over the global batch)."""
     return -mean(token_logprobs(logits, tokens), response_mask)
 
 
@@ -65,10 +65,10 @@ def train(run: StageRun) -> dict:
                                  suite.shared.max_prompt_length, suite.shared.max_response_length).to(run.device)
             t0 = time.time()
             with run.autocast():
-                loss = sft_loss(forward_logits(model, batch), batch.response_ids, batch.response_mask, run.token_mean)
+                loss = sft_loss(forward_logits(model, batch), batch.response_ids, batch.response_mask, run.stats.loss_mean)
             check_finite("SFT loss", loss, step)
             grad_norm = engine.step(loss)
-            loss_value = run.mean_over_ranks(loss.detach())  # the global batch's token mean
+            loss_value = run.stats.scalar(loss.detach())  # the global batch's token mean
             if step == 0:
                 run.component_bytes["policy"] = engine.state_bytes()  # optimizer states exist from now on
             tokens = int(batch.attention_mask.sum())

@@ -15,15 +15,47 @@ trace parameter, epsilon PPO's clip range.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Optional, Union
 
 from pydantic import Field
 
 from remax_bench.core.schema import Strict
 
 
+# -- the KL regularisation ------------------------------------------------------------------------------
+class KL(Strict):
+    """The KL regularisation against the frozen reference, one definition every online algorithm applies the same
+    way (trainers/online.py: ``Experience``). With d_t = log pi(a_t) - log pi_ref(a_t), the per-token estimate is
+
+        k1 = d,    k2 = d^2 / 2,    k3 = exp(-d) + d - 1            (Schulman's estimators of KL(pi || pi_ref))
+
+    placement reward: the penalty -beta * k_t is a per-token reward; ``shape`` says how it reaches the advantage:
+        return_to_go   A_t gets sum_{j >= t} gamma^(j - t) (-beta k_j)   (the KL is part of the return; GAE's for PPO)
+        per_token      A_t gets -beta k_t only                           (the ReMax authors' code)
+    placement loss: beta * (token mean of k_t) is added to the loss, with its gradient (GRPO's).
+    """
+
+    estimator: Literal["k1", "k2", "k3"] = "k1"
+    placement: Literal["reward", "loss"] = "reward"
+    shape: Literal["return_to_go", "per_token"] = Field(
+        default="return_to_go", description="how a reward-placed penalty enters the advantage (ignored for loss)")
+
+    def describe(self) -> str:
+        if self.placement == "loss":
+            return f"beta * {self.estimator} in the loss"
+        return f"-beta * {self.estimator} per-token reward, {self.shape.replace('_', '-')}"
+
+
+class OnlineBlock(Strict):
+    """What every online algorithm's block may set besides its own settings."""
+
+    kl_override: Optional[Union[Literal["paper"], KL]] = Field(
+        default=None, description="this algorithm's own KL treatment instead of shared.kl ('paper': its paper's); "
+        "the comparison is then flagged as not matched")
+
+
 # -- the algorithm-specific suite blocks -------------------------------------------------------------
-class PPOBlock(Strict):
+class PPOBlock(OnlineBlock):
     """PPO as InstructGPT / DeepSpeed-Chat run it: critic from the reward model, GAE, clipped ratio and value."""
 
     enabled: bool = True
@@ -32,7 +64,8 @@ class PPOBlock(Strict):
     gae_lambda: float = Field(default=0.95, ge=0, le=1, description="lambda of generalised advantage estimation")
     gamma: float = Field(default=1.0, gt=0, le=1, description="gamma: discount of the per-token rewards")
     critic_learning_rate: float = Field(default=5e-4, gt=0, description="the critic's AdamW learning rate")
-    ppo_epochs: int = Field(default=1, gt=0, description="passes over each rollout batch")
+    ppo_epochs: int = Field(default=1, gt=0, description="passes over each rollout batch (mini-batches of "
+                            "shared.train_batch_size answers)")
 
 
 class DPOBlock(Strict):
@@ -42,7 +75,7 @@ class DPOBlock(Strict):
     beta: float = Field(default=0.1, gt=0, description="beta: scale of the implicit reward log pi/pi_ref")
 
 
-class ReMaxBlock(Strict):
+class ReMaxBlock(OnlineBlock):
     """ReMax: REINFORCE with the greedy answer's reward as baseline; nothing is required beyond shared."""
 
     enabled: bool = True
@@ -50,12 +83,6 @@ class ReMaxBlock(Strict):
         default=1, ge=1, description="k sampled answers per prompt, all centred by the prompt's one greedy answer "
         "(the paper: 1; verl runs k > 1)")
     gamma: float = Field(default=1.0, gt=0, le=1, description="gamma: discount of the centred score")
-    kl_mode: Literal["per_token", "return_to_go"] = Field(
-        default="per_token",
-        description="per_token: the authors' returns, each token's own KL penalty plus gamma^(T-t+1) times the "
-        "clipped centred score; return_to_go: verl's estimator, the reverse cumulative sum of the token-level "
-        "rewards minus the greedy baseline",
-    )
 
 
 # The critic-free family beyond the paper. Off unless a suite enables them, so suites written before them
@@ -64,7 +91,7 @@ def _samples(default: int, least: int):
     return Field(default=default, ge=least, description=f"k sampled answers per prompt (at least {least})")
 
 
-class ReinforceBlock(Strict):
+class ReinforceBlock(OnlineBlock):
     """REINFORCE without a baseline: the control of the variance comparison."""
 
     enabled: bool = False
@@ -72,21 +99,18 @@ class ReinforceBlock(Strict):
     gamma: float = Field(default=1.0, gt=0, le=1, description="gamma: discount of the return-to-go")
 
 
-class GRPOBlock(Strict):
-    """GRPO (Shao et al. 2024): group-normalised outcome advantage, clipped ratio, k3 KL in the loss."""
+class GRPOBlock(OnlineBlock):
+    """GRPO (Shao et al. 2024): group-normalised outcome advantage, clipped ratio (its paper: k3 KL in the loss)."""
 
     enabled: bool = False
     samples_per_prompt: int = _samples(4, 2)
     clip_range: float = Field(default=0.2, gt=0, description="epsilon: the policy ratio is clipped to 1 +- epsilon")
-    kl_mode: Literal["loss", "reward"] = Field(
-        default="loss", description="loss: beta * k3 KL estimate added to the loss (GRPO); reward: -beta * sum of "
-        "log-ratios subtracted from each score before the group normalisation")
     epochs: int = Field(default=1, gt=0, description="mu: passes over each rollout batch (mini-batches of "
                         "shared.train_batch_size answers)")
     std_normalize: bool = Field(default=True, description="divide by the group's std (false: Dr. GRPO's mean only)")
 
 
-class RLOOBlock(Strict):
+class RLOOBlock(OnlineBlock):
     """RLOO (Ahmadian et al. 2024): each sample's baseline is the mean score of the other k - 1."""
 
     enabled: bool = False
@@ -94,7 +118,7 @@ class RLOOBlock(Strict):
     gamma: float = Field(default=1.0, gt=0, le=1, description="gamma: discount of the return-to-go")
 
 
-class ReinforcePPBlock(Strict):
+class ReinforcePPBlock(OnlineBlock):
     """REINFORCE++ with baseline (OpenRLHF's reinforce_baseline): group mean, then batch normalisation."""
 
     enabled: bool = False
@@ -105,14 +129,20 @@ class ReinforcePPBlock(Strict):
 # -- the registry -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Algorithm:
+    """What an algorithm is to the rest of the code. An online algorithm's module ``trainers/<name>.py`` defines
+    ``advantages(exp, cfg, stats)`` (and, where it differs from plain REINFORCE, ``policy_loss``); the one online
+    loop (trainers/online.py) provides what the fields below ask for."""
+
     name: str  # suite block, stage name and trainer module (trainers/<name>.py)
     label: str  # as reports and tables name it
     block: type[Strict]  # its suite block
     update: str  # where its update rule lives, file:function
     online: bool  # generates answers to data.prompts every iteration (else: trains on preference pairs)
     reward_model: bool  # optimises a reward model's score
-    critic: bool = False  # trains a value model
+    critic: bool = False  # trains a value model (initialised from the reward model)
     greedy_baseline: bool = False  # decodes the greedy answer of every prompt as a baseline
+    epochs_field: str | None = None  # block field of passes over each rollout batch (mini-batches); None: one update
+    paper_kl: KL | None = None  # its paper's own KL treatment (``kl_override: paper``)
     preference_data: bool = False
     color: str = "#7f7f7f"
 
@@ -120,29 +150,34 @@ class Algorithm:
     def module(self) -> str:
         return f"trainers.{self.name}"
 
+    def epochs(self, block) -> int:
+        """Passes over each rollout batch (1 for an algorithm that takes one update per batch)."""
+        return int(getattr(block, self.epochs_field)) if self.epochs_field else 1
+
 
 REGISTRY: dict[str, Algorithm] = {
     algorithm.name: algorithm
     for algorithm in (
-        Algorithm("ppo", "PPO", PPOBlock, "trainers/ppo.py:gae, ppo_policy_loss, ppo_value_loss", online=True, reward_model=True,
-                  critic=True, color="#1f77b4"),
-        Algorithm("remax", "ReMax", ReMaxBlock, "trainers/remax.py:remax_returns, remax_loss", online=True,
-                  reward_model=True, greedy_baseline=True, color="#d62728"),
+        Algorithm("ppo", "PPO", PPOBlock, "trainers/ppo.py:gae, advantages, policy_loss, value_loss", online=True,
+                  reward_model=True, critic=True, epochs_field="ppo_epochs", paper_kl=KL(), color="#1f77b4"),
+        Algorithm("remax", "ReMax", ReMaxBlock, "trainers/remax.py:advantages", online=True, reward_model=True,
+                  greedy_baseline=True, paper_kl=KL(shape="per_token"), color="#d62728"),
         Algorithm("dpo", "DPO", DPOBlock, "trainers/dpo.py:dpo_loss", online=False, reward_model=False,
                   preference_data=True, color="#2ca02c"),
-        Algorithm("reinforce", "REINFORCE", ReinforceBlock, "trainers/reinforce.py:reinforce_returns",
-                  online=True, reward_model=True, color="#8c564b"),
-        Algorithm("grpo", "GRPO", GRPOBlock, "trainers/grpo.py:grpo_advantages, grpo_loss", online=True,
-                  reward_model=True, color="#ff7f0e"),
-        Algorithm("rloo", "RLOO", RLOOBlock, "trainers/rloo.py:rloo_baselines", online=True, reward_model=True,
-                  color="#9467bd"),
-        Algorithm("reinforce_pp", "REINFORCE++", ReinforcePPBlock,
-                  "trainers/reinforce_pp.py:reinforce_pp_advantages", online=True, reward_model=True,
-                  color="#17becf"),
+        Algorithm("reinforce", "REINFORCE", ReinforceBlock, "trainers/reinforce.py:advantages", online=True,
+                  reward_model=True, paper_kl=KL(), color="#8c564b"),
+        Algorithm("grpo", "GRPO", GRPOBlock, "trainers/grpo.py:advantages, policy_loss", online=True,
+                  reward_model=True, epochs_field="epochs", paper_kl=KL(estimator="k3", placement="loss"),
+                  color="#ff7f0e"),
+        Algorithm("rloo", "RLOO", RLOOBlock, "trainers/rloo.py:advantages", online=True, reward_model=True,
+                  paper_kl=KL(), color="#9467bd"),
+        Algorithm("reinforce_pp", "REINFORCE++", ReinforcePPBlock, "trainers/reinforce_pp.py:advantages", online=True,
+                  reward_model=True, paper_kl=KL(), color="#17becf"),
     )
 }
 NAMES: tuple[str, ...] = tuple(REGISTRY)  # the order of stages, tables and plots
 BASELINE = "ppo"  # ratios (memory, time) are taken against this algorithm, as the paper does
+FOCUS = "remax"  # the algorithm whose claims the paper makes (ReMax vs PPO), compared with every other
 PREPARATION_STAGES = {"sft": "SFT", "reward_model": "reward model"}  # trained once, before the algorithms
 
 
@@ -210,7 +245,19 @@ def hyperparameter_table(suite) -> list[dict[str, str]]:
     for key, value in shared.items():
         rows.append({"setting": f"shared.{key}", "symbol": SYMBOLS.get(key.split(".")[-1], ""),
                      "shared": str(value), **{REGISTRY[a].label: "" for a in enabled}})
-    own = {a: flat(getattr(suite, a).model_dump(mode="json", exclude={"enabled"})) for a in enabled}
+    # The KL treatment each online algorithm resolves to: shared.kl, or its own where its block overrides it (then
+    # its comparison with the others is not matched, and the row says so).
+    departures = suite.kl_departures()
+    kl_row = {"setting": "KL treatment", "symbol": "", "shared": suite.shared.kl.describe()}
+    for a in enabled:
+        if not REGISTRY[a].online:
+            kl_row[REGISTRY[a].label] = "–"
+        elif a in departures:
+            kl_row[REGISTRY[a].label] = f"NOT MATCHED: {suite.kl_treatment(a).describe()}"
+        else:
+            kl_row[REGISTRY[a].label] = "shared"
+    rows.append(kl_row)
+    own = {a: flat(getattr(suite, a).model_dump(mode="json", exclude={"enabled", "kl_override"})) for a in enabled}
     for name in enabled:
         for key, value in own[name].items():
             row = {"setting": f"{name}.{key}", "symbol": SYMBOLS.get(key, ""), "shared": "",

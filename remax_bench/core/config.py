@@ -95,7 +95,10 @@ class Shared(Strict):
     iterations: Optional[int] = Field(default=None, gt=0, description="iterations of every algorithm, or:")
     token_budget: Optional[int] = Field(default=None, gt=0,
                                         description="generated tokens (at the length limit) every algorithm may spend")
-    kl_coef: float = Field(default=0.05, ge=0, description="beta: the KL penalty -beta * (log pi - log pi_ref)")
+    kl_coef: float = Field(default=0.05, ge=0, description="beta: the weight of the KL regularisation")
+    # Where the KL acts and which estimator, the same for every online algorithm (core/algorithms.py: KL); an
+    # algorithm block's kl_override departs from it, and the comparison is then flagged as not matched.
+    kl: algorithms.KL = algorithms.KL()
     generation: Generation = Generation()
     # The engine that generates every online algorithm's rollouts: transformers' generate on the policy
     # itself, or a vLLM engine in the trainer's process that takes the policy's weights after each optimizer
@@ -430,6 +433,20 @@ class Suite(_AlgorithmBlocks):
                 "prompts_per_iteration": prompts, "samples_per_iteration": k * prompts,
                 "greedy_per_iteration": prompts if algorithms.get(name).greedy_baseline else 0,
                 "iterations": self.iterations, "reward": self.shared.reward_function or "reward model"}
+
+    def kl_treatment(self, name: str) -> algorithms.KL:
+        """The KL regularisation an online algorithm trains with: shared.kl, unless its block overrides it."""
+        override = getattr(getattr(self, name), "kl_override", None)
+        if override == "paper":
+            return algorithms.get(name).paper_kl
+        return override or self.shared.kl
+
+    def kl_departures(self) -> dict[str, str]:
+        """The enabled online algorithms whose KL treatment is not shared.kl, each with how it differs: their
+        comparison with the others is not matched."""
+        shared = self.shared.kl
+        return {name: f"{self.kl_treatment(name).describe()} (shared.kl: {shared.describe()})"
+                for name in algorithms.online(self.enabled_algorithms()) if self.kl_treatment(name) != shared}
 
     def needs_reward_model_stage(self) -> bool:
         """Whether the plan trains the reward model: an enabled algorithm reads it, or the eval judge does."""

@@ -30,6 +30,7 @@ import torch
 
 from remax_bench.core import algorithms, results
 from remax_bench.core.config import Suite, per_rank_batch
+from remax_bench.core.global_batch import GlobalBatch
 from remax_bench.core.metrics import MemoryTracker, PhaseTimer
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -130,6 +131,9 @@ class StageRun:
             # Under the deepspeed launcher every rank runs this stage; only rank 0 writes the results.
             self.dir = self.dir.with_name(f"{self.dir.name}.rank{self.rank}")
         self.device = resolve_device(self.suite.runtime.device)
+        # Every statistic that crosses rows (loss token means, whitening, logged means) is taken here, over the
+        # global batch, whatever the number of ranks.
+        self.stats = GlobalBatch(self.world_size, self.device)
         self.memory = MemoryTracker(self.device)
         self.timer = PhaseTimer(self.device)
         self.start_time = time.time()
@@ -219,35 +223,6 @@ class StageRun:
         mine = list(indices[self.rank * per : (self.rank + 1) * per])
         self.drawn.setdefault(name, []).append(mine)
         return mine
-
-    def token_mean(self, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Mean of ``values`` over the masked tokens of the whole global batch, as this rank's part.
-
-        DeepSpeed averages gradients over ranks, so each rank divides its own token sum by the global token
-        count over the number of ranks: the averaged gradient is that of the global token mean, the same as one
-        process computes on the whole batch. One process keeps the plain masked mean."""
-        if self.world_size == 1:
-            return (values * mask).sum() / mask.sum().clamp(min=1)
-        count = mask.sum().detach().float()
-        torch.distributed.all_reduce(count)
-        return (values * mask).sum() * self.world_size / count.clamp(min=1)
-
-    def global_mean(self, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Mean of ``values`` over the masked tokens of the whole global batch, the same on every rank (no
-        gradient flows through the other ranks' part: for statistics such as PPO's advantage whitening)."""
-        if self.world_size == 1:
-            return (values * mask).sum() / mask.sum().clamp(min=1)
-        totals = torch.stack([(values * mask).sum().detach(), mask.sum().detach().to(values.dtype)]).float()
-        torch.distributed.all_reduce(totals)
-        return (totals[0] / totals[1].clamp(min=1)).to(values.dtype)
-
-    def mean_over_ranks(self, value: torch.Tensor | float) -> float:
-        """A logged figure averaged over the ranks (each rank's share is the same size)."""
-        if self.world_size == 1:
-            return float(value)
-        tensor = torch.tensor(float(value), dtype=torch.float64, device=self.device)  # NCCL reduces GPU tensors
-        torch.distributed.all_reduce(tensor)
-        return float(tensor) / self.world_size
 
     def data_parallel_summary(self) -> dict:
         """What each rank drew, gathered on every rank: rows per rank and rows drawn by more than one rank."""

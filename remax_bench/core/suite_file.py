@@ -178,6 +178,11 @@ def _unknown_keys(raw: Any, model: type[BaseModel], path: str) -> list[str]:
             errors.append(f"{where}: a key is never part of a suite (suites are recorded in every manifest); "
                           f"put it in an environment variable and name that variable in {path}.api_key_env")
             continue
+        if path in algorithms.REGISTRY and key == "kl_mode":
+            errors.append(f"{where}: unknown key; the KL treatment is shared.kl (estimator, placement, shape), the "
+                          f"same for every algorithm; to keep this algorithm's paper's own, set {path}.kl_override: "
+                          "paper (its comparison is then flagged as not matched)")
+            continue
         close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
         hint = f"; did you mean '{close[0]}'?" if close else f"; expected one of: {', '.join(allowed)}"
         errors.append(f"{where}: unknown key{hint}")

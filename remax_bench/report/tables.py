@@ -176,7 +176,7 @@ def _add_ratios(table: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def ratios_vs_ppo(table: pd.DataFrame, algorithm: str = "remax") -> dict[str, float]:
+def ratios_vs_ppo(table: pd.DataFrame, algorithm: str = registry.FOCUS) -> dict[str, float]:
     """Ratio of the seed means against PPO: memory saving (%) and speed-up (x); {} without both."""
     if table.empty or not {comparison.BASELINE, algorithm} <= set(table["algorithm"]):
         return {}
@@ -252,8 +252,8 @@ def aggregate_table(table: pd.DataFrame, reference: str = "sft") -> pd.DataFrame
 def paper_table(table: pd.DataFrame, judge: str | None, reference: str = "sft") -> pd.DataFrame:
     """This run's algorithms against PPO, beside the paper's figures (labelled as the paper's)."""
     ran = set(table["algorithm"]) if not table.empty else set()
-    # The algorithms this run has beside PPO (ReMax and DPO always get a column: they are the paper's comparison).
-    compared = [a for a in ALGORITHMS if a != comparison.BASELINE and (a in ran or a in ("remax", "dpo"))]
+    # The algorithms this run has beside PPO (the paper's algorithm always gets a column).
+    compared = [a for a in ALGORITHMS if a != comparison.BASELINE and (a in ran or a == registry.FOCUS)]
     ratios = {a: ratios_vs_ppo(table, a) for a in compared}
 
     def pct(r, key):
@@ -267,7 +267,7 @@ def paper_table(table: pd.DataFrame, judge: str | None, reference: str = "sft") 
         return f"{r['speedup_x']:.2f}x" if not math.isnan(r["speedup_x"]) else "–"
 
     def per_seed(algo, col, fmt):
-        if algo != "remax" or table.empty or col not in table:
+        if algo != registry.FOCUS or table.empty or col not in table:
             return ""  # the paper's algorithm gets its per-seed figures
         vals = table[(table["algorithm"] == algo)][col].dropna()
         return " (per seed: " + ", ".join(fmt.format(v) for v in vals) + ")" if len(vals) > 1 else ""

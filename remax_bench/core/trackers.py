@@ -188,10 +188,10 @@ class WandbTracker(Tracker):
         run.root.mkdir(parents=True, exist_ok=True)
         self.mode = wandb_mode()
         self.wandb = wandb
+        seed = [f"seed{run.seed}"] if run.seed is not None else []
         self.handle = wandb.init(
             project=os.environ.get("WANDB_PROJECT") or WANDB_PROJECT, group=run.suite, job_type=run.stage,
-            name=f"{run.suite}/{run.label}", tags=[run.suite, run.stage] + ([f"seed{run.seed}"] if run.seed is not None
-                                                                            else []),
+            name=f"{run.suite}/{run.label}", tags=[run.suite, run.stage, *seed],
             config={"suite": hyperparameters, **facts}, dir=str(run.root), mode=self.mode, reinit="create_new",
             # stdout and stderr stay the stage's own: the runner reads its progress lines from them.
             settings=wandb.Settings(console="off", silent=True),
@@ -238,6 +238,8 @@ class MLflowTracker(Tracker):
         super().__init__(run, hyperparameters, facts)
         import logging
 
+        # MLflow 3 sends usage telemetry by default; nothing leaves the machine unless a user asks for it.
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
         from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
 

@@ -215,8 +215,8 @@ class Runner:
                     outcomes[item.key] = Outcome(item.key, "complete")
                 else:
                     will_run.add(item.key)
-                    after = f", after {', '.join(item.needs)}" if item.needs else ""
-                    self.echo(f"{label}: will run ({reason}{after})\n    {' '.join(self.command(item))}")
+                    after = f" after {', '.join(item.needs)}" if item.needs else ""
+                    self.echo(f"{label}: will run ({reason}){after}\n    {' '.join(self.command(item))}")
                     outcomes[item.key] = Outcome(item.key, "planned", detail=reason)
                 continue
             blocked = [n for n in item.needs if n in outcomes and outcomes[n].status not in ("completed", "skipped", "given")]

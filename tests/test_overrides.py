@@ -88,7 +88,7 @@ def test_dry_run_of_a_gpu_suite_prints_the_plan_and_what_would_stop_it(tmp_path,
     out = result.output
     for stage in ("sft", "reward_model", "ppo", "remax", "dpo"):
         assert f"deepspeed --num_gpus 4 --master_port 29500 --module trainers.{stage} --config" in out, out
-    assert "[3/6] ppo/seed2023: will run (missing, after sft/seed2023, reward_model/seed2023)" in out
+    assert "[3/6] ppo/seed2023: will run (missing) after sft/seed2023, reward_model/seed2023" in out
     assert "-m remax_bench.evaluation.stage --config" in out
     problems = out[out.index("what would stop a real run here"):].splitlines()[1:]
     expected = ["eval.judge.api_key_env: the environment variable OPENAI_API_KEY is not set"]

@@ -191,9 +191,9 @@ class StageRun:
         self.dir.mkdir(parents=True)
         manifest = self.manifest("running")
         results.write_json(self.dir / "manifest.json", manifest)
-        self._metrics_file = open(self.dir / "metrics.jsonl", "a", buffering=1)
         if self.rank == 0:
             self.trackers = self.open_trackers(manifest)
+        self._metrics_file = open(self.dir / "metrics.jsonl", "a", buffering=1)  # the stage is ready to train
         seed_everything(self.seed)
         online = self.stage in algorithms.REGISTRY and algorithms.get(self.stage).online
         if self.suite.shared.rollout_backend == "vllm" and online:
@@ -391,8 +391,8 @@ def stage_main(stage: str, train: Callable[[StageRun], dict], argv: list[str] | 
     _stop_with_runner()
     config = json.loads(Path(args.config).read_text())
     run = StageRun(stage, config, Path(args.out))
-    run.open()
     try:
+        run.open()  # inside: an interrupt while the stage opens (its trackers start) is recorded too
         summary = train(run)
     except KeyboardInterrupt:
         failed = run.fail("interrupted", "interrupted (KeyboardInterrupt / SIGINT)")

@@ -191,6 +191,7 @@ def reproduce(suite_dir: str | Path, stage: str = algorithms.FOCUS, seed: int | 
     # Inputs are recorded relative to the results folder: resolve them where this folder sits now.
     config["inputs"] = results.resolve_inputs(config.get("inputs", {}), results.suite_root_of(original))
     config["suite"]["shared"].update(iterations=steps, token_budget=None)
+    config["suite"]["runtime"]["trackers"] = []  # a reproduction is compared here, not watched
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         config_path = Path(tmp) / "config.json"
         config_path.write_text(json.dumps(config))

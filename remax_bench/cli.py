@@ -19,14 +19,40 @@ def _fail(message: str, code: int = USAGE_ERROR):
     sys.exit(code)
 
 
-def _load(suite_arg: str):
+def _load(suite_arg: str, overrides=()):
     from remax_bench.core.config import SuiteError
     from remax_bench.core.suite_file import load_suite
 
     try:
-        return load_suite(suite_arg)
+        return load_suite(suite_arg, overrides)
     except SuiteError as err:
-        _fail(f"invalid suite {suite_arg}:\n{err}")
+        given = f" with {' '.join('--set ' + o for o in overrides)}" if overrides else ""
+        _fail(f"invalid suite {suite_arg}{given}:\n{err}")
+
+
+def set_option(command):
+    """``--set KEY=VALUE``, repeatable: any field of the suite, validated as the suite file is."""
+    return click.option(
+        "--set", "overrides", multiple=True, metavar="KEY=VALUE",
+        help="set a field of the suite: a dotted path and a YAML value, e.g. --set shared.kl_coef=0.1 "
+             "--set seeds=[0,1,2] (repeatable; recorded in every stage's manifest)")(command)
+
+
+def tracker_option(command):
+    """``--tracker NAME``, repeatable or comma-separated: the suite's runtime.trackers for this run."""
+    return click.option(
+        "--tracker", "tracker_names", multiple=True, metavar="NAME",
+        help="log every stage live to tensorboard, wandb and/or mlflow (repeatable or comma-separated; 'none' for "
+             "none); replaces the suite's runtime.trackers")(command)
+
+
+def _with_trackers(overrides: tuple[str, ...], tracker_names: tuple[str, ...]) -> tuple[str, ...]:
+    """--tracker as the --set override it stands for (runtime.trackers=[...]), after the others."""
+    if not tracker_names:
+        return overrides
+    names = [n.strip() for text in tracker_names for n in text.split(",") if n.strip()]
+    names = [] if names == ["none"] else names
+    return (*overrides, f"runtime.trackers=[{', '.join(names)}]")
 
 
 def _int_list(text: str | None) -> list[int] | None:
@@ -45,7 +71,10 @@ def _preflight(suite, stages: list[str] | None = None) -> None:
     """Everything that can be checked before a stage starts; one line per problem, exit 2."""
     from remax_bench.preflight import problems
 
-    found = problems(suite, stages)
+    _refuse(suite, problems(suite, stages))
+
+
+def _refuse(suite, found: list[str]) -> None:
     if found:
         _fail(f"suite {suite.name!r} cannot run:\n" + "\n".join(f"  {p}" for p in found))
 
@@ -90,11 +119,12 @@ def main():
 @click.option("--config-only", is_flag=True,
               help="check the suite's fields only, not whether this machine can run it (files, models, GPU, keys): "
                    "for a suite written here to run on a GPU cluster")
-def validate(suite, table, config_only):
+@set_option
+def validate(suite, table, config_only, overrides):
     """Check SUITE (a YAML path or a name in suites/) and print the resolved config."""
     from remax_bench.core.suite_file import to_yaml
 
-    loaded = _load(suite)
+    loaded = _load(suite, overrides)
     if not config_only:
         _preflight(loaded)
     if table:
@@ -115,21 +145,40 @@ def validate(suite, table, config_only):
 @click.option("--only", help="comma-separated stages to run (sft, reward_model, ppo, remax, dpo, eval)")
 @click.option("--seeds", help="comma-separated seeds, overriding the suite's")
 @click.option("--results-dir", default="results", show_default=True, type=click.Path(file_okay=False))
-@click.option("--dry-run", is_flag=True, help="print the plan and the command of each stage, run nothing")
-def run(suite, only, seeds, results_dir, dry_run):
+@click.option("--dry-run", is_flag=True,
+              help="print the plan and the command of each stage, and what would stop a real run here; run nothing "
+                   "(exit 0 whatever this machine lacks)")
+@set_option
+@tracker_option
+def run(suite, only, seeds, results_dir, dry_run, overrides, tracker_names):
     """Run SUITE end to end: train, evaluate, and record every stage under RESULTS_DIR."""
+    from remax_bench.core.trackers import describe
+    from remax_bench.preflight import problems
     from remax_bench.runner import Runner, failed, outcome_table, plan
 
-    loaded = _load(suite)
+    overrides = _with_trackers(overrides, tracker_names)
+    loaded = _load(suite, overrides)
     try:
         stages = plan(loaded, _int_list(seeds), only.split(",") if only else None)
     except ValueError as err:
         _fail(str(err))
-    _preflight(loaded, sorted({s.stage for s in stages}))
-    runner = Runner(loaded, results_dir, echo=LiveLine())
+    planned = sorted({s.stage for s in stages})
+    if not dry_run:
+        _preflight(loaded, planned)
+    runner = Runner(loaded, results_dir, echo=LiveLine(), overrides=overrides)
     click.echo(f"suite {loaded.name!r}: {len(stages)} stages, results in {runner.root}")
+    for line in [f"--set {o}" for o in overrides] + describe(loaded.runtime.trackers, runner.root):
+        click.echo(f"  {line}")
     outcomes = runner.run(stages, dry_run=dry_run)
     click.echo("\n" + outcome_table(outcomes))
+    if dry_run:
+        # A plan can be read on any machine; what this one lacks is listed, not fatal.
+        found = problems(loaded, planned)
+        click.echo(f"\nwhat would stop a real run here ({len(found)}):" if found
+                   else "\nnothing found that would stop a real run here")
+        for line in found:
+            click.echo(f"  {line}")
+        return
     if failed(outcomes):
         sys.exit(1)
 
@@ -166,7 +215,10 @@ def report(results_dir, suite_name, reports_dir):
 @click.option("--rollout-backend", "rollout_backend", default=None,
               help="hf, vllm or hf,vllm (each algorithm once per backend); default: the suite's shared.rollout_backend")
 @click.option("--results-dir", default="results", show_default=True, type=click.Path(file_okay=False))
-def bench(model, iterations, suite_arg, algorithms, device, gradient_checkpointing, rollout_backend, results_dir):
+@set_option
+@tracker_option
+def bench(model, iterations, suite_arg, algorithms, device, gradient_checkpointing, rollout_backend, results_dir,
+          overrides, tracker_names):
     """Every algorithm on the same model and shared settings: peak memory, time per iteration, tokens/s."""
     from transformers.utils import logging as hf_logging
 
@@ -184,14 +236,18 @@ def bench(model, iterations, suite_arg, algorithms, device, gradient_checkpointi
         backends = tuple(b.strip() for b in rollout_backend.split(",") if b.strip())
         if not backends or set(backends) - {"hf", "vllm"} or len(set(backends)) != len(backends):
             _fail(f"--rollout-backend expects hf, vllm or hf,vllm; got {rollout_backend!r}")
-    suite = _load(suite_arg)
+    overrides = _with_trackers(overrides, tracker_names)
+    suite = _load(suite_arg, overrides)
+    from remax_bench.core.trackers import missing_packages
+
+    _refuse(suite, missing_packages(suite.runtime.trackers))
     if backends and "vllm" in backends:
         from remax_bench.bench import bench_suite
 
         # The run's own checks of shared.rollout_backend (vllm installed, a GPU for its CUDA build, one rank).
         _preflight(bench_suite(suite, model, iterations, device, gradient_checkpointing, "vllm"), chosen)
     table = run_bench(suite, model, iterations, results_dir, chosen, device, echo=LiveLine(),
-                      gradient_checkpointing=gradient_checkpointing, rollout_backends=backends)
+                      gradient_checkpointing=gradient_checkpointing, rollout_backends=backends, overrides=overrides)
     click.echo()
     click.echo(format_bench(table, model))
     if len(table) < len(chosen):

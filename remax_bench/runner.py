@@ -106,11 +106,12 @@ def algorithm_stage(name: str, seed: int, prep_seed: int, reward_function: str |
 
 
 class Runner:
-    def __init__(self, suite: Suite, results_dir: str | Path = "results", echo=print):
+    def __init__(self, suite: Suite, results_dir: str | Path = "results", echo=print, overrides=()):
         self.suite = suite
         self.root = Path(results_dir) / suite.name
         self.echo = echo
         self.python = sys.executable
+        self.overrides = list(overrides)  # the --set KEY=VALUE that made `suite` from its file, for the manifests
 
     # -- paths and configs ----------------------------------------------------------------------
     def final_dir(self, key: str) -> Path:
@@ -149,7 +150,8 @@ class Runner:
             else:
                 inputs[stage] = self.checkpoint_of(need, plans)
         return {"stage": item.stage, "seed": item.seed, "suite": self.suite.resolved(), "inputs": inputs,
-                "input_ids": {need: self.identity_of(need, plans) for need in item.needs}}
+                "input_ids": {need: self.identity_of(need, plans) for need in item.needs},
+                "overrides": self.overrides}
 
     def config_path(self, item: StagePlan) -> Path:
         return self.root / ".configs" / f"{item.stage}-seed{item.seed}.json"
@@ -210,7 +212,8 @@ class Runner:
                     outcomes[item.key] = Outcome(item.key, "complete")
                 else:
                     will_run.add(item.key)
-                    self.echo(f"{label}: will run ({reason})\n    {' '.join(self.command(item))}")
+                    after = f" after {', '.join(item.needs)}" if item.needs else ""
+                    self.echo(f"{label}: will run ({reason}){after}\n    {' '.join(self.command(item))}")
                     outcomes[item.key] = Outcome(item.key, "planned", detail=reason)
                 continue
             blocked = [n for n in item.needs if n in outcomes and outcomes[n].status not in ("completed", "skipped", "given")]

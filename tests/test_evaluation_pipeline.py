@@ -3,6 +3,7 @@ win rates recomputed by hand from the written judgments, reuse on re-run, the st
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -180,6 +181,16 @@ def test_stage_entry_point_writes_the_results_layout(tmp_path, checkpoints):
     assert manifest["status"] == "completed" and summary["stage"] == "eval"
     assert [r["name"] for r in summary["rows"]] == ["sft", "remax"] and summary["reference"] == "sft"
     assert (final / "eval" / "remax" / "alpaca_eval_outputs.json").is_file()
+    # The eval results reach the suite's tracker (TensorBoard, the default), each checkpoint's under its name.
+    sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
+    from tracker_files import tensorboard_scalars
+
+    scalars = tensorboard_scalars(tmp_path / "results" / "nano" / "tensorboard" / "eval" / "seed0")
+    remax = summary["rows"][1]
+    for key in ("win_rate", "lc_win_rate", "mt_bench_score"):
+        if remax.get(key) is not None:
+            assert scalars[f"summary/rows/remax/{key}"] == {0: remax[key]}, key
+    assert "summary/rows/remax/win_rate" in scalars
 
 
 def test_cli_entry_point_and_its_errors(tmp_path, checkpoints, capsys, monkeypatch):

@@ -8,6 +8,7 @@ import pytest
 
 from remax_bench import report
 from remax_bench.core.suite_file import load_suite
+from remax_bench.report.tables import override_lines
 
 MIB = 2**20
 SUITE = load_suite("tiny").resolved()
@@ -283,3 +284,38 @@ def test_unjudged_pairs_and_turns_are_in_the_csv_and_the_markdown(full):
     assert ppo["n_unjudged"] == 3 and ppo["mt_bench_n_unjudged"] == 2
     md = (full.parent / "summary.md").read_text()
     assert "unjudged AlpacaEval pairs" in md and "unjudged MT-bench turns" in md
+
+
+def test_overrides_are_shown_and_trackers_are_no_difference(tmp_path):
+    root = build_tree(tmp_path / "results", with_eval=False)
+    watched = copy.deepcopy(SUITE)
+    watched["runtime"]["trackers"] = ["wandb"]  # watched differently: the same run
+    _write(root / "remax" / "seed1" / "manifest.json", _manifest("remax", 1, watched))
+    res = report.load_results(root.parent, "tiny")
+    assert report.what_differed(res.manifests) == [] and override_lines(res.manifests) == []
+    for key, manifest in res.manifests.items():
+        manifest["config"]["overrides"] = ["shared.kl_coef=0.1"] if key != ("ppo", 0) else []
+    line = override_lines(res.manifests)[0]
+    assert line.startswith("command-line overrides of the suite file DIFFERS: --set shared.kl_coef=0.1 (dpo/seed0,")
+    assert line.endswith("; none (ppo/seed0)")
+    for manifest in res.manifests.values():
+        manifest["config"]["overrides"] = ["shared.kl_coef=0.1", "seeds=[0,1]"]
+    assert override_lines(res.manifests) == ["command-line overrides of the suite file: --set shared.kl_coef=0.1 "
+                                             "--set seeds=[0,1] (every stage)"]
+
+
+def test_the_report_is_logged_to_the_trackers_of_its_runs(full):
+    """The suite's stages name TensorBoard (the default): the report's plots and tables land beside their runs."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
+    from tracker_files import tensorboard_run
+
+    run = tensorboard_run(full.parent.parent.parent / "results" / "tiny" / "tensorboard" / "report")
+    plots = {f"plots/{Path(name).stem}" for name in report.PLOT_FILES if (full.parent / name).is_file()}
+    assert set(run.Tags()["images"]) == plots and plots
+    texts = {tag.removesuffix("/text_summary") for tag in run.Tags()["tensors"]}
+    assert {"summary", "per_seed", "remax_vs_ppo", "config", "run"} <= texts
+    summary = run.Tensors("summary/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert summary.startswith("| algorithm |") and "ReMax" in summary

@@ -17,6 +17,7 @@ from pydantic import Field, create_model, field_validator, model_validator
 
 from remax_bench.core import algorithms
 from remax_bench.core.schema import Strict
+from remax_bench.core.trackers import NAMES as TRACKER_NAMES
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SUITES_DIR = REPO_ROOT / "suites"
@@ -270,6 +271,9 @@ class DeepSpeed(Strict):
         return self
 
 
+TrackerName = Literal[TRACKER_NAMES]
+
+
 class Runtime(Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_gpus: int = Field(default=1, ge=0)
@@ -280,6 +284,16 @@ class Runtime(Strict):
     # stage: a rank that died where the launcher cannot see it (another node) must not leave the rest waiting.
     collective_timeout_s: int = Field(default=1800, gt=0)
     deepspeed: DeepSpeed = DeepSpeed()
+    # Live views of every stage (remax_bench/core/trackers.py). TensorBoard by default: a few files under the
+    # results folder, no service, no account, no network, and a tenth of a second to import.
+    trackers: list[TrackerName] = Field(default=["tensorboard"], description="any of tensorboard, wandb, mlflow; [] for none")
+
+    @field_validator("trackers")
+    @classmethod
+    def _distinct(cls, names: list[str]) -> list[str]:
+        if len(set(names)) != len(names):
+            raise ValueError(f"expected each tracker at most once, got {names}")
+        return names
 
     @model_validator(mode="after")
     def _multi_node(self) -> "Runtime":
@@ -474,9 +488,24 @@ class Suite(_AlgorithmBlocks):
         return self.model_dump(mode="json")
 
     def config_hash(self) -> str:
+        """What the suite computes, as 12 hex digits (its trackers left out: they only watch)."""
         from remax_bench.core.results import json_digest
 
-        return json_digest(self.resolved())
+        return json_digest(without_watch_fields(self.resolved()))
+
+
+# Fields that say how a run is watched, not what it computes: a stage's identity (the config hash that resume
+# compares) and the report's "what differed" leave them out, so adding a tracker never retrains a stage.
+WATCH_FIELDS = (("runtime", "trackers"),)
+
+
+def without_watch_fields(suite: dict) -> dict:
+    """A resolved suite (as a dict) without its WATCH_FIELDS."""
+    out = dict(suite)
+    for block, name in WATCH_FIELDS:
+        if isinstance(out.get(block), dict):
+            out[block] = {k: v for k, v in out[block].items() if k != name}
+    return out
 
 
 def _yaml_scalar(value: Any) -> str:

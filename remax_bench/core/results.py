@@ -7,6 +7,7 @@ results/<suite>/<stage>/seed<k>/
   summary.json    peak memory, wall time, time per iteration, throughput, final figures
   checkpoint/     a standard Hugging Face model directory
   eval/           evaluation outputs (eval stage)
+results/<suite>/tensorboard/, wandb/, mlflow/   the trackers' files (remax_bench/core/trackers.py)
 ```
 
 A stage writes into ``.<seed dir>.partial`` next to its final place and renames it on success, so a

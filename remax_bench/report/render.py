@@ -30,6 +30,7 @@ from remax_bench.report.tables import (
     _suite_hashes,
     aggregate_table,
     environment_lines,
+    override_lines,
     paper_table,
     preparation_lines,
     summary_table,
@@ -87,7 +88,7 @@ def write_report(results_dir: str | Path, reports_dir: str | Path, suite_name: s
     judge = _eval_judge(res)
     paper = paper_table(table, judge, reference)
     differed = what_differed(res.manifests)
-    env = environment_lines(res)
+    env = environment_lines(res) + override_lines(res.manifests)
     problems = _problem_lines(res)
     prep = preparation_lines(res)
     plots, omitted = make_plots(res, table, out, dpi)
@@ -151,6 +152,10 @@ def write_report(results_dir: str | Path, reports_dir: str | Path, suite_name: s
                             f"<table>{cells}</table><figure><img src='variance.png' alt='variance'></figure>"
                             "</body></html>")
     index.write_text(page)
+    from remax_bench.report.tracking import log_report
+
+    log_report(res, out, {"summary": agg, "per_seed": table, "remax_vs_ppo": paper},
+               {f"plots/{Path(p.file).stem}": out / p.file for p in plots})
     return index
 
 

@@ -11,6 +11,7 @@ import pandas as pd
 from remax_bench import comparison
 from remax_bench.comparison import PAPER
 from remax_bench.core import algorithms as registry
+from remax_bench.core.config import without_watch_fields
 from remax_bench.report.load import (
     ALGORITHMS,
     COMPARED_BLOCKS,
@@ -325,6 +326,7 @@ def what_differed(manifests: dict[tuple[str, int], dict], algorithms=ALGORITHMS)
         if not isinstance(suite, dict):
             lines.append(f"{stage}/seed{seed}: its manifest records no resolved suite, so it could not be compared")
             continue
+        suite = without_watch_fields(suite)  # trackers watch a run; they do not change it
         flat[f"{stage}/seed{seed}"] = {
             k: v for block in COMPARED_BLOCKS for k, v in _flatten(suite.get(block), block + ".").items()
         }
@@ -336,6 +338,20 @@ def what_differed(manifests: dict[tuple[str, int], dict], algorithms=ALGORITHMS)
         if len(groups) > 1:
             lines.append(f"{key}: " + "; ".join(f"{value} ({', '.join(runs)})" for value, runs in groups.items()))
     return lines
+
+
+def override_lines(manifests: dict[tuple[str, int], dict]) -> list[str]:
+    """The --set overrides the stages ran with (recorded in their configs): one line, or none without any."""
+    groups: dict[str, list[str]] = {}
+    for (stage, seed), manifest in sorted(manifests.items()):
+        overrides = (manifest.get("config") or {}).get("overrides") or []
+        groups.setdefault(" ".join(f"--set {o}" for o in overrides) or "none", []).append(f"{stage}/seed{seed}")
+    if set(groups) <= {"none"}:
+        return []
+    title = "command-line overrides of the suite file"
+    if len(groups) == 1:
+        return [f"{title}: {next(iter(groups))} (every stage)"]
+    return [f"{title} DIFFERS: " + "; ".join(f"{text} ({', '.join(runs)})" for text, runs in groups.items())]
 
 
 def _plain(value) -> str:

@@ -18,8 +18,9 @@ from pydantic import Field, create_model, field_validator, model_validator
 from remax_bench.core import algorithms
 from remax_bench.core.schema import Strict
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-SUITES_DIR = REPO_ROOT / "suites"
+# The named suites (`remax-bench run tiny`). They ship inside the package: in a checkout remax_bench/suites links
+# to the repository's suites/ (their source), in an installed wheel it holds copies.
+SUITES_DIR = Path(__file__).resolve().parents[1] / "suites"
 
 
 class SuiteError(ValueError):

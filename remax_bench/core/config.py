@@ -268,6 +268,28 @@ class DeepSpeed(Strict):
         return self
 
 
+class Throughput(Strict):
+    """Seconds of wall-clock time per example that each stage takes on this suite's hardware (all its ranks
+    together), and where the figures come from; `remax-bench estimate --suite` turns them into hours. An
+    example is what a stage's batch counts: a prompt for the online algorithms, a preference pair for DPO and
+    the reward model, a demonstration for SFT. Nothing trains differently for it."""
+
+    seconds_per_example: dict[str, float] = Field(description="stage name -> seconds per example, > 0")
+    source: str = Field(min_length=1, description="where the figures come from (a paper, a run, a machine)")
+
+    @field_validator("seconds_per_example")
+    @classmethod
+    def _known_stages(cls, value: dict[str, float]) -> dict[str, float]:
+        stages = (*algorithms.PREPARATION_STAGES, *algorithms.NAMES)
+        unknown = sorted(set(value) - set(stages))
+        if unknown:
+            raise ValueError(f"unknown stage(s) {', '.join(unknown)}; expected some of {', '.join(stages)}")
+        bad = {k: v for k, v in value.items() if not (isinstance(v, (int, float)) and v > 0 and math.isfinite(v))}
+        if bad:
+            raise ValueError(f"seconds per example must be positive numbers, got {bad}")
+        return value
+
+
 class Runtime(Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_gpus: int = Field(default=1, ge=0)
@@ -278,6 +300,9 @@ class Runtime(Strict):
     # stage: a rank that died where the launcher cannot see it (another node) must not leave the rest waiting.
     collective_timeout_s: int = Field(default=1800, gt=0)
     deepspeed: DeepSpeed = DeepSpeed()
+    # Time per example of each stage on this hardware, with its source: what `remax-bench estimate` costs a
+    # run at when no measured run is given. Read by nothing that trains.
+    throughput: Optional[Throughput] = None
 
     @model_validator(mode="after")
     def _multi_node(self) -> "Runtime":

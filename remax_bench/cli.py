@@ -10,6 +10,7 @@ import click
 
 from remax_bench import __version__
 from remax_bench.core.algorithms import NAMES as ALGORITHM_NAMES
+from remax_bench.core.algorithms import PREPARATION_STAGES
 
 USAGE_ERROR = 2
 
@@ -110,7 +111,8 @@ def validate(suite, table, config_only):
 
 @main.command()
 @click.argument("suite", default="tiny")
-@click.option("--only", help="comma-separated stages to run (sft, reward_model, ppo, remax, dpo, eval)")
+@click.option("--only", help="comma-separated stages to run, of: "
+              + ", ".join((*PREPARATION_STAGES, *ALGORITHM_NAMES, "eval")) + " (those the suite plans)")
 @click.option("--seeds", help="comma-separated seeds, overriding the suite's")
 @click.option("--results-dir", default="results", show_default=True, type=click.Path(file_okay=False))
 @click.option("--dry-run", is_flag=True, help="print the plan and the command of each stage, run nothing")
@@ -199,12 +201,16 @@ def bench(model, iterations, suite_arg, algorithms, device, gradient_checkpointi
 @main.command()
 @click.argument("results_dir", default="results/tiny", type=click.Path(file_okay=False))
 @click.option("--baseline", "baseline_path", default=None,
-              help="baseline JSON (default: suites/baselines/<suite>.json in this repository)")
+              help="baseline JSON (default: suites/baselines/<suite>.json, shipped with remax-bench)")
 @click.option("--update-baseline", is_flag=True, help="rewrite the baseline's values from these results")
 @click.option("--reproduce/--no-reproduce", default=True, show_default=True,
-              help="re-run the first ReMax iterations and require identical figures")
+              help="retrain ReMax for its first 3 iterations from its recorded config (same inputs and seed, in a "
+                   "temporary folder) and require the recorded figures; --no-reproduce skips that training")
 def check(results_dir, baseline_path, update_baseline, reproduce):
-    """Compare a finished suite (RESULTS_DIR = results/<suite>) with a baseline; exit 1 on any regression."""
+    """Compare a finished suite (RESULTS_DIR = results/<suite>) with a baseline; exit 1 on any regression.
+
+    By default it also retrains ReMax for its first 3 iterations to test that a run reproduces
+    (--no-reproduce skips that)."""
     from remax_bench.check import CheckError, format_rows, run_check
 
     try:

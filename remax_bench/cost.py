@@ -110,7 +110,8 @@ def preparation_steps(suite: Suite, stage: str) -> tuple[int | None, str]:
     steps = cfg.epochs * per_pass
     if cfg.max_steps and cfg.max_steps < steps:
         return cfg.max_steps, f"{stage}.max_steps"
-    return steps, (f"at most: {bound} rows" if bound else f"{cfg.epochs} x {per_pass} steps over {train} rows")
+    rows_text = f"at most {train} rows ({bound})" if bound else f"{train} rows"
+    return steps, f"{cfg.epochs} x {per_pass} steps over {rows_text}"
 
 
 def _differences(measured: Suite, target: Suite, stage: str) -> list[str]:
@@ -193,12 +194,12 @@ def stage_times(suite: Suite, measured: dict[str, Throughput] | None = None) -> 
         if item.given:
             row.seconds_per_run, row.given, row.note = 0.0, item.given, f"given: {item.given}"
             continue
-        if item.stage == "eval":
-            models = evaluated_models(suite)[1]
+        if item.stage == "eval":  # an "example" is an evaluated checkpoint, all in one pass
+            row.iterations, row.examples = 1, evaluated_models(suite)[1]
             if row.throughput is None:
                 row.note = "not estimated: give --measured, a run of this suite's eval (judge calls below)"
             else:
-                row.seconds_per_run = row.throughput.seconds_per_example * models
+                row.seconds_per_run = row.throughput.seconds_per_example * row.examples
             continue
         if item.stage in algorithms.PREPARATION_STAGES:
             row.iterations, row.note = preparation_steps(suite, item.stage)

@@ -110,9 +110,10 @@ def test_mt_bench_tokens_and_the_7b_judge_bill():
     assert cost["AlpacaEval"].usd == pytest.approx(805 * 3 * 4.324e-3, rel=1e-3)
 
 
-def _fake_run(root: Path, suite, stage: str, iterations: int, per_iteration: float | None, wall: float) -> None:
+def _fake_run(root: Path, suite, stage: str, iterations: int, per_iteration: float | None, wall: float,
+              **extra) -> None:
     final = results.stage_dir(root, suite.name, stage, 0)
-    summary = {"iterations": iterations, "wall_time_s": wall}
+    summary = {"iterations": iterations, "wall_time_s": wall, **extra}
     if per_iteration is not None:
         summary["time_per_iteration_s"] = per_iteration
     results.write_json(final / "summary.json", summary)
@@ -124,6 +125,7 @@ def test_measured_throughput_carries_over_by_examples_with_caveats(tmp_path):
     nano = load_suite(NANO)
     _fake_run(tmp_path, nano, "ppo", iterations=2, per_iteration=2.0, wall=9.0)  # 4 prompts an iteration
     _fake_run(tmp_path, nano, "sft", iterations=4, per_iteration=None, wall=12.0)  # 16 demonstrations a step
+    _fake_run(tmp_path, nano, "eval", iterations=0, per_iteration=None, wall=40.0, rows=[{}] * 4)  # 4 checkpoints
     measured = measured_throughput(tmp_path / "nano", nano)
     assert measured["ppo"].seconds_per_example == pytest.approx(0.5) and measured["ppo"].fixed_s == pytest.approx(5.0)
     assert measured["sft"].seconds_per_example == pytest.approx(12.0 / 64) and measured["sft"].fixed_s == 0
@@ -134,6 +136,9 @@ def test_measured_throughput_carries_over_by_examples_with_caveats(tmp_path):
     assert rows["ppo"].seconds == pytest.approx(2 * (50 * 32 * 0.5 + 5.0))
     assert any("tiny:nano measured, tiny:micro here" in c for c in rows["ppo"].throughput.caveats)
     assert rows["remax"].seconds is None  # not measured, not stated
+    # Eval: 10 s per evaluated checkpoint; tiny evaluates SFT, PPO, ReMax and DPO once per seed.
+    assert rows["eval"].seconds == pytest.approx(2 * 4 * 10.0)
+    assert rows["eval"].throughput.caveats == ["eval settings differ"]
 
 
 def test_estimate_command_prints_time_and_money(tmp_path):

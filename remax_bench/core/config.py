@@ -19,8 +19,9 @@ from remax_bench.core import algorithms
 from remax_bench.core.schema import Strict
 from remax_bench.core.trackers import NAMES as TRACKER_NAMES
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-SUITES_DIR = REPO_ROOT / "suites"
+# The named suites (`remax-bench run tiny`). They ship inside the package: in a checkout remax_bench/suites links
+# to the repository's suites/ (their source), in an installed wheel it holds copies.
+SUITES_DIR = Path(__file__).resolve().parents[1] / "suites"
 
 
 class SuiteError(ValueError):
@@ -274,6 +275,28 @@ class DeepSpeed(Strict):
 TrackerName = Literal[TRACKER_NAMES]
 
 
+class Throughput(Strict):
+    """Seconds of wall-clock time per example that each stage takes on this suite's hardware (all its ranks
+    together), and where the figures come from; `remax-bench estimate --suite` turns them into hours. An
+    example is what a stage's batch counts: a prompt for the online algorithms, a preference pair for DPO and
+    the reward model, a demonstration for SFT. Nothing trains differently for it."""
+
+    seconds_per_example: dict[str, float] = Field(description="stage name -> seconds per example, > 0")
+    source: str = Field(min_length=1, description="where the figures come from (a paper, a run, a machine)")
+
+    @field_validator("seconds_per_example")
+    @classmethod
+    def _known_stages(cls, value: dict[str, float]) -> dict[str, float]:
+        stages = (*algorithms.PREPARATION_STAGES, *algorithms.NAMES)
+        unknown = sorted(set(value) - set(stages))
+        if unknown:
+            raise ValueError(f"unknown stage(s) {', '.join(unknown)}; expected some of {', '.join(stages)}")
+        bad = {k: v for k, v in value.items() if not (isinstance(v, (int, float)) and v > 0 and math.isfinite(v))}
+        if bad:
+            raise ValueError(f"seconds per example must be positive numbers, got {bad}")
+        return value
+
+
 class Runtime(Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_gpus: int = Field(default=1, ge=0)
@@ -287,6 +310,9 @@ class Runtime(Strict):
     # Live views of every stage (remax_bench/core/trackers.py). TensorBoard by default: a few files under the
     # results folder, no service, no account, no network, and a tenth of a second to import.
     trackers: list[TrackerName] = Field(default=["tensorboard"], description="any of tensorboard, wandb, mlflow; [] for none")
+    # Time per example of each stage on this hardware, with its source: what `remax-bench estimate` costs a
+    # run at when no measured run is given. Read by nothing that trains.
+    throughput: Optional[Throughput] = None
 
     @field_validator("trackers")
     @classmethod
@@ -494,9 +520,10 @@ class Suite(_AlgorithmBlocks):
         return json_digest(without_watch_fields(self.resolved()))
 
 
-# Fields that say how a run is watched, not what it computes: a stage's identity (the config hash that resume
-# compares) and the report's "what differed" leave them out, so adding a tracker never retrains a stage.
-WATCH_FIELDS = (("runtime", "trackers"),)
+# Fields that say how a run is watched or costed, not what it computes: a stage's identity (the config hash that
+# resume compares) and the report's "what differed" leave them out, so adding a tracker or a stated throughput
+# never retrains a stage.
+WATCH_FIELDS = (("runtime", "trackers"), ("runtime", "throughput"))
 
 
 def without_watch_fields(suite: dict) -> dict:

@@ -99,6 +99,10 @@ def package_versions() -> dict[str, str]:
 
 
 def git_sha() -> str | None:
+    """The commit of the code that ran, in a checkout; None for an installed package (whose folder may sit
+    inside some other repository, whose commit would say nothing about this code)."""
+    if not (REPO_ROOT / ".git").exists():
+        return None
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=5

@@ -164,6 +164,8 @@ def test_a_judge_without_logprobs_is_named(tmp_path, monkeypatch):
     })
     reference = [{"instruction": i, "output": "GOOD", "generator": "ref"} for i in
                  ("Name a fruit.", "Count to three.", "Say hello.")]
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "alpaca_eval.json").write_text('{"win_rate": 50.0}')  # an earlier run's figure
     with FakeOpenAI(logprobs=False) as fake:
         ev.judge.base_url = fake.url
         with pytest.raises(JudgingFailed) as failed:
@@ -173,7 +175,7 @@ def test_a_judge_without_logprobs_is_named(tmp_path, monkeypatch):
     message = str(failed.value)
     assert "\n" not in message and "3 of 3 AlpacaEval pairs" in message
     assert "returned no log-probabilities, which alpaca_eval's annotator reads its preference from" in message
-    assert not (tmp_path / "eval" / "alpaca_eval.json").exists()  # no figure written
+    assert not (tmp_path / "eval" / "alpaca_eval.json").exists()  # no figure written, none left standing
     judgments = [json.loads(line) for line in (tmp_path / "eval" / "alpaca_eval_judgments.jsonl").read_text().splitlines()]
     assert all("no log-probabilities" in j["error"] for j in judgments)
 

@@ -2,8 +2,10 @@
 
 A step whose prompts exceed the engine's token budget used to be prefilled in chunks; vLLM then rewinds each
 partly prefilled request's seeded generator (``Generator.set_offset``), which the CPU's generator does not
-have, and the engine died ("CPU Generator does not use offset"). 20 prompts of 384 tokens are 7,680 prompt
-tokens, above the CPU build's 4,096-token default budget. Marked ``vllm`` (`make test-vllm`): two engines.
+have, and the engine died ("CPU Generator does not use offset"). Before prefills were made whole on the CPU
+build (``vllm_support.build_engine_kwargs``), the rollout batch below (40 rows of 384 tokens, above the CPU
+build's 4,096-token budget) and the eval generator on FastChat's 80 questions (second turns at 0.1) both died
+so. Marked ``vllm`` (`make test-vllm`): two engines.
 """
 
 import json

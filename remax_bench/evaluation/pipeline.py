@@ -243,6 +243,8 @@ def judge_checkpoint(out_dir: str | Path, eval_cfg: Any, judge: Judge, data: Eva
         row["generate_time_s"] = generation.get("generate_time_s")
     failing = shortfalls(row, errors["alpaca"], errors["mt"], eval_cfg.max_unjudged_fraction)
     if failing:
+        for name in (*files, SUMMARY):  # an earlier run's figures must not pass for this run's
+            (out / name).unlink(missing_ok=True)
         counts = {k: row.get(k) for k in COUNT_KEYS if k in row}
         return {**counts, "judging_failed": failing, "unjudged_errors": errors["alpaca"] + errors["mt"]}
     for name, result in files.items():

@@ -247,7 +247,9 @@ class Runner:
         self.echo(f"{label}: running (log: {log_path})")
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false",
                RUNNER_PID_ENV: str(os.getpid())}
-        with open(log_path, "w") as log, _sigterm_as_interrupt():
+        # Line-buffered: each line the stage prints is in the log at once, so a log survives a runner or stage
+        # killed by SIGKILL (a block buffer would die with the runner, and `tail -f` would show nothing).
+        with open(log_path, "w", buffering=1) as log, _sigterm_as_interrupt():
             process = subprocess.Popen(
                 self.command(item), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, bufsize=1,
                 preexec_fn=_die_with_parent,

@@ -79,22 +79,28 @@ def _metrics(algo, seed):
     return rows
 
 
+NOT_ESTIMABLE = "not estimable: the longer output won each of the 100 decided pairs, so length alone explains it"
+
+
 def _eval_summary(seed):
     if seed == 0:  # win rates as fractions: the report turns them into percent
         rows = [
             {"name": "sft", "win_rate": 0.5, "win_rate_ci": [0.45, 0.55], "mt_bench_score": 4.0, "mt_bench_ci": [3.5, 4.5]},
             {"name": "ppo", "win_rate": 0.70, "win_rate_se": 0.02, "win_rate_ci": [0.66, 0.74], "lc_win_rate": None,
-             "n": 128, "n_unjudged": 3, "mt_bench_n_unjudged": 2, "mt_bench_score": 5.0, "mt_bench_ci": [4.5, 5.5]},
+             "n": 128, "n_unjudged": 3, "mt_bench_n_unjudged": 2, "mt_bench_n_judgments": 256, "mt_bench_score": 5.0,
+             "mt_bench_ci": [4.5, 5.5]},
             {"name": "remax", "win_rate": 0.80, "win_rate_ci": [0.75, 0.85], "mt_bench_score": 6.0,
-             "mt_bench_ci": [5.5, 6.5], "mt_bench_turn1": 6.2, "mt_bench_turn2": 5.8},
-            {"name": "dpo", "win_rate": 0.60, "win_rate_ci": [0.55, 0.65], "mt_bench_score": 4.5},
+             "mt_bench_ci": [5.5, 6.5], "mt_bench_turn1": 6.2, "mt_bench_turn2": 5.8, "n": 128, "n_unjudged": 0,
+             "lc_win_rate": None, "lc_not_estimable": NOT_ESTIMABLE},
+            {"name": "dpo", "win_rate": 0.60, "win_rate_ci": [0.55, 0.65], "mt_bench_score": 4.5, "lc_win_rate": 0.57},
         ]
     else:  # already percent
         rows = [
             {"name": "sft", "win_rate": 50.0, "mt_bench_score": 4.2},
             {"name": "ppo", "win_rate": 72.0, "win_rate_ci": [68.0, 76.0], "mt_bench_score": 5.2, "mt_bench_ci": [4.7, 5.7]},
-            {"name": "remax", "win_rate": 76.0, "win_rate_ci": [71.0, 81.0], "mt_bench_score": 6.4, "mt_bench_ci": [5.9, 6.9]},
-            {"name": "dpo", "win_rate": 58.0, "win_rate_ci": [53.0, 63.0], "mt_bench_score": 4.7},
+            {"name": "remax", "win_rate": 76.0, "win_rate_ci": [71.0, 81.0], "mt_bench_score": 6.4, "mt_bench_ci": [5.9, 6.9],
+             "n": 128, "n_unjudged": 2, "lc_win_rate": None, "lc_not_estimable": NOT_ESTIMABLE},
+            {"name": "dpo", "win_rate": 58.0, "win_rate_ci": [53.0, 63.0], "mt_bench_score": 4.7, "lc_win_rate": 55.0},
         ]
     return {"n_prompts": 128, "rows": rows}
 
@@ -319,3 +325,31 @@ def test_the_report_is_logged_to_the_trackers_of_its_runs(full):
     assert {"summary", "per_seed", "remax_vs_ppo", "config", "run"} <= texts
     summary = run.Tensors("summary/text_summary")[0].tensor_proto.string_val[0].decode()
     assert summary.startswith("| algorithm |") and "ReMax" in summary
+
+
+def test_judged_figures_carry_their_unjudged_count_and_lc_says_why_it_is_not_estimable(full):
+    md = (full.parent / "summary.md").read_text()
+    table = md.split("## Summary")[1]
+    # PPO: 3 of its 128 pairs unjudged (seed 0) beside the mean win rate, 2 of 256 MT-bench turns beside its score.
+    assert re.search(r"\| PPO \| 2 \|.*\| 71\.00 ± 1\.41 \(3 of 128 pairs unjudged\) \|", table)
+    assert "5.10 ± 0.14 (2 of 256 turns unjudged)" in table
+    # ReMax: the win rate over both seeds leaves 2 of 256 pairs out; its LC fit measures nothing on either seed.
+    assert "78.00 ± 2.83 (2 of 256 pairs unjudged)" in table
+    remax = next(line for line in table.splitlines() if line.startswith("| ReMax |"))
+    assert "not estimable (see the notes)" in remax
+    assert f"- ReMax length-controlled win rate (seed 0, 1): {NOT_ESTIMABLE}" in md
+    dpo = next(line for line in table.splitlines() if line.startswith("| DPO |"))
+    assert "| 56.00 ± 1.41 |" in dpo  # a real estimate where there is one (57% and 55%)
+    paper = md.split("## ReMax vs PPO")[1].split("##")[0]
+    assert "(2 of 256 pairs unjudged)" in paper  # the paper's comparison says it too
+
+
+def test_warnings_of_the_stages_are_in_the_report(tmp_path):
+    root = build_tree(tmp_path / "results", seeds=(0,))
+    manifest = json.loads((root / "eval" / "seed0" / "manifest.json").read_text())
+    manifest["warnings"] = ["remax: 46 of 160 MT-bench prompts (turns) were longer than the context leaves room for"]
+    _write(root / "eval" / "seed0" / "manifest.json", manifest)
+    index = report.write_report(tmp_path / "results", tmp_path / "reports", "tiny", dpi=40)
+    md = (index.parent / "summary.md").read_text()
+    assert "- eval/seed0: remax: 46 of 160 MT-bench prompts (turns) were longer" in md.split("## Warnings")[1]
+    assert "46 of 160 MT-bench prompts" in index.read_text()

@@ -229,6 +229,9 @@ class Eval(Strict):
     judge: Judge = Judge()
     conversation_template: Optional[str] = None  # FastChat template name; None: the tokenizer's chat template
     bootstrap_samples: int = Field(default=1000, gt=0)
+    # The largest share of one checkpoint's AlpacaEval pairs or MT-bench turns that may stay unjudged (the judge
+    # failed or gave no verdict) for its figures to count; above it the eval stage fails and writes no figure.
+    max_unjudged_fraction: float = Field(default=0.02, ge=0, le=1)
 
 
 # -- runtime ---------------------------------------------------------------------------------------

@@ -135,8 +135,13 @@ def eval_rows(summary: dict, seed: int, reference: str) -> list[dict]:
             "win_rate_ci_lo_pct": wr_lo,
             "win_rate_ci_hi_pct": wr_hi,
             "lc_win_rate_pct": _num_or_nan(r.get("lc_win_rate")),
+            # Why there is no length-controlled win rate: a degenerate fit, or one that could not be made.
+            "lc_not_estimable": r.get("lc_not_estimable") or (f"not estimable: {r['lc_error']}"
+                                                              if r.get("lc_error") and r.get("lc_win_rate") is None
+                                                              else None),
             "n": _num_or_nan(r.get("n")),
             "n_unjudged": _num_or_nan(r.get("n_unjudged")),
+            "mt_bench_n_judgments": _num_or_nan(r.get("mt_bench_n_judgments")),
             "mt_bench_n_unjudged": _num_or_nan(r.get("mt_bench_n_unjudged")),
             "leaderboard_comparable": r.get("leaderboard_comparable"),
             "mt_bench_score": _num_or_nan(r.get("mt_bench_score")),

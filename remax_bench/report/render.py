@@ -30,6 +30,7 @@ from remax_bench.report.tables import (
     _suite_hashes,
     aggregate_table,
     environment_lines,
+    judging_notes,
     override_lines,
     paper_table,
     preparation_lines,
@@ -47,6 +48,12 @@ def _md_table(df: pd.DataFrame) -> str:
     for row in df.itertuples(index=False):
         lines.append("| " + " | ".join(str(v).replace("|", "\\|") for v in row) + " |")
     return "\n".join(lines)
+
+
+def _warning_lines(res: SuiteResults) -> list[str]:
+    """Every warning a finished stage recorded in its manifest (trimmed prompts, temperatures, unjudged items...)."""
+    return [f"{stage}/seed{seed}: {w}" for (stage, seed), m in sorted(res.manifests.items())
+            for w in m.get("warnings") or []]
 
 
 def _problem_lines(res: SuiteResults) -> list[str]:
@@ -90,6 +97,8 @@ def write_report(results_dir: str | Path, reports_dir: str | Path, suite_name: s
     differed = what_differed(res.manifests)
     env = environment_lines(res) + override_lines(res.manifests)
     problems = _problem_lines(res)
+    warnings = _warning_lines(res)
+    notes = judging_notes(table)
     prep = preparation_lines(res)
     plots, omitted = make_plots(res, table, out, dpi)
     generated = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -106,8 +115,10 @@ def write_report(results_dir: str | Path, reports_dir: str | Path, suite_name: s
         _md_table(agg),
         "",
         "Final reward and KL: the stage's summary figure, else the mean of the last 10% of logged steps. "
-        "Peak memory and model states in MiB (2^20 bytes). Per-seed figures: `summary.csv`.",
+        "Peak memory and model states in MiB (2^20 bytes). A judged figure that leaves items out says how many "
+        "beside it. Per-seed figures: `summary.csv`.",
         "",
+        *(["Notes:", "", *[f"- {line}" for line in notes], ""] if notes else []),
         *(["Starting points: " + "; ".join(prep) + ".", ""] if prep else []),
         "## ReMax vs PPO: this run and the paper",
         "",
@@ -129,6 +140,10 @@ def write_report(results_dir: str | Path, reports_dir: str | Path, suite_name: s
         *([f"- {line}" for line in problems] or ["none"]),
         *([f"- algorithms without a result: {', '.join(missing_algos)}"] if missing_algos else []),
         "",
+        "## Warnings",
+        "",
+        *([f"- {line}" for line in warnings] or ["none"]),
+        "",
         "## Plots",
         "",
     ]
@@ -142,7 +157,7 @@ def write_report(results_dir: str | Path, reports_dir: str | Path, suite_name: s
 
     index = out / "index.html"
     page = _html(name, suite_hash, generated, res, agg, table, paper, differed, env, problems, missing_algos, plots,
-                 omitted, prep)
+                 omitted, prep, notes, warnings)
     if variance:
         e = html.escape
         table_rows = [line.strip("|").split("|") for line in variance if line.startswith("| ") and "---" not in line]
@@ -191,7 +206,7 @@ figure{margin:1.5em 0}figure img{max-width:100%;border:1px solid #eee}figcaption
 
 
 def _html(name, suite_hash, generated, res, agg, table, paper, differed, env, problems, missing_algos, plots,
-          omitted, prep) -> str:
+          omitted, prep, notes=(), warnings=()) -> str:
     e = html.escape
     parts = [
         "<!DOCTYPE html>", "<html lang='en'><head><meta charset='utf-8'>",
@@ -203,7 +218,8 @@ def _html(name, suite_hash, generated, res, agg, table, paper, differed, env, pr
         agg.to_html(index=False, border=0, escape=True) if not agg.empty else "<p>No policy stage finished.</p>",
         "<p>Final reward and KL: the stage's summary figure, else the mean of the last 10% of logged steps. "
         "Memory in MiB. Per-seed figures: <a href='summary.csv'>summary.csv</a> (also "
-        "<a href='summary.md'>summary.md</a>).</p>",
+        "<a href='summary.md'>summary.md</a>). A judged figure that leaves items out says how many beside it.</p>",
+        ("<p>Notes:</p><ul>" + "".join(f"<li>{e(n)}</li>" for n in notes) + "</ul>") if notes else "",
         "<details><summary>Per seed</summary>",
         table.to_html(index=False, border=0, na_rep="–", float_format=lambda v: _num(v)) if not table.empty else "",
         "</details>",
@@ -223,6 +239,8 @@ def _html(name, suite_hash, generated, res, agg, table, paper, differed, env, pr
         "<ul>" + "".join(f"<li class='warn'>{e(p)}</li>" for p in problems)
         + (f"<li class='warn'>algorithms without a result: {e(', '.join(missing_algos))}</li>" if missing_algos else "")
         + "</ul>" if problems or missing_algos else "<p>none</p>",
+        "<h2>Warnings</h2>",
+        "<ul>" + "".join(f"<li class='warn'>{e(w)}</li>" for w in warnings) + "</ul>" if warnings else "<p>none</p>",
         "<h2>Plots</h2>",
     ]
     for p in plots:

@@ -12,6 +12,7 @@ from remax_bench import comparison
 from remax_bench.comparison import PAPER
 from remax_bench.core import algorithms as registry
 from remax_bench.core.config import without_watch_fields
+from remax_bench.evaluation.unjudged import unjudged_note
 from remax_bench.report.load import (
     ALGORITHMS,
     COMPARED_BLOCKS,
@@ -232,20 +233,56 @@ AGG_COLUMNS = [
     ("generation ms / token", "generate_ms_per_token"),
     ("held-out gold gain / 10k generated tokens", "gold_gain_per_10k_tokens"),
     ("win rate vs {ref} (%)", "win_rate_pct"),
+    ("length-controlled win rate vs {ref} (%)", "lc_win_rate_pct"),
     ("MT-bench (1–10)", "mt_bench_score"),
     ("unjudged AlpacaEval pairs", "n_unjudged"),
     ("unjudged MT-bench turns", "mt_bench_n_unjudged"),
 ]
 
 
+# A figure that rests on a judge's verdicts -> (its unjudged count, its item count, what an item is)
+JUDGED = {"win_rate_pct": ("n_unjudged", "n", "pairs"), "lc_win_rate_pct": ("n_unjudged", "n", "pairs"),
+          "mt_bench_score": ("mt_bench_n_unjudged", "mt_bench_n_judgments", "turns")}
+NOT_ESTIMABLE = "not estimable (see the notes)"
+
+
+def judged_figure(rows: pd.DataFrame, col: str) -> str:
+    """Mean ± std of a judged figure, with the unjudged items it leaves out beside it, and 'not estimable' for a
+    length-controlled win rate whose fit measures nothing."""
+    text = _mean_std(rows[col]) if col in rows else "–"
+    if col == "lc_win_rate_pct" and text == "–" and "lc_not_estimable" in rows and rows["lc_not_estimable"].notna().any():
+        return NOT_ESTIMABLE
+    unjudged, total, noun = JUDGED[col]
+    if text == "–" or unjudged not in rows or total not in rows:
+        return text
+    note = unjudged_note(rows[unjudged].sum(), rows[total].sum(), noun)
+    return f"{text} {note}" if note else text
+
+
+def judging_notes(table: pd.DataFrame) -> list[str]:
+    """The reasons behind every 'not estimable' of the summary table, one line per algorithm."""
+    if table.empty or "lc_not_estimable" not in table:
+        return []
+    lines = []
+    for algo in [a for a in POLICY_STAGES if a in set(table["algorithm"])]:
+        rows = table[(table["algorithm"] == algo) & table["lc_not_estimable"].notna()]
+        if not rows.empty and rows["lc_win_rate_pct"].isna().all():
+            seeds = ", ".join(str(int(s)) for s in rows["seed"])
+            why = rows["lc_not_estimable"].iloc[0]
+            lines.append(f"{LABELS.get(algo, algo)} length-controlled win rate (seed {seeds}): {why}")
+    return lines
+
+
 def aggregate_table(table: pd.DataFrame, reference: str = "sft") -> pd.DataFrame:
-    """Mean ± std over seeds per algorithm, as display strings (the table of summary.md and index.html)."""
+    """Mean ± std over seeds per algorithm, as display strings (the table of summary.md and index.html). A judged
+    figure carries its unjudged count beside it."""
     out = []
     for algo in [a for a in POLICY_STAGES if not table.empty and a in set(table["algorithm"])]:
         rows = table[table["algorithm"] == algo]
         line = {"algorithm": LABELS.get(algo, algo), "seeds": int(rows["trained"].sum())}
         for title, col in AGG_COLUMNS:
-            line[title.format(ref=LABELS.get(reference, reference))] = _mean_std(rows[col]) if col in rows else "–"
+            cell = judged_figure(rows, col) if col in JUDGED else _mean_std(rows[col]) if col in rows else "–"
+            line[title.format(ref=LABELS.get(reference, reference))] = cell
         out.append(line)
     return pd.DataFrame(out)
 
@@ -279,7 +316,11 @@ def paper_table(table: pd.DataFrame, judge: str | None, reference: str = "sft") 
     def quality(algo, col, text):
         rows_ = table[table["algorithm"] == algo] if not table.empty and col in table else None
         value = _mean_std(rows_[col]) if rows_ is not None else "–"
-        return f"{LABELS[algo]} {value}{text}{judged}" if value != "–" else f"– (no eval result for {LABELS[algo]})"
+        if value == "–":
+            return f"– (no eval result for {LABELS[algo]})"
+        unjudged, total, noun = JUDGED[col]
+        note = unjudged_note(rows_[unjudged].sum(), rows_[total].sum(), noun) if unjudged in rows_ else ""
+        return f"{LABELS[algo]} {value}{text}{judged}" + (f" {note}" if note else "")
 
     paper_col = f"paper ({PAPER['citation']}): ReMax"
     figures = [

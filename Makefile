@@ -25,6 +25,8 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q --upgrade "pip>=24"
 	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q "torch==$(TORCH_VERSION)" $(TORCH_PIP_ARGS)
 	$(PIP) install -q -e ".[dev]"
+	@# rliable pins arch<8; arch 7 does not import beside pandas 3, arch 8 does (pip warns about the pin).
+	@$(PY) -c "import arch.bootstrap" 2>/dev/null || $(PIP) install -q "arch>=8"
 	@# DeepSpeed's ZeRO path is tested for real on the CPU accelerator. Without build isolation it builds
 	@# against the torch above instead of fetching a second one.
 	@$(PY) -c "import deepspeed" 2>/dev/null || $(PIP) install -q --no-build-isolation "deepspeed>=0.14"

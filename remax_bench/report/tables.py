@@ -8,7 +8,7 @@ import math
 
 import pandas as pd
 
-from remax_bench import comparison
+from remax_bench import comparison, uncertainty
 from remax_bench.comparison import PAPER
 from remax_bench.core import algorithms as registry
 from remax_bench.report.load import (
@@ -206,22 +206,25 @@ def _num(x: float, decimals: int | None = None) -> str:
     return f"{x:,.{_decimals(x) if decimals is None else decimals}f}"
 
 
-def _mean_std(values: pd.Series) -> str:
-    """'mean ± std' over seeds (the std with the mean's decimals); the value alone for one seed."""
-    values = values.dropna()
-    if values.empty:
+def interval_text(estimate: uncertainty.Interval) -> str:
+    """'point [lo, hi]' (the bounds with the point's decimals); the value alone for one seed; '–' for none."""
+    if estimate.n == 0 or math.isnan(estimate.point):
         return "–"
-    mean = float(values.mean())
-    if len(values) == 1:
-        return _num(mean)
-    decimals = _decimals(mean)
-    return f"{_num(mean, decimals)} ± {_num(float(values.std(ddof=1)), decimals)}"
+    if not estimate.has_interval:
+        return _num(estimate.point)
+    decimals = _decimals(estimate.point)
+    return f"{_num(estimate.point, decimals)} [{_num(estimate.lo, decimals)}, {_num(estimate.hi, decimals)}]"
+
+
+def _mean_ci(values: pd.Series) -> str:
+    """'mean [95% CI]' over seeds (rliable's stratified bootstrap); the value alone for one seed."""
+    return interval_text(uncertainty.mean_interval(values.dropna().to_numpy(float)))
 
 
 AGG_COLUMNS = [
     ("held-out gold reward", "heldout_gold_reward"),
+    ("KL to the reference at the end", "final_kl"),
     ("final reward", "final_reward_mean"),
-    ("final KL", "final_kl"),
     ("peak memory (MiB)", "peak_memory_mib"),
     ("model states (MiB)", "model_state_mib"),
     ("time / iteration (s)", "time_per_iteration_s"),
@@ -238,13 +241,18 @@ AGG_COLUMNS = [
 
 
 def aggregate_table(table: pd.DataFrame, reference: str = "sft") -> pd.DataFrame:
-    """Mean ± std over seeds per algorithm, as display strings (the table of summary.md and index.html)."""
+    """The mean over seeds per algorithm with its 95% interval (rliable's stratified bootstrap over the seeds), as
+    display strings (the table of summary.md and index.html)."""
     out = []
     for algo in [a for a in POLICY_STAGES if not table.empty and a in set(table["algorithm"])]:
         rows = table[table["algorithm"] == algo]
         line = {"algorithm": LABELS.get(algo, algo), "seeds": int(rows["trained"].sum())}
+        columns = [col for _, col in AGG_COLUMNS if col in rows]
+        means, _ = uncertainty.summarise(rows[columns].to_numpy(float)) if columns else ([], [])
+        estimates = dict(zip(columns, means))
         for title, col in AGG_COLUMNS:
-            line[title.format(ref=LABELS.get(reference, reference))] = _mean_std(rows[col]) if col in rows else "–"
+            line[title.format(ref=LABELS.get(reference, reference))] = interval_text(estimates[col]) \
+                if col in estimates else "–"
         out.append(line)
     return pd.DataFrame(out)
 
@@ -277,7 +285,7 @@ def paper_table(table: pd.DataFrame, judge: str | None, reference: str = "sft") 
 
     def quality(algo, col, text):
         rows_ = table[table["algorithm"] == algo] if not table.empty and col in table else None
-        value = _mean_std(rows_[col]) if rows_ is not None else "–"
+        value = _mean_ci(rows_[col]) if rows_ is not None else "–"
         return f"{LABELS[algo]} {value}{text}{judged}" if value != "–" else f"– (no eval result for {LABELS[algo]})"
 
     paper_col = f"paper ({PAPER['citation']}): ReMax"
@@ -384,10 +392,10 @@ def preparation_lines(res: SuiteResults) -> list[str]:
     return lines
 
 
-def _suite_hashes(res: SuiteResults) -> str:
+def _suite_hashes(res: SuiteResults, skip=()) -> str:
     hashes: dict[str, list[str]] = {}
     for (stage, seed), m in sorted(res.manifests.items()):
-        if m.get("suite_hash"):
+        if m.get("suite_hash") and stage not in skip:
             hashes.setdefault(m["suite_hash"], []).append(f"{stage}/seed{seed}")
     if not hashes:
         return "unknown"
@@ -409,3 +417,45 @@ def _reference(res: SuiteResults) -> str:
     if not res.evals.empty and res.evals["reference"].notna().any():
         return str(res.evals["reference"].dropna().iloc[0])
     return "sft"
+
+
+# -- the KL treatment ----------------------------------------------------------------------------
+def _kl_of(record) -> registry.KL | None:
+    try:
+        return registry.KL.model_validate(record) if isinstance(record, dict) else None
+    except ValueError:
+        return None
+
+
+def kl_treatments(res: SuiteResults) -> tuple[str, dict[str, str]]:
+    """(shared.kl in words, {algorithm label: how its KL treatment differs}) over the online algorithms' runs: each
+    run's treatment as its summary records it (else as its manifest's suite resolves it), against shared.kl."""
+    shared, departures = None, {}
+    for (stage, seed), summary in sorted(res.summaries.items()):
+        if stage not in registry.online():
+            continue
+        suite = (res.manifests.get((stage, seed), {}).get("config") or {}).get("suite") or {}
+        shared_kl = _kl_of((suite.get("shared") or {}).get("kl", {}))
+        shared = shared or shared_kl
+        treatment = _kl_of(summary.get("kl_treatment"))
+        if treatment is None and suite:
+            try:
+                from remax_bench.core.config import Suite
+
+                treatment = Suite.model_validate(suite).kl_treatment(stage)
+            except ValueError:  # an older suite schema: the treatment is unknown, not a departure
+                treatment = None
+        if treatment is not None and shared_kl is not None and treatment != shared_kl:
+            departures[LABELS[stage]] = f"{treatment.describe()} (shared.kl: {shared_kl.describe()})"
+    return (shared.describe() if shared else "unknown"), departures
+
+
+def kl_lines(res: SuiteResults) -> list[str]:
+    """The KL regularisation every online algorithm trained with, and each comparison that is not matched."""
+    shared, departures = kl_treatments(res)
+    if not any(stage in registry.online() for stage, _ in res.summaries):
+        return []
+    if not departures:
+        return [f"KL regularisation: matched, every online algorithm trained with shared.kl ({shared})"]
+    return [f"NOT MATCHED: {label} regularised with its own KL, {how}; its comparison with the others is not on "
+            "equal terms" for label, how in departures.items()]

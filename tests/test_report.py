@@ -157,7 +157,9 @@ def test_summary_md_aggregates_and_quotes_the_paper(full):
     # ReMax gold reward: mean of 0.70 and 0.66; two seeds' percentile bootstrap interval is their range.
     summary = md.split("## Summary")[1]
     assert re.search(r"\| ReMax \| 2 \| 0\.680 \[0\.660, 0\.700\] \|", summary)
-    assert "45.0% (per seed: 45.0%, 45.0%)" in md and "1.60x (per seed: 1.60x, 1.60x)" in md and "40.0%" in md
+    assert "45.0% (per seed: 45.0%, 45.0%; 95% interval over seeds [45.0%, 45.0%])" in md
+    assert "1.60x (per seed: 1.60x, 1.60x; 95% interval over seeds [1.60x, 1.60x])" in md and "40.0%" in md
+    assert "55.0% (95% interval over seeds [55.0%, 55.0%])" in md  # DPO's peak memory saving
     assert "~46% less GPU memory" in md and "~1.6x faster training" in md
     assert "94.78%" in md and "7.739" in md and "Li et al. 2023" in md
     assert "shared, runtime blocks of the algorithms): none" in md

@@ -41,6 +41,7 @@ class Frontier:
     points: pd.DataFrame  # algorithm, variant, seed, step, kl, score, source
     score: str  # what the y axis is: held-out gold reward, or the judge's score
     kl_text: str  # which KL each point carries, in words
+    kl_axis: str = "KL to the reference (nats per answer)"  # the same, short, for the plot's axis
     equal_kl: float = math.nan  # kappa
     at_equal_kl: pd.DataFrame = field(default_factory=pd.DataFrame)  # algorithm, seed, score
     left_out: list[str] = field(default_factory=list)
@@ -147,7 +148,8 @@ def build_frontier(views: list[SuiteResults], tables: list[pd.DataFrame]) -> Fro
                    f"iteration{'s' if windows != {1} else ''} of it (half the evaluation interval), the end of "
                    "training the mean over the last 10% of iterations; before training the policy is the reference "
                    "(KL 0)")
-        frontier = Frontier(points, GOLD, kl_text)
+        frontier = Frontier(points, GOLD, kl_text, f"KL to the reference (nats per answer): the training rollouts' "
+                            f"mean within {within} iterations\nof each held-out evaluation")
     else:
         frontier = _judge_frontier(views, tables)
     ran = {stage for res in views for stage, _ in res.summaries if stage in registry.REGISTRY}
@@ -165,7 +167,9 @@ def _judge_frontier(views: list[SuiteResults], tables: list[pd.DataFrame]) -> Fr
                 for p in judge_points(res, table, column)]
         if rows:
             return Frontier(pd.DataFrame(rows), name, "each run's KL at the end of training (the mean logged `kl` "
-                            "over its last 10% of iterations); the reference at KL 0 with its own score")
+                            "over its last 10% of iterations); the reference at KL 0 with its own score",
+                            "KL to the reference (nats per answer): the training rollouts' mean over the last 10% "
+                            "of iterations")
     return Frontier(pd.DataFrame(columns=["algorithm", "variant", "seed", "step", "kl", "score", "source"]), GOLD, "")
 
 
@@ -227,7 +231,7 @@ def frontier_plot(frontier: Frontier, path: Path, dpi: int) -> None:
         for i, variant in enumerate(variants):
             ax.scatter([], [], color="#555555", marker=VARIANT_MARKERS[i % len(VARIANT_MARKERS)], s=14,
                        label=f"points: {variant}")
-    ax.set_xlabel("KL to the reference (nats per answer, sampled training answers)")
+    ax.set_xlabel(frontier.kl_axis, fontsize=8)
     ax.set_ylabel(frontier.score)
     ax.set_title(f"Reward-KL frontier: {frontier.score} against KL to the reference")
     ax.grid(alpha=0.3)

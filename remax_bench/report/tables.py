@@ -275,10 +275,17 @@ def paper_table(table: pd.DataFrame, judge: str | None, reference: str = "sft") 
         return f"{r['speedup_x']:.2f}x" if not math.isnan(r["speedup_x"]) else "–"
 
     def per_seed(algo, col, fmt):
-        if algo != registry.FOCUS or table.empty or col not in table:
-            return ""  # the paper's algorithm gets its per-seed figures
+        """The per-seed ratios' 95% interval over seeds (the paper's algorithm: also each seed's ratio)."""
+        if table.empty or col not in table:
+            return ""
         vals = table[(table["algorithm"] == algo)][col].dropna()
-        return " (per seed: " + ", ".join(fmt.format(v) for v in vals) + ")" if len(vals) > 1 else ""
+        if len(vals) < 2:
+            return ""
+        interval = uncertainty.mean_interval(vals.to_numpy(float))
+        bounds = f"95% interval over seeds [{fmt.format(interval.lo)}, {fmt.format(interval.hi)}]"
+        if algo != registry.FOCUS:
+            return f" ({bounds})"
+        return " (per seed: " + ", ".join(fmt.format(v) for v in vals) + f"; {bounds})"
 
     judged = f" (judge: {judge})" if judge else ""
     ref = LABELS.get(reference, reference)

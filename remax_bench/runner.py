@@ -14,6 +14,10 @@ SFT and the reward model are trained once (with the first seed): every algorithm
 same policy and optimises the very same reward, which is what makes the comparison matched. PPO, ReMax, DPO
 and eval run once per seed.
 
+A stage's identity is the suite fields it reads and its inputs' identities (remax_bench.core.identity): a
+re-run after editing an algorithm's field keeps SFT and the reward model, and one after editing an SFT field
+redoes everything downstream of it.
+
 Each stage is a subprocess (``python -m trainers.<stage>``, or the ``deepspeed`` launcher when the suite asks
 for several GPUs), so its peak memory is its own and a crash takes down one stage only. A stage writes into
 a partial directory and renames it when done; a re-run skips complete stages whose config is unchanged and
@@ -34,6 +38,7 @@ from pathlib import Path
 
 from remax_bench.core import algorithms, results
 from remax_bench.core.config import Suite
+from remax_bench.core.identity import identity_view, stage_identity
 
 # The module each stage runs as (``python -m <module>``); every one ends in remax_bench.core.stage.stage_main.
 STAGE_MODULES = {"sft": "trainers.sft", "reward_model": "trainers.reward_model",
@@ -134,7 +139,8 @@ class Runner:
         final = self.final_dir(key)
         if not results.is_complete(final):
             return None
-        return results.read_json(final / "manifest.json").get("config_hash")
+        manifest = results.read_json(final / "manifest.json")
+        return stage_identity(manifest["config"]) if manifest.get("config") else manifest.get("config_hash")
 
     def stage_config(self, item: StagePlan, plans: dict[str, StagePlan]) -> dict:
         inputs: dict = {}
@@ -170,21 +176,19 @@ class Runner:
     def why_run(self, item: StagePlan, config: dict, rerun: set[str] = frozenset()) -> str | None:
         """None when the stage's complete result matches its config and inputs; else why it must run."""
         final = self.final_dir(item.key)
-        from remax_bench.core.stage import config_hash
-
         if results.is_complete(final):
-            manifest = results.read_json(final / "manifest.json")
-            if manifest.get("config_hash") == config_hash(config):
+            # Both identities from the configs themselves, so a result keeps its place when a field its stage
+            # does not read changes, whichever version of the declarations wrote its manifest.
+            old = results.read_json(final / "manifest.json").get("config") or {}
+            if old and not rerun & set(item.needs) and stage_identity(old) == stage_identity(config):
                 return None
-            old = manifest.get("config") or {}
             changed_inputs = [n for n in item.needs
                               if n in rerun or (old.get("input_ids") or {}).get(n) != config["input_ids"].get(n)]
             if changed_inputs:
                 return f"input changed: {', '.join(changed_inputs)}"
-            fields = _changed_fields(old.get("suite"), config["suite"], "")
-            if fields:
-                return f"config changed: {', '.join(fields[:5])}{' ...' if len(fields) > 5 else ''}"
-            return "config changed: " + (", ".join(_changed_fields(old, config, "")[:5]) or "stage identity")
+            fields = _changed_fields(identity_view(old) if old else {}, identity_view(config), "")
+            fields = [f.removeprefix("suite.") for f in fields] or ["stage identity"]
+            return f"config changed: {', '.join(fields[:5])}{' ...' if len(fields) > 5 else ''}"
         if results.partial_dir(final).exists():
             return "partial: an interrupted attempt, redone from the start"
         if results.failed_dir(final).exists():

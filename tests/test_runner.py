@@ -149,12 +149,38 @@ def test_resume_does_not_depend_on_where_results_sit(tmp_path):
     (copy / "nano" / "dpo" / ".seed0.partial").mkdir(parents=True)
     dry = _cli(tmp_path, "run", str(changed), "--results-dir", str(copy), "--dry-run")
     out = dry.stdout
-    # Every stage's config holds the whole resolved suite; a downstream stage names its changed input.
-    assert "sft/seed0: will run (config changed: reward_model.epochs, shared.kl_coef)" in out, out
-    assert "reward_model/seed0: will run (input changed: sft/seed0)" in out, out
-    assert "remax/seed0: will run (input changed: sft/seed0, reward_model/seed0)" in out, out
+    # A stage's identity is the fields it reads: SFT reads neither; a downstream stage names its changed input.
+    assert "sft/seed0: complete" in out, out
+    assert "reward_model/seed0: will run (config changed: reward_model.epochs)" in out, out
+    assert "remax/seed0: will run (input changed: reward_model/seed0)" in out, out
     assert "ppo/seed0: will run (missing)" in out and "dpo/seed0: will run (partial: " in out, out
     assert not (copy / "nano" / ".configs" / "ppo-seed0.json").exists()  # a dry run writes nothing
+
+    # Fields only the algorithms read leave SFT and the reward model complete.
+    data = yaml.safe_load(suite.read_text())
+    data["shared"]["iterations"], data["ppo"], data["seeds"] = 4, {"enabled": False}, [0, 1]
+    data["remax"] = {"gamma": 0.9}
+    out = _dry_run(tmp_path, data, copy)
+    assert "sft/seed0: complete" in out and "reward_model/seed0: complete" in out, out
+    assert "remax/seed0: will run (config changed: remax.gamma, shared.iterations)" in out, out
+    assert "remax/seed1: will run (missing)" in out, out
+
+    # An SFT field reruns SFT and, through the input identities, everything downstream.
+    data = yaml.safe_load(suite.read_text())
+    data["sft"]["learning_rate"] = 5e-4
+    out = _dry_run(tmp_path, data, copy)
+    assert "sft/seed0: will run (config changed: sft.learning_rate)" in out, out
+    assert "reward_model/seed0: will run (input changed: sft/seed0)" in out, out
+    assert "remax/seed0: will run (input changed: sft/seed0, reward_model/seed0)" in out, out
+
+
+def _dry_run(tmp_path, data: dict, results_dir: Path) -> str:
+    edited = tmp_path / "edited.yaml"
+    edited.write_text(yaml.safe_dump(data))
+    result = CliRunner().invoke(main, ["run", str(edited), "--results-dir", str(results_dir), "--only",
+                                       "sft,reward_model,remax", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    return result.output
 
 
 def _long_sft_suite(tmp_path):

@@ -30,7 +30,9 @@ import torch
 
 from remax_bench.core import algorithms, results
 from remax_bench.core.config import Suite, per_rank_batch
+from remax_bench.core.identity import stage_identity, stage_reads
 from remax_bench.core.metrics import MemoryTracker, PhaseTimer
+from remax_bench.core.reads import ReadLog, ReadView
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # DeepSpeed configs generated in this process, one per engine; the stage manifest records them.
@@ -107,7 +109,13 @@ def git_sha() -> str | None:
 
 
 def config_hash(config: dict) -> str:
-    return results.json_digest(config)
+    """A stage config's identity: the suite fields its stage reads and its inputs (remax_bench.core.identity)."""
+    return stage_identity(config)
+
+
+# Set (tests do) to stop a stage at the first suite field it reads outside its declaration; otherwise the
+# stage warns once per field, so a long run on a cluster is not lost to a declaration that fell behind.
+STRICT_READS_ENV = "REMAX_BENCH_STRICT_READS"
 
 
 class StageRun:
@@ -116,7 +124,11 @@ class StageRun:
     def __init__(self, stage: str, config: dict, out_dir: Path):
         self.stage = stage
         self.config = config
-        self.suite = Suite.model_validate(config["suite"])
+        self.full_suite = Suite.model_validate(config["suite"])
+        # The stage reads its suite through a view that records every field: its identity holds only the fields
+        # its declaration names (remax_bench.core.identity), so one read outside it must be known.
+        self.reads = ReadLog(stage_reads(stage), self._undeclared_read)
+        self.suite = ReadView(self.full_suite, self.reads)
         self.seed = int(config.get("seed", 0))
         self.final_dir = Path(out_dir)
         self.inputs: dict[str, Any] = results.resolve_inputs(config.get("inputs", {}), results.suite_root_of(self.final_dir))
@@ -152,7 +164,8 @@ class StageRun:
             "status": status,
             "config": self.config,
             "config_hash": config_hash(self.config),
-            "suite_hash": self.suite.config_hash(),
+            "suite_hash": self.full_suite.config_hash(),
+            "reads": sorted(self.reads.fields),
             "versions": package_versions(),
             "git_sha": git_sha(),
             "device": str(self.device),
@@ -177,7 +190,7 @@ class StageRun:
         self._metrics_file = open(self.dir / "metrics.jsonl", "a", buffering=1)
         seed_everything(self.seed)
         online = self.stage in algorithms.REGISTRY and algorithms.get(self.stage).online
-        if self.suite.shared.rollout_backend == "vllm" and online:
+        if online and self.suite.shared.rollout_backend == "vllm":
             # vLLM's library is imported before the memory baseline, as torch's is: the peak counts the
             # engine's weights and KV cache, not the size of the library's code.
             import vllm  # noqa: F401
@@ -193,6 +206,13 @@ class StageRun:
             shown = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
             print(results.progress_line(self.stage, step, shown), file=sys.stderr, flush=True)
             self._last_log = time.time()
+
+    def _undeclared_read(self, field: str) -> None:
+        message = (f"stage {self.stage} read suite field {field}, which its declaration in "
+                   f"remax_bench/core/identity.py does not name: a change to it would not make the stage run again")
+        if os.environ.get(STRICT_READS_ENV) == "1":
+            raise StageError(message)
+        self.warn(message)
 
     def warn(self, message: str) -> None:
         self.warnings.append(message)

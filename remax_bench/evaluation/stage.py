@@ -22,7 +22,7 @@ def evaluate(run) -> dict:
             done["n"] += 1
             print(f"[progress] stage=eval step={done['n']} {json.dumps({})}", file=sys.stderr, flush=True)
 
-    summary = run_eval_stage({**run.config, "inputs": run.inputs}, run.dir / "eval", log=log)
+    summary = run_eval_stage({**run.config, "inputs": run.inputs}, run.dir / "eval", log=log, suite=run.suite)
     for warning in summary["warnings"]:
         run.warn(warning)
     return summary

@@ -41,11 +41,11 @@ def _int_list(text: str | None) -> list[int] | None:
     return seeds
 
 
-def _preflight(suite, stages: list[str] | None = None) -> None:
+def _preflight(suite, stages: list[str] | None = None, results_dir: str | None = None) -> None:
     """Everything that can be checked before a stage starts; one line per problem, exit 2."""
     from remax_bench.preflight import problems
 
-    found = problems(suite, stages)
+    found = problems(suite, stages, results_dir)
     if found:
         _fail(f"suite {suite.name!r} cannot run:\n" + "\n".join(f"  {p}" for p in found))
 
@@ -123,7 +123,7 @@ def run(suite, only, seeds, results_dir, dry_run):
         stages = plan(loaded, _int_list(seeds), only.split(",") if only else None)
     except ValueError as err:
         _fail(str(err))
-    _preflight(loaded, sorted({s.stage for s in stages}))
+    _preflight(loaded, sorted({s.stage for s in stages}), results_dir)
     runner = Runner(loaded, results_dir, echo=LiveLine())
     click.echo(f"suite {loaded.name!r}: {len(stages)} stages, results in {runner.root}")
     outcomes = runner.run(stages, dry_run=dry_run)

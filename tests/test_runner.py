@@ -245,8 +245,29 @@ def test_stage_dies_with_its_runner_on_sigkill_and_sigterm(tmp_path):
     assert json.loads(failed.read_text())["status"] == "interrupted"
 
 
+def _written(path: Path, content: str | bytes) -> str:
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    return str(path)
+
+
+PROMPT_LINES = "".join(f'{{"prompt": "reverse: abc{i}"}}\n' for i in range(6))
+# An eval stage that reads local files: a reward-model judge needs no key (the gold judge grades synthetic data only).
+LOCAL_EVAL = {"enabled": True, "judge": {"type": "reward_model"}, "alpaca_eval": {"enabled": False},
+              "mt_bench": {"enabled": False}}
+
+
 @pytest.mark.parametrize("edit, message", [
     (lambda d, t: d["data"].update(prompts=str(t / "missing.jsonl")), "data.prompts.source: data file"),
+    (lambda d, t: d["data"].update(prompts=_written(t / "p.jsonl", PROMPT_LINES + '{"prompt": "x", }\n')),
+     "p.jsonl, line 7: not valid JSON (Expecting property name enclosed in double quotes, column 17)"),
+    (lambda d, t: d["data"].update(preferences=_written(t / "pairs.jsonl", '{"prompt": "p", "chosen": "a"}\n')),
+     "pairs.jsonl', line 1: expected columns prompt/chosen/rejected"),
+    (lambda d, t: d.update(eval={**LOCAL_EVAL, "alpaca_eval": {"prompts": _written(
+        t / "a.jsonl", '{"instruction": "One?"}\n{"instruction": "Two?",}\n')}}),
+     "eval.alpaca_eval.prompts: " + "{t}/a.jsonl, line 2: not valid JSON"),
+    (lambda d, t: d.update(eval={**LOCAL_EVAL, "mt_bench": {"questions": _written(
+        t / "question.jsonl", b'{"question_id": 1, "turns": ["caf\xe9?"]}\n')}}),
+     "eval.mt_bench.questions: {t}/question.jsonl, line 1: not UTF-8 text (byte 0xe9 at column 34)"),
     (lambda d, t: d["models"].update(policy="tiny:huge"), "unknown tiny preset 'huge'"),
     (lambda d, t: d["models"].update(policy="./no/such/model"), "models.policy: model directory ./no/such/model not found"),
     (lambda d, t: d["eval"].update(enabled=True, judge={"type": "openai", "model": "m",
@@ -258,11 +279,42 @@ def test_problems_found_before_any_stage_starts(tmp_path, edit, message):
     edit(data, tmp_path)
     suite = tmp_path / "suite.yaml"
     suite.write_text(yaml.safe_dump(data))
+    message = message.format(t=tmp_path)
     for args in (["validate", str(suite)], ["run", str(suite), "--results-dir", str(tmp_path / "res")]):
         result = CliRunner().invoke(main, args)
         assert result.exit_code == 2 and message in result.output, result.output
         assert "Traceback" not in result.output
     assert not (tmp_path / "res").exists()
+
+
+def test_preflight_reads_the_data_of_every_registered_algorithm(tmp_path):
+    """--only grpo reads data.prompts as --only remax does: the readers come from the stages' declarations."""
+    data = yaml.safe_load(NANO.read_text())
+    data["grpo"] = {"enabled": True}
+    data["data"]["prompts"] = _written(tmp_path / "p.jsonl", PROMPT_LINES + '{"prompt": ""}\n')
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(yaml.safe_dump(data))
+    for only in ("grpo", "sft,dpo"):
+        result = CliRunner().invoke(main, ["run", str(suite), "--only", only, "--dry-run", "--results-dir",
+                                           str(tmp_path / "res")])
+        found = "p.jsonl', line 7: an empty or missing 'prompt'" in result.output
+        assert found == (only == "grpo") and result.exit_code == (2 if found else 0), result.output
+
+
+def test_a_results_folder_that_cannot_be_written_is_one_message(tmp_path, monkeypatch):
+    (tmp_path / "a_file").write_text("")
+    result = CliRunner().invoke(main, ["run", str(NANO), "--results-dir", str(tmp_path / "a_file" / "res")])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert f"--results-dir: {tmp_path}/a_file/res/nano cannot be created: {tmp_path}/a_file is a file" in result.output
+
+    def refused(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    # A read-only folder (root writes in any folder, so the refusal is the operating system's answer, given here)
+    monkeypatch.setattr("tempfile.TemporaryFile", refused)
+    result = CliRunner().invoke(main, ["run", str(NANO), "--results-dir", str(tmp_path / "ro")])
+    assert result.exit_code == 2 and result.output.count("\n") == 2, result.output
+    assert f"--results-dir: cannot write the results {tmp_path}/ro/nano in {tmp_path} (Permission denied)" in result.output
 
 
 @pytest.mark.parametrize("seeds", ["-1", "0,0"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 import shutil
 from datetime import datetime, timezone
 from pathlib import Path
@@ -12,12 +13,12 @@ import pandas as pd
 
 from remax_bench.comparison import PAPER
 from remax_bench.report.load import (
-    ALGORITHMS,
     LABELS,
     SEED_DIR,
     ReportError,
     SuiteResults,
     load_results,
+    requested_algorithms,
 )
 from remax_bench.report.plots import (
     PLOT_FILES,
@@ -93,7 +94,8 @@ def write_report(results_dir: str | Path, reports_dir: str | Path, suite_name: s
     plots, omitted = make_plots(res, table, out, dpi)
     generated = datetime.now(timezone.utc).isoformat(timespec="seconds")
     suite_hash = _suite_hashes(res)
-    missing_algos = [LABELS[a] for a in ALGORITHMS if not res.has(a)]
+    # Only what the suite asked for: an algorithm it leaves disabled is not missing.
+    missing_algos = [LABELS[a] for a in requested_algorithms(res.manifests) if not res.has(a)]
 
     md = [
         f"# remax-bench report: {name}",
@@ -148,7 +150,8 @@ def write_report(results_dir: str | Path, reports_dir: str | Path, suite_name: s
         cells = "".join("<tr>" + "".join(f"<{'th' if i == 0 else 'td'}>{e(c.strip())}</{'th' if i == 0 else 'td'}>"
                                           for c in row) + "</tr>" for i, row in enumerate(table_rows))
         page = page.replace("</body></html>", f"<h2>Policy-gradient variance</h2><p>{e(variance[2])}</p>"
-                            f"<table>{cells}</table><figure><img src='variance.png' alt='variance'></figure>"
+                            f"<div class='scroll'><table>{cells}</table></div>"
+                            "<figure><img src='variance.png' alt='variance'></figure>"
                             "</body></html>")
     index.write_text(page)
     return index
@@ -173,9 +176,50 @@ def _variance_section(suite_dir: Path, out: Path) -> list[str]:
             *variance_markdown(record), "", "![Policy-gradient variance](variance.png)", ""]
 
 
+# The page's tables were looked at in headless Chromium 1280 px wide (chromium --headless --window-size=1280,4000
+# --screenshot): with every registered algorithm and three seeds, the summary by figure (nine columns,
+# 'mean ± std' wrapping) and the per-seed tables fill at most the body's 1100 px; the summary with a column per
+# figure (17) was 1561 px wide and ran off the page. tests/test_report.py holds the column counts.
+def by_figure(agg: pd.DataFrame) -> pd.DataFrame:
+    """The summary with one row per figure and one column per algorithm: its width grows with the algorithms
+    a suite runs (at most the registry's), not with the figures, so it fits the page. Figures no algorithm
+    has are left out (summary.csv keeps every column)."""
+    if agg.empty:
+        return agg
+    table = agg.set_index("algorithm").T.rename_axis("figure").reset_index()
+    table.columns.name = None
+    return table[(table.drop(columns="figure") != "–").any(axis=1)].reset_index(drop=True)
+
+
+# Runs (algorithm and seed) side by side in one per-seed table: with the field names and the widest values
+# (a memory kind such as rss_above_baseline) five fit the page's 1100 px.
+RUNS_PER_TABLE = 5
+
+
+def per_seed(table: pd.DataFrame) -> list[pd.DataFrame]:
+    """summary.csv with one row per field and one column per algorithm and seed, numbers as shown; in tables
+    of at most RUNS_PER_TABLE runs each, of as even a size as the runs allow."""
+    if table.empty:
+        return []
+    names = [f"{LABELS.get(a, a)} seed {int(s)}" for a, s in zip(table["algorithm"], table["seed"])]
+    values = table.drop(columns=["algorithm", "seed"]).map(
+        lambda v: _num(v) if isinstance(v, float) else ("–" if v is None or v is pd.NA else str(v)))
+    out = values.T
+    out.columns = names
+    out = out.rename_axis("field").reset_index()
+    size = math.ceil(len(names) / math.ceil(len(names) / RUNS_PER_TABLE))
+    return [out[["field", *names[start:start + size]]] for start in range(0, len(names), size)]
+
+
+def _html_table(df: pd.DataFrame) -> str:
+    """A table in a box that scrolls sideways when the table is wider than the page, rather than the page."""
+    return f"<div class='scroll'>{df.to_html(index=False, border=0, escape=True)}</div>"
+
+
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;
 padding:0 1em;color:#222;line-height:1.45}
+.scroll{overflow-x:auto;max-width:100%}
 table{border-collapse:collapse;margin:.8em 0;font-size:.92em}
 th,td{border:1px solid #ccc;padding:.3em .6em;text-align:right}
 th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
@@ -195,16 +239,16 @@ def _html(name, suite_hash, generated, res, agg, table, paper, differed, env, pr
         f"<p class='meta'>Suite <code>{e(name)}</code> · config hash <code>{e(suite_hash)}</code> · "
         f"generated {e(generated)} from <code>{e(str(res.path))}</code></p>",
         "<h2>Summary (mean ± std over seeds)</h2>",
-        agg.to_html(index=False, border=0, escape=True) if not agg.empty else "<p>No policy stage finished.</p>",
+        _html_table(by_figure(agg)) if not agg.empty else "<p>No policy stage finished.</p>",
         "<p>Final reward and KL: the stage's summary figure, else the mean of the last 10% of logged steps. "
         "Memory in MiB. Per-seed figures: <a href='summary.csv'>summary.csv</a> (also "
         "<a href='summary.md'>summary.md</a>).</p>",
         "<details><summary>Per seed</summary>",
-        table.to_html(index=False, border=0, na_rep="–", float_format=lambda v: _num(v)) if not table.empty else "",
+        *[_html_table(part) for part in per_seed(table)],
         "</details>",
         f"<p>Starting points: {e('; '.join(prep))}.</p>" if prep else "",
         "<h2>ReMax vs PPO: this run and the paper</h2>",
-        paper.to_html(index=False, border=0, escape=True),
+        _html_table(paper),
         f"<p class='paper'>The right-hand column holds the <b>paper's</b> figures ({e(PAPER['citation'])}): "
         f"{e(PAPER['setting'])} for memory and speed; {e(PAPER['quality_setting'])}. This run's model, data and "
         "hardware differ: compare directions and rough sizes, not digits.</p>",

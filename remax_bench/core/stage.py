@@ -330,6 +330,7 @@ class StageRun:
     def fail(self, status: str, error: str) -> Path:
         if self._metrics_file is not None:
             self._metrics_file.close()
+        # write_json makes the partial folder when the stage stopped before open() made it.
         results.write_json(self.dir / "manifest.json", self.manifest(status, error=error))
         failed = results.failed_dir(self.final_dir)
         if self.rank != 0:
@@ -375,8 +376,10 @@ def stage_main(stage: str, train: Callable[[StageRun], dict], argv: list[str] | 
     _stop_with_runner()
     config = json.loads(Path(args.config).read_text())
     run = StageRun(stage, config, Path(args.out))
-    run.open()
     try:
+        # Inside the try: the partial folder exists from the first line of open(), and an interrupt that lands
+        # before train() starts (a runner's SIGINT right after metrics.jsonl appears) is recorded like any other.
+        run.open()
         summary = train(run)
     except KeyboardInterrupt:
         failed = run.fail("interrupted", "interrupted (KeyboardInterrupt / SIGINT)")

@@ -96,7 +96,9 @@ def test_an_interrupt_is_recorded_wherever_it_lands_once_the_partial_folder_exis
 
 
 @pytest.mark.deepspeed
-@pytest.mark.parametrize("zero_stage", [2, 3])
+# ZeRO-3 (partitioned weights, gathered for generation) in the fast tests; ZeRO-2 with the slow ones: its engine
+# steps are tested in-process (test_deepspeed_config) and its SFT stage on one and two ranks (test_multirank).
+@pytest.mark.parametrize("zero_stage", [pytest.param(2, marks=pytest.mark.slow), 3])
 def test_deepspeed_zero_path_trains_sft_and_remax_in_one_cpu_process(tmp_path, zero_stage):
     """The same trainers under DeepSpeed (CPU accelerator, one process, gloo), each stage in its own process."""
     pytest.importorskip("deepspeed")

@@ -131,16 +131,16 @@ class Runner:
         return str(self.final_dir(key).relative_to(self.root) / "checkpoint")
 
     def identity_of(self, key: str, plans: dict[str, StagePlan]) -> str | None:
-        """What an input is, not where it is: the config hash of the stage that trained it (None while it
-        has no complete result)."""
+        """What an input is, not where it is: the identity of the stage that trained it (None while it has no
+        complete result)."""
         plan_ = plans.get(key)
         if plan_ is not None and plan_.given:
             return f"given:{plan_.given}"
         final = self.final_dir(key)
         if not results.is_complete(final):
             return None
-        manifest = results.read_json(final / "manifest.json")
-        return stage_identity(manifest["config"]) if manifest.get("config") else manifest.get("config_hash")
+        # The identity the result was recorded under, which the stages built on it recorded in their input_ids.
+        return results.read_json(final / "manifest.json").get("config_hash")
 
     def stage_config(self, item: StagePlan, plans: dict[str, StagePlan]) -> dict:
         inputs: dict = {}
@@ -177,8 +177,8 @@ class Runner:
         """None when the stage's complete result matches its config and inputs; else why it must run."""
         final = self.final_dir(item.key)
         if results.is_complete(final):
-            # Both identities from the configs themselves, so a result keeps its place when a field its stage
-            # does not read changes, whichever version of the declarations wrote its manifest.
+            # Both identities computed here from the configs themselves (not the hash the manifest recorded), so
+            # a result is kept when no field its stage reads changed, whichever version wrote its manifest.
             old = results.read_json(final / "manifest.json").get("config") or {}
             if old and not rerun & set(item.needs) and stage_identity(old) == stage_identity(config):
                 return None

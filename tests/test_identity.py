@@ -128,3 +128,29 @@ def test_a_stage_that_reads_outside_its_declaration_is_caught(tmp_path, monkeypa
     assert code == 0 and any("ppo.clip_range" in w for w in manifest["warnings"])
     code, manifest = _stage_reading(tmp_path / "ok", "sft.learning_rate", monkeypatch, strict=True)
     assert code == 0 and "sft.learning_rate" in manifest["reads"] and not manifest["warnings"]
+
+
+def test_results_recorded_before_stage_identities_are_kept(tmp_path):
+    """A manifest whose config_hash is the digest of the whole stage config (as every stage recorded before
+    identities were its reads), and a downstream stage that recorded that digest as its input's identity, are
+    complete for a re-run of the same suite, and still after an edit of a field neither reads."""
+    from remax_bench.core.results import json_digest, write_json
+    from remax_bench.runner import Runner, plan
+
+    def dry_run(edits=None) -> dict[str, str]:
+        suite = load_suite_text(yaml.safe_dump(_suite(edits)))
+        stages = plan(suite, only=["sft", "reward_model"])
+        return {o.key: o.status for o in Runner(suite, tmp_path, echo=lambda *a: None).run(stages, dry_run=True)}
+
+    suite = load_suite_text(NANO.read_text())
+    runner = Runner(suite, tmp_path)
+    stages = plan(suite, only=["sft", "reward_model"])
+    plans = {s.key: s for s in stages}
+    for item in stages:  # in plan order: the reward model's config records SFT's recorded digest
+        config = runner.stage_config(item, plans)
+        write_json(runner.final_dir(item.key) / "manifest.json",
+                   {"status": "completed", "config": config, "config_hash": json_digest(config)})
+    assert dry_run() == {"sft/seed0": "complete", "reward_model/seed0": "complete"}
+    assert dry_run({"shared.iterations": 9, "ppo.enabled": False}) == {"sft/seed0": "complete",
+                                                                       "reward_model/seed0": "complete"}
+    assert dry_run({"sft.epochs": 2}) == {"sft/seed0": "planned", "reward_model/seed0": "planned"}

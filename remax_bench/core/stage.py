@@ -29,9 +29,11 @@ import numpy as np
 import torch
 
 from remax_bench.core import algorithms, results
-from remax_bench.core.config import Suite, per_rank_batch, without_watch_fields
+from remax_bench.core.config import Suite, per_rank_batch
 from remax_bench.core.global_batch import GlobalBatch
+from remax_bench.core.identity import stage_identity, stage_reads
 from remax_bench.core.metrics import MemoryTracker, PhaseTimer
+from remax_bench.core.reads import ReadLog, ReadView
 from remax_bench.core.trackers import RunName, Trackers, scalars
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -113,13 +115,8 @@ def git_sha() -> str | None:
 
 
 def config_hash(config: dict) -> str:
-    """The identity of a stage's work, on which resume decides: its config without the --set overrides that
-    produced it (the resolved suite already holds their values, however they were spelled) and without the
-    trackers that watch it (adding one must not retrain a finished stage)."""
-    identity = {k: v for k, v in config.items() if k != "overrides"}
-    if isinstance(config.get("suite"), dict):
-        identity["suite"] = without_watch_fields(config["suite"])
-    return results.json_digest(identity)
+    """A stage config's identity: the suite fields its stage reads and its inputs (remax_bench.core.identity)."""
+    return stage_identity(config)
 
 
 def tracking_root(final_dir: Path, stage: str) -> Path:
@@ -130,13 +127,22 @@ def tracking_root(final_dir: Path, stage: str) -> Path:
     return results.suite_root_of(final_dir) if in_layout else final_dir.parent
 
 
+# Set (tests do) to stop a stage at the first suite field it reads outside its declaration; otherwise the
+# stage warns once per field, so a long run on a cluster is not lost to a declaration that fell behind.
+STRICT_READS_ENV = "REMAX_BENCH_STRICT_READS"
+
+
 class StageRun:
     """One stage and seed: its config, its (partial) output directory, its logs and measurements."""
 
     def __init__(self, stage: str, config: dict, out_dir: Path):
         self.stage = stage
         self.config = config
-        self.suite = Suite.model_validate(config["suite"])
+        self.full_suite = Suite.model_validate(config["suite"])
+        # The stage reads its suite through a view that records every field: its identity holds only the fields
+        # its declaration names (remax_bench.core.identity), so one read outside it must be known.
+        self.reads = ReadLog(stage_reads(stage), self._undeclared_read)
+        self.suite = ReadView(self.full_suite, self.reads)
         self.seed = int(config.get("seed", 0))
         self.final_dir = Path(out_dir)
         self.inputs: dict[str, Any] = results.resolve_inputs(config.get("inputs", {}), results.suite_root_of(self.final_dir))
@@ -176,7 +182,8 @@ class StageRun:
             "status": status,
             "config": self.config,
             "config_hash": config_hash(self.config),
-            "suite_hash": self.suite.config_hash(),
+            "suite_hash": self.full_suite.config_hash(),
+            "reads": sorted(self.reads.fields),
             "versions": package_versions(),
             "git_sha": git_sha(),
             "device": str(self.device),
@@ -204,7 +211,7 @@ class StageRun:
         self._metrics_file = open(self.dir / "metrics.jsonl", "a", buffering=1)  # the stage is ready to train
         seed_everything(self.seed)
         online = self.stage in algorithms.REGISTRY and algorithms.get(self.stage).online
-        if self.suite.shared.rollout_backend == "vllm" and online:
+        if online and self.suite.shared.rollout_backend == "vllm":
             # vLLM's library is imported before the memory baseline, as torch's is: the peak counts the
             # engine's weights and KV cache, not the size of the library's code.
             import vllm  # noqa: F401
@@ -214,10 +221,10 @@ class StageRun:
         """The suite's trackers for this stage and seed, given the run's hyperparameters and identity."""
         facts = {key: manifest[key] for key in ("stage", "seed", "config_hash", "suite_hash", "versions", "git_sha",
                                                 "device", "device_name")}
-        facts.update(suite_name=self.suite.name, world_size=self.world_size,
+        facts.update(suite_name=self.full_suite.name, world_size=self.world_size,
                      overrides=self.config.get("overrides") or [])
-        name = RunName(self.suite.name, self.stage, self.seed, tracking_root(self.final_dir, self.stage))
-        return Trackers(self.suite.runtime.trackers, name, self.suite.resolved(), facts, warn=self.warn)
+        name = RunName(self.full_suite.name, self.stage, self.seed, tracking_root(self.final_dir, self.stage))
+        return Trackers(self.full_suite.runtime.trackers, name, self.full_suite.resolved(), facts, warn=self.warn)
 
     def log(self, step: int, **metrics: Any) -> None:
         """One line of metrics.jsonl (flushed at once, so a crash loses at most the current step), and the
@@ -232,6 +239,13 @@ class StageRun:
             shown = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
             print(results.progress_line(self.stage, step, shown), file=sys.stderr, flush=True)
             self._last_log = time.time()
+
+    def _undeclared_read(self, field: str) -> None:
+        message = (f"stage {self.stage} read suite field {field}, which its declaration in "
+                   f"remax_bench/core/identity.py does not name: a change to it would not make the stage run again")
+        if os.environ.get(STRICT_READS_ENV) == "1":
+            raise StageError(message)
+        self.warn(message)
 
     def warn(self, message: str) -> None:
         self.warnings.append(message)
@@ -323,6 +337,7 @@ class StageRun:
     def fail(self, status: str, error: str) -> Path:
         if self._metrics_file is not None:
             self._metrics_file.close()
+        # write_json makes the partial folder when the stage stopped before open() made it.
         manifest = self.manifest(status, error=error)
         results.write_json(self.dir / "manifest.json", manifest)
         self.trackers.close(status, manifest)
@@ -371,7 +386,10 @@ def stage_main(stage: str, train: Callable[[StageRun], dict], argv: list[str] | 
     config = json.loads(Path(args.config).read_text())
     run = StageRun(stage, config, Path(args.out))
     try:
-        run.open()  # inside: an interrupt while the stage opens (its trackers start) is recorded too
+        # Inside the try: the partial folder exists from the first line of open(), and an interrupt that lands
+        # before train() starts (a runner's SIGINT right after metrics.jsonl appears, or while the trackers
+        # start) is recorded like any other.
+        run.open()
         summary = train(run)
     except KeyboardInterrupt:
         failed = run.fail("interrupted", "interrupted (KeyboardInterrupt / SIGINT)")

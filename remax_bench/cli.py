@@ -118,7 +118,7 @@ def validate(suite, table, config_only):
 @click.option("--dry-run", is_flag=True, help="print the plan and the command of each stage, run nothing")
 def run(suite, only, seeds, results_dir, dry_run):
     """Run SUITE end to end: train, evaluate, and record every stage under RESULTS_DIR."""
-    from remax_bench.runner import Runner, failed, outcome_table, plan
+    from remax_bench.runner import Runner, exit_code, outcome_table, plan
 
     loaded = _load(suite)
     try:
@@ -130,8 +130,7 @@ def run(suite, only, seeds, results_dir, dry_run):
     click.echo(f"suite {loaded.name!r}: {len(stages)} stages, results in {runner.root}")
     outcomes = runner.run(stages, dry_run=dry_run)
     click.echo("\n" + outcome_table(outcomes))
-    if failed(outcomes):
-        sys.exit(1)
+    sys.exit(exit_code(runner, outcomes))
 
 
 @main.command()

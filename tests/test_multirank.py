@@ -223,6 +223,7 @@ class KillingRunner(Runner):
         return command
 
 
+@pytest.mark.timeout(1800)  # six launches of two ranks: 10-14 minutes on 2 loaded cores
 @pytest.mark.parametrize("zero_stage", [2, 3])
 def test_sft_and_remax_killed_on_two_ranks_resume_to_the_uninterrupted_weights(tmp_path, monkeypatch, zero_stage):
     """SFT, then ReMax (scored by the gold function), on 2 ranks: each killed with SIGKILL on both ranks after

@@ -58,7 +58,8 @@ test-slow: $(STAMP)
 	REMAX_BENCH_SLOW=1 $(PY) -m pytest -q
 
 # Two real ranks through the deepspeed launcher on CPU (gloo): global batches, disjoint shards, ZeRO-3
-# generation, a failing and a stalled rank. About 3 minutes on 2 shared cores.
+# generation, a failing and a stalled rank (about 3 minutes on 2 shared cores); SFT and ReMax killed and resumed
+# under ZeRO-2 and ZeRO-3 (10-25 minutes more).
 test-multirank: $(STAMP)
 	REMAX_BENCH_MULTIRANK=1 $(PY) -m pytest -q -m multirank
 

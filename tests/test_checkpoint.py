@@ -373,3 +373,16 @@ def test_a_killed_remax_stage_with_vllm_rollouts_resumes_to_the_uninterrupted_we
         (reference / "checkpoint" / "model.safetensors").read_bytes()
     engine = json.loads((resumed / "summary.json").read_text())["rollout_engine"]
     assert engine["weight_syncs"] == 3  # the resumed policy's weights first, then after iterations 2 and 3
+
+
+def test_a_stop_signal_is_noted_by_a_training_stage_and_stops_the_eval_stage_at_once(tmp_path):
+    from remax_bench.core.stage import StageInterrupted
+
+    suite = load_suite_text(yaml.safe_dump(_suite_data())).resolved()
+    training = StageRun("sft", {"stage": "sft", "seed": 0, "suite": suite}, tmp_path / "sft" / "seed0")
+    training.done = 5
+    training.take_stop_signal(signal.SIGUSR1)
+    assert (training.stop_signal, training.stop_during) == ("SIGUSR1", 5)  # acted on at the end of iteration 5
+    evaluation = StageRun("eval", {"stage": "eval", "seed": 0, "suite": suite}, tmp_path / "eval" / "seed0")
+    with pytest.raises(StageInterrupted, match="SIGTERM received; this stage keeps no checkpoints"):
+        evaluation.take_stop_signal(signal.SIGTERM)

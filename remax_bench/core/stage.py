@@ -18,7 +18,8 @@ a batch scheduler), in this one place:
     -                  runs to the end; the result directory is final                        0  EXIT_COMPLETED
     - (an error)       stops; the attempt's output moves to <seed dir>.failed                1  EXIT_FAILED
     SIGTERM, SIGUSR1   finishes the current iteration, writes a checkpoint, stops:           75 EXIT_RESUMABLE
-                       interrupted and resumable (EX_TEMPFAIL of sysexits.h)
+                       interrupted and resumable (EX_TEMPFAIL of sysexits.h); the eval stage,
+                       which trains nothing, stops at once and is redone
     SIGINT (Ctrl-C)    stops at once; a re-run resumes from the last checkpoint written      130 EXIT_SIGINT
 
 Every rank takes the signal (or learns it from another rank at the end of the iteration) and the ranks checkpoint
@@ -185,6 +186,7 @@ class StageRun:
         self.resumed_from: list[int] = []  # the iteration each resumed attempt started at
         self.checkpoint_records: list[dict] = []  # iteration, bytes and seconds of each checkpoint written
         self.newest_checkpoint: int | None = None  # the iteration a re-run would resume from
+        self.trains = stage in algorithms.REGISTRY or stage in algorithms.PREPARATION_STAGES  # has iterations to resume
         self.stop_signal: str | None = None
         self.stop_during: int | None = None  # the iteration that was running when the stop signal came
         self._before = {"wall_time_s": 0.0, "peak_memory_bytes": 0}  # earlier attempts', up to their checkpoint
@@ -369,9 +371,12 @@ class StageRun:
         return record
 
     def take_stop_signal(self, signum: int, frame=None) -> None:
-        """Handler of SIGTERM and SIGUSR1: noted here, acted on at the end of the current iteration."""
+        """Handler of SIGTERM and SIGUSR1: noted here, acted on at the end of the current iteration. A stage that
+        trains nothing (eval) keeps no checkpoints: it stops at once, and a re-run redoes it."""
         if self.stop_signal is None:
             self.stop_signal, self.stop_during = signal.Signals(signum).name, self.done
+        if not self.trains:
+            raise StageInterrupted(f"{self.stop_signal} received; this stage keeps no checkpoints")
 
     def checkpoint_summary(self) -> dict:
         written = self.checkpoint_records

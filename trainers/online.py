@@ -143,6 +143,7 @@ class OnlineTotals(Accumulators):
     sampled: int = 0  # sampled answer tokens of the timed iterations
     generated: int = 0  # generated tokens of every iteration
     rewards: list = field(default_factory=list)  # each iteration's mean reward
+    kls: list = field(default_factory=list)  # each iteration's KL to the reference
     last_eval: dict | None = None  # the held-out gold figures of the last iteration, when it evaluated
     gold_before: float | None = None  # the SFT model's held-out gold reward
 
@@ -324,6 +325,7 @@ class OnlineTrainer:
                 totals.sampled += metrics["sampled_tokens"]
             totals.generated += metrics["tokens"]
             totals.rewards.append(metrics["reward_mean"])
+            totals.kls.append(metrics["kl"])
             row = {**metrics, "generated_tokens": totals.generated, "time_step_s": elapsed,
                    "tokens_per_second": metrics["tokens"] / elapsed}
             row.update({f"time_{k}_s": phases.get(k, 0.0) for k in totals.phases})
@@ -337,11 +339,13 @@ class OnlineTrainer:
             run.end_iteration(step + 1)
         if iterations % save_every:
             self.policy.save_pretrained(run.checkpoint_dir, models.tokenizer)
-        step_times, phase_totals, rewards = totals.step_times, totals.phases, totals.rewards
+        step_times, phase_totals, rewards, kls = totals.step_times, totals.phases, totals.rewards, totals.kls
         measured = max(len(step_times), 1)
         tail = rewards[-max(1, len(rewards) // 10):]  # the last 10% of steps
+        kl_tail = kls[-len(tail):]
         summary.update(
             final_reward_mean=sum(tail) / len(tail),
+            final_kl=sum(kl_tail) / len(kl_tail),  # the KL to the reference where training ended, beside its reward
             time_per_iteration_s=sum(step_times) / measured,
             time_split_s={k: v / measured for k, v in phase_totals.items()},
             tokens_per_second=totals.tokens / max(sum(step_times), 1e-9),

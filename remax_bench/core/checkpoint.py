@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from remax_bench.core import results
+from remax_bench.core.config import without_watch_fields
 
 MANIFEST = "checkpoint.json"
 _COMPLETE = re.compile(r"^iteration-(\d{8})$")
@@ -84,10 +85,13 @@ class Accumulators:
 
 
 def config_identity(config: dict) -> str:
-    """The stage config a checkpoint belongs to, without the settings that only schedule checkpoints."""
-    runtime = config.get("suite", {}).get("runtime", {})
-    kept = {**config, "suite": {**config.get("suite", {}),
-                                "runtime": {k: v for k, v in runtime.items() if k not in SCHEDULE_FIELDS}}}
+    """The stage config a checkpoint belongs to: what the stage computes (as its config hash counts it: without
+    the --set overrides that spelled it and the fields that only watch it), without the settings that only
+    schedule checkpoints."""
+    suite = without_watch_fields(config.get("suite", {}))
+    runtime = suite.get("runtime", {})
+    kept = {**{k: v for k, v in config.items() if k != "overrides"},
+            "suite": {**suite, "runtime": {k: v for k, v in runtime.items() if k not in SCHEDULE_FIELDS}}}
     return results.json_digest(kept)
 
 

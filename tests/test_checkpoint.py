@@ -126,9 +126,13 @@ def test_the_checkpoint_schedule_is_not_part_of_the_config_a_checkpoint_belongs_
     config = {"stage": "sft", "seed": 0, "suite": load_suite_text(yaml.safe_dump(_suite_data())).resolved()}
     rescheduled = json.loads(json.dumps(config))
     rescheduled["suite"]["runtime"].update(checkpoint_every=7, checkpoint_interval_s=60, keep_checkpoints=5)
+    # Nor how the run is watched or how its values were spelled: a tracker added or a --set given keeps them.
+    watched = json.loads(json.dumps(config))
+    watched["suite"]["runtime"]["trackers"] = ["tensorboard"]
+    watched["overrides"] = ["shared.iterations=6"]
     changed = json.loads(json.dumps(config))
     changed["suite"]["shared"]["learning_rate"] = 0.5
-    assert config_identity(rescheduled) == config_identity(config) != config_identity(changed)
+    assert config_identity(rescheduled) == config_identity(watched) == config_identity(config) != config_identity(changed)
 
 
 def test_rng_states_round_trip_every_generator():

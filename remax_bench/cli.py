@@ -156,7 +156,7 @@ def run(suite, only, seeds, results_dir, dry_run, overrides, tracker_names):
     """Run SUITE end to end: train, evaluate, and record every stage under RESULTS_DIR."""
     from remax_bench.core.trackers import describe
     from remax_bench.preflight import problems
-    from remax_bench.runner import Runner, failed, outcome_table, plan
+    from remax_bench.runner import Runner, exit_code, outcome_table, plan
 
     overrides = _with_trackers(overrides, tracker_names)
     loaded = _load(suite, overrides)
@@ -181,8 +181,7 @@ def run(suite, only, seeds, results_dir, dry_run, overrides, tracker_names):
         for line in found:
             click.echo(f"  {line}")
         return
-    if failed(outcomes):
-        sys.exit(1)
+    sys.exit(exit_code(runner, outcomes))
 
 
 @main.command()

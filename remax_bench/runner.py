@@ -21,8 +21,13 @@ redoes everything downstream of it.
 
 Each stage is a subprocess (``python -m trainers.<stage>``, or the ``deepspeed`` launcher when the suite asks
 for several GPUs), so its peak memory is its own and a crash takes down one stage only. A stage writes into
-a partial directory and renames it when done; a re-run skips complete stages whose config is unchanged and
-redoes everything else.
+a partial directory and renames it when done; a re-run skips complete stages whose config is unchanged, resumes
+an interrupted or failed one from its newest checkpoint of the same config, and redoes everything else.
+
+SIGTERM and SIGUSR1 sent to the runner reach every process of the running stage as SIGUSR1 (the stage's process
+group; the deepspeed launcher ignores it, every rank takes it): the stage writes a checkpoint at the end of its
+iteration and exits resumable, and the runner stops with the same exit code (the contract is in
+remax_bench/core/stage.py). Ctrl-C stops the stage at once.
 """
 
 from __future__ import annotations
@@ -37,9 +42,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from remax_bench.core import algorithms, results, sweep
+from remax_bench.core import algorithms, checkpoint, results, sweep
 from remax_bench.core.config import Suite
 from remax_bench.core.identity import identity_view, stage_identity
+from remax_bench.core.stage import EXIT_COMPLETED, EXIT_FAILED, EXIT_RESUMABLE, STOP_SIGNALS
 
 # The module each stage runs as (``python -m <module>``); every one ends in remax_bench.core.stage.stage_main.
 STAGE_MODULES = {"sft": "trainers.sft", "reward_model": "trainers.reward_model",
@@ -142,6 +148,8 @@ class Runner:
         self.echo = echo
         self.python = sys.executable
         self.overrides = list(overrides)  # the --set KEY=VALUE that made `suite` from its file, for the manifests
+        self.stopped_by: str | None = None  # the stop signal this runner was sent, once it was
+        self.process: subprocess.Popen | None = None  # the running stage (its process group's leader)
 
     # -- paths and configs ----------------------------------------------------------------------
     def final_dir(self, key: str) -> Path:
@@ -205,8 +213,11 @@ class Runner:
 
     # -- running ---------------------------------------------------------------------------------
     def why_run(self, item: StagePlan, config: dict, rerun: set[str] = frozenset()) -> str | None:
-        """None when the stage's complete result matches its config and inputs; else why it must run."""
+        """None when the stage's complete result matches its config and inputs; else why it must run (and from
+        which iteration, where a checkpoint of this config lets it resume)."""
         final = self.final_dir(item.key)
+        resume = self.resume_point(item, config) if not rerun & set(item.needs) else None
+        resuming = f"will resume from iteration {resume}" if resume is not None else None
         if results.is_complete(final):
             # Both identities computed here from the configs themselves (not the hash the manifest recorded), so
             # a result is kept when no field its stage reads changed, whichever version wrote its manifest.
@@ -216,17 +227,28 @@ class Runner:
             changed_inputs = [n for n in item.needs
                               if n in rerun or (old.get("input_ids") or {}).get(n) != config["input_ids"].get(n)]
             if changed_inputs:
-                return f"input changed: {', '.join(changed_inputs)}"
-            fields = _changed_fields(identity_view(old) if old else {}, identity_view(config), "")
-            fields = [f.removeprefix("suite.") for f in fields] or ["stage identity"]
-            return f"config changed: {', '.join(fields[:5])}{' ...' if len(fields) > 5 else ''}"
+                reason = f"input changed: {', '.join(changed_inputs)}"
+            else:
+                fields = _changed_fields(identity_view(old) if old else {}, identity_view(config), "")
+                fields = [f.removeprefix("suite.") for f in fields] or ["stage identity"]
+                reason = f"config changed: {', '.join(fields[:5])}{' ...' if len(fields) > 5 else ''}"
+            return f"{reason}; {resuming}" if resuming else reason
         if results.partial_dir(final).exists():
-            return "partial: an interrupted attempt, redone from the start"
+            return f"partial: an interrupted attempt, {resuming or 'redone from the start'}"
         if results.failed_dir(final).exists():
-            return "failed: the last attempt failed"
-        return "missing"
+            return f"failed: the last attempt failed{'; ' + resuming if resuming else ''}"
+        return f"interrupted: {resuming}" if resuming else "missing"
+
+    def resume_point(self, item: StagePlan, config: dict) -> int | None:
+        """The iteration the stage's newest checkpoint of this config holds (None: none, it starts over)."""
+        return checkpoint.newest_of_config(results.checkpoints_dir(self.final_dir(item.key)),
+                                           checkpoint.config_identity(config))
 
     def run(self, stages: list[StagePlan], dry_run: bool = False) -> list[Outcome]:
+        with self._taking_stop_signals():
+            return self._run(stages, dry_run)
+
+    def _run(self, stages: list[StagePlan], dry_run: bool) -> list[Outcome]:
         plans = {s.key: s for s in stages}
         outcomes: dict[str, Outcome] = {}
         total = len(stages)
@@ -261,10 +283,13 @@ class Runner:
                 outcomes[item.key] = Outcome(item.key, "skipped", detail="already complete")
                 self.echo(f"{label}: already complete, skipped")
                 continue
+            if self.stopped_by:
+                self.echo(f"{self.stopped_by}: stopping before {item.key}; run the same command again to go on")
+                break
             self.echo(f"{label}: will run ({reason})")
             outcome = self.run_stage(item, config, label)
             outcomes[item.key] = outcome
-            if outcome.status == "interrupted":
+            if outcome.status == "interrupted" or self.stopped_by:
                 self.echo("interrupted: stopping here; run the same command again to resume")
                 break
         return [outcomes.get(s.key, Outcome(s.key, "not run")) for s in stages]
@@ -282,31 +307,43 @@ class Runner:
                RUNNER_PID_ENV: str(os.getpid())}
         # Line-buffered: each line the stage prints is in the log at once, so a log survives a runner or stage
         # killed by SIGKILL (a block buffer would die with the runner, and `tail -f` would show nothing).
-        with open(log_path, "w", buffering=1) as log, _sigterm_as_interrupt():
+        with open(log_path, "w", buffering=1) as log:
+            # Its own process group, so that a stop reaches the launcher and every rank it started, and only them.
             process = subprocess.Popen(
                 self.command(item), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, bufsize=1,
-                preexec_fn=_die_with_parent,
+                preexec_fn=_die_with_parent, start_new_session=True,
             )
+            self.process = process
+            if self.stopped_by:
+                _signal_group(process, signal.SIGUSR1)
             try:
                 for line in process.stdout:
                     log.write(line)
+                    if self.stopped_by:  # again: a stage still importing ignores SIGUSR1 until it takes it
+                        _signal_group(process, signal.SIGUSR1)
                     progress = results.parse_progress(line)
                     if progress:
                         self.show_progress(label, progress[1], expected, progress[2], time.time() - start)
-                    elif line.startswith("[error]") or line.startswith("[warning]"):
+                    elif line.startswith(SHOWN_LINES):
                         self.echo(f"    {line.rstrip()}")
                 code = process.wait()
             except KeyboardInterrupt:
-                # Ctrl-C or a scheduler's SIGTERM: the stage records itself as interrupted, then stops.
-                process.send_signal(signal.SIGINT)
+                # Ctrl-C: the stage stops at once (a re-run resumes from its last checkpoint).
+                _signal_group(process, signal.SIGINT)
                 try:
                     process.wait(timeout=30)
                 except subprocess.TimeoutExpired:
-                    process.kill()
-                return Outcome(item.key, "interrupted", time.time() - start, "Ctrl-C / SIGTERM")
+                    _signal_group(process, signal.SIGKILL)
+                self.stopped_by = "SIGINT"
+                return Outcome(item.key, "interrupted", time.time() - start, "Ctrl-C: " + self._resumes_from(item, config))
+            finally:
+                self.process = None
         seconds = time.time() - start
         final = self.final_dir(item.key)
-        if code == 0 and results.is_complete(final):
+        if code == EXIT_RESUMABLE:
+            return Outcome(item.key, "interrupted", seconds,
+                           f"stopped by {self.stopped_by or 'a signal'}: {self._resumes_from(item, config)}")
+        if code == EXIT_COMPLETED and results.is_complete(final):
             (final / "stage.log").write_text(log_path.read_text())
             results.discard(results.failed_dir(final))  # an earlier failure is no longer this stage's state
             self.echo(f"{label}: completed in {seconds:.1f}s")
@@ -314,6 +351,34 @@ class Runner:
         detail = self.failure_reason(log_path, code)
         self.echo(f"{label}: FAILED after {seconds:.1f}s: {detail} (log: {log_path})")
         return Outcome(item.key, "failed", seconds, detail)
+
+    def _resumes_from(self, item: StagePlan, config: dict) -> str:
+        resume = self.resume_point(item, config)
+        return f"a re-run resumes from iteration {resume}" if resume is not None else "no checkpoint, a re-run starts over"
+
+    @contextmanager
+    def _taking_stop_signals(self):
+        """SIGTERM and SIGUSR1 to the runner stop the run: no stage starts after them, and the running one gets
+        SIGUSR1 in its whole process group, so every rank checkpoints at the end of its iteration and exits
+        resumable (the deepspeed launcher, which would end its ranks on SIGTERM, ignores SIGUSR1). Only the main
+        thread can take signals; elsewhere they keep their default action."""
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def forward(signum, frame):
+            self.stopped_by = signal.Signals(signum).name
+            if self.process is not None:
+                _signal_group(self.process, signal.SIGUSR1)
+
+        previous = {signum: signal.signal(signum, forward) for signum in STOP_SIGNALS}
+        try:
+            yield
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
     def expected_steps(self, item: StagePlan) -> int | None:
         if item.stage in algorithms.REGISTRY:
@@ -348,11 +413,16 @@ class Runner:
 
 
 RUNNER_PID_ENV = "REMAX_BENCH_RUNNER_PID"
+# The stage's lines the console shows besides its progress (all of them go to its log).
+SHOWN_LINES = ("[error]", "[warning]", "[resume]", "[interrupt]")
 
 
 def _die_with_parent() -> None:
     """In the stage process before exec: the kernel kills it when the runner dies, even by SIGKILL, so a
-    stage never keeps a GPU busy and races a re-run. (Stages also watch the runner's pid as a fallback.)"""
+    stage never keeps a GPU busy and races a re-run. (Stages also watch the runner's pid as a fallback.)
+    SIGUSR1 is ignored until a stage takes it (ignoring survives exec): the deepspeed launcher, which has no
+    handler of its own for it, keeps running while its ranks checkpoint."""
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     if sys.platform.startswith("linux"):
         import ctypes
 
@@ -360,23 +430,12 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
-@contextmanager
-def _sigterm_as_interrupt():
-    """SIGTERM (a scheduler stopping the job) takes the same path as Ctrl-C while a stage runs."""
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
+def _signal_group(process: subprocess.Popen, signum: int) -> None:
+    """A signal to the stage and every process it started (its own process group)."""
     try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+        os.killpg(process.pid, signum)
+    except ProcessLookupError:
+        pass  # already gone
 
 
 def _changed_fields(old, new, prefix: str) -> list[str]:
@@ -400,3 +459,10 @@ def outcome_table(outcomes: list[Outcome]) -> str:
 
 def failed(outcomes: list[Outcome]) -> bool:
     return any(o.status in ("failed", "blocked", "interrupted") for o in outcomes)
+
+
+def exit_code(runner: Runner, outcomes: list[Outcome]) -> int:
+    """``remax-bench run``'s exit code: the stage contract's (0 done, 1 failed, 75 interrupted and resumable)."""
+    if runner.stopped_by or any(o.status == "interrupted" for o in outcomes):
+        return EXIT_RESUMABLE
+    return EXIT_FAILED if failed(outcomes) else EXIT_COMPLETED

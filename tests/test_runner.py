@@ -9,6 +9,7 @@ import yaml
 from click.testing import CliRunner
 
 from remax_bench.cli import main
+from remax_bench.core.stage import EXIT_RESUMABLE
 from remax_bench.core.suite_file import load_suite, load_suite_text
 from remax_bench.runner import plan
 
@@ -216,13 +217,14 @@ def _dry_run(tmp_path, data: dict, results_dir: Path, only: str = "sft,reward_mo
 
 def _long_sft_suite(tmp_path):
     data = yaml.safe_load(NANO.read_text())
-    data["sft"]["epochs"] = 100000  # runs until stopped
+    data["sft"].update(epochs=100000, max_steps=60)  # runs long enough to be stopped
     suite = tmp_path / "long.yaml"
     suite.write_text(yaml.safe_dump(data))
     return suite
 
 
-def _start_runner_and_its_stage(tmp_path, suite):
+def _start_runner_and_its_stage(tmp_path, suite, rows=0):
+    """The runner, once its stage has written ``rows`` rows of metrics (an event of the stage's own)."""
     import os
     import time
 
@@ -236,7 +238,8 @@ def _start_runner_and_its_stage(tmp_path, suite):
     deadline = time.time() + 600
     while time.time() < deadline:
         stage = children.read_text().split() if children.exists() else []
-        if stage and (tmp_path / "res" / "nano" / "sft" / ".seed0.partial" / "metrics.jsonl").exists():
+        metrics = tmp_path / "res" / "nano" / "sft" / ".seed0.partial" / "metrics.jsonl"
+        if stage and metrics.exists() and len(metrics.read_text().splitlines()) >= rows:
             return runner, int(stage[0])
         time.sleep(0.1)
     runner.kill()
@@ -281,18 +284,45 @@ def test_stage_dies_with_its_runner_on_sigkill_and_sigterm(tmp_path):
     assert _gone(stage), "the stage outlived a SIGKILLed runner"
     assert "[progress] stage=sft step=0" in log.read_text()  # ... and keeps it when both are killed
 
-    # SIGTERM (a scheduler): the stage is stopped, recorded as interrupted, and the runner exits 1. The signal
-    # goes out as soon as metrics.jsonl appears, before the stage may have entered train(): an interrupt there
-    # is recorded too (tests/test_stages.py lands one there on purpose).
+    # SIGTERM (a scheduler): the runner forwards it, the stage writes a checkpoint at the end of its iteration and
+    # stops as interrupted, and the runner exits resumable.
     shutil.rmtree(tmp_path / "res" / "nano" / "sft" / ".seed0.partial")  # left by the SIGKILLed stage
-    runner, stage = _start_runner_and_its_stage(tmp_path, suite)
+    runner, stage = _start_runner_and_its_stage(tmp_path, suite, rows=2)
     os.kill(runner.pid, signal.SIGTERM)
     out, _ = runner.communicate(timeout=300)
-    assert runner.returncode == 1, out
+    log = (tmp_path / "res" / "nano" / "logs" / "sft-seed0.log").read_text()
+    assert runner.returncode == EXIT_RESUMABLE, out + log
     assert _gone(stage) and "interrupted" in out
-    failed = tmp_path / "res" / "nano" / "sft" / "seed0.failed" / "manifest.json"
-    assert failed.is_file(), out + (tmp_path / "res" / "nano" / "logs" / "sft-seed0.log").read_text()
-    assert json.loads(failed.read_text())["status"] == "interrupted"
+    assert "checkpoint at iteration " in log, log
+    written = int(log.split("checkpoint at iteration ")[1].split()[0])
+    assert f"stopped by SIGTERM: a re-run resumes from iteration {written}" in out, out
+    partial = tmp_path / "res" / "nano" / "sft" / ".seed0.partial" / "manifest.json"
+    assert json.loads(partial.read_text())["status"] == "interrupted"
+
+    # A dry run says where the stage would resume, and a config that only reschedules checkpoints keeps it; a
+    # changed config starts over.
+    def run(suite_file, *extra):
+        return CliRunner().invoke(main, ["run", str(suite_file), "--results-dir", str(tmp_path / "res"), "--only",
+                                         "sft", *extra])
+
+    dry = run(suite, "--dry-run")
+    assert f"will run (partial: an interrupted attempt, will resume from iteration {written})" in dry.output, dry.output
+    data = yaml.safe_load(suite.read_text())
+    data["runtime"]["checkpoint_every"] = 1000
+    suite.write_text(yaml.safe_dump(data))
+    assert f"will resume from iteration {written}" in run(suite, "--dry-run").output
+    data["sft"]["learning_rate"] = 0.5
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(yaml.safe_dump(data))
+    assert "will run (partial: an interrupted attempt, redone from the start)" in run(changed, "--dry-run").output
+
+    # `run` resumes by default; the console and the stage's log say from where.
+    again = run(suite)
+    assert again.exit_code == 0, again.output
+    assert f"[resume] sft: resumed from iteration {written}" in again.output, again.output
+    final = tmp_path / "res" / "nano" / "sft" / "seed0"
+    assert f"resumed from iteration {written}" in (final / "stage.log").read_text()
+    assert json.loads((final / "summary.json").read_text())["resumed_from"] == [written]
 
 
 def _written(path: Path, content: str | bytes) -> str:

@@ -95,6 +95,7 @@ def _run_one_backend(base, model, iterations, results_dir, chosen, device, echo,
 def bench_row(algo: str, summary: dict) -> dict:
     split = summary.get("time_split_s") or {}
     engine = summary.get("rollout_engine") or {"backend": "hf"}
+    budget = summary.get("matched_budget") or {}
     time_per_iteration = summary.get("time_per_iteration_s", math.nan)
     return {
         "algorithm": algo,
@@ -111,6 +112,9 @@ def bench_row(algo: str, summary: dict) -> dict:
         "sync_share": split.get("sync", 0.0) / time_per_iteration if time_per_iteration else math.nan,
         "engine_start_s": engine.get("engine_start_s", 0.0),
         "tokens_per_second": summary.get("tokens_per_second", math.nan),
+        # sampled and greedy answers generated per iteration (the work of an online algorithm)
+        "answers_per_iteration": (budget["samples_per_iteration"] + budget["greedy_per_iteration"]
+                                  if budget else math.nan),
         "memory_kind": summary.get("memory_kind", ""),
     }
 
@@ -167,3 +171,4 @@ def format_bench(table: pd.DataFrame, model: str) -> str:
     if compared_with_ppo:
         lines.append(comparison.PAPER_LINE)
     return "\n".join(lines)
+

@@ -165,8 +165,11 @@ def report(results_dir, suite_name, reports_dir):
               help="override shared.gradient_checkpointing (the paper trains with it on)")
 @click.option("--rollout-backend", "rollout_backend", default=None,
               help="hf, vllm or hf,vllm (each algorithm once per backend); default: the suite's shared.rollout_backend")
+@click.option("--against", type=click.Choice(["trl"]), default=None,
+              help="also run TRL's own trainers (GRPO, RLOO, DPO) on the same work and print the side-by-side table")
 @click.option("--results-dir", default="results", show_default=True, type=click.Path(file_okay=False))
-def bench(model, iterations, suite_arg, algorithms, device, gradient_checkpointing, rollout_backend, results_dir):
+def bench(model, iterations, suite_arg, algorithms, device, gradient_checkpointing, rollout_backend, against,
+          results_dir):
     """Every algorithm on the same model and shared settings: peak memory, time per iteration, tokens/s."""
     from transformers.utils import logging as hf_logging
 
@@ -184,6 +187,14 @@ def bench(model, iterations, suite_arg, algorithms, device, gradient_checkpointi
         backends = tuple(b.strip() for b in rollout_backend.split(",") if b.strip())
         if not backends or set(backends) - {"hf", "vllm"} or len(set(backends)) != len(backends):
             _fail(f"--rollout-backend expects hf, vllm or hf,vllm; got {rollout_backend!r}")
+    if against:
+        from remax_bench.peers.against import missing
+
+        problem = missing(against)
+        if problem:
+            _fail(problem)
+        if backends and "hf" not in backends:
+            _fail(f"--against {against} compares transformers rollouts (TRL's generate): add hf to --rollout-backend")
     suite = _load(suite_arg)
     if backends and "vllm" in backends:
         from remax_bench.bench import bench_suite
@@ -194,7 +205,18 @@ def bench(model, iterations, suite_arg, algorithms, device, gradient_checkpointi
                       gradient_checkpointing=gradient_checkpointing, rollout_backends=backends)
     click.echo()
     click.echo(format_bench(table, model))
-    if len(table) < len(chosen):
+    failed = len(table) < len(chosen)
+    if against:
+        from remax_bench.peers.against import format_against, run_against
+
+        peers = run_against(against, suite, model, iterations, results_dir, chosen, device, echo=LiveLine(),
+                            gradient_checkpointing=gradient_checkpointing)
+        click.echo()
+        click.echo(format_against(table, peers, against))
+        from remax_bench.core.algorithms import with_trl_trainer
+
+        failed = failed or len(peers) < len(with_trl_trainer(chosen))
+    if failed:
         sys.exit(1)
 
 

@@ -53,6 +53,7 @@ class StagePlan:
     seed: int
     needs: list[str] = field(default_factory=list)  # keys of the stages this one reads
     given: str | None = None  # a checkpoint given in the suite instead of training this stage
+    runs_as: str | None = None  # another module than the stage's own (bench --against: a peer library's trainer)
 
     @property
     def key(self) -> str:
@@ -60,7 +61,7 @@ class StagePlan:
 
     @property
     def module(self) -> str:
-        return stage_module(self.stage)
+        return self.runs_as or stage_module(self.stage)
 
 
 @dataclass

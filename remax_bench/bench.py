@@ -172,3 +172,35 @@ def format_bench(table: pd.DataFrame, model: str) -> str:
         lines.append(comparison.PAPER_LINE)
     return "\n".join(lines)
 
+
+def profiled_stages(base: Suite, model: str, iterations: int, results_dir: str | Path, chosen, device: str | None,
+                    gradient_checkpointing: bool | None, against: str | None) -> list[tuple[str, Path]]:
+    """(label, result directory) of each stage a ``bench --profile`` run profiled: ours with transformers rollouts,
+    and the peer library's trainer beside each algorithm that has one."""
+    suite = bench_suite(base, model, iterations, device, gradient_checkpointing, "hf")
+    root, seed = Path(results_dir) / suite.name, suite.seeds[0]
+    stages = []
+    for algo in chosen:
+        stages.append((f"{algo} (ours)", root / algo / f"seed{seed}"))
+        trainer = algorithms.get(algo).trl_trainer
+        if against and trainer:
+            stages.append((f"{algo} ({against}.{trainer})", root.with_name(f"{root.name}-{against}") / algo / f"seed{seed}"))
+    return stages
+
+
+def format_profiles(stages: list[tuple[str, Path]], top: int = 6) -> str:
+    """Each profiled stage's operator self time per phase (ms over the whole stage) and its heaviest operators."""
+    lines = ["where the time goes (torch profiler, operator self time per phase over every iteration; compare shares, "
+             "a profiled run is slower than an unprofiled one):"]
+    for label, final in stages:
+        path = final / "profile.json"
+        if not path.is_file():
+            lines.append(f"{label}: no profile (the stage did not finish)")
+            continue
+        breakdown = results.read_json(path)["cpu"]
+        totals = {phase: sum(ops.values()) for phase, ops in breakdown.items()}
+        lines.append(f"{label}: " + ", ".join(f"{phase} {ms:.0f} ms" for phase, ms in totals.items()))
+        for phase, ops in breakdown.items():
+            heaviest = ", ".join(f"{name} {ms:.0f}" for name, ms in list(ops.items())[:top])
+            lines.append(f"    {phase}: {heaviest}")
+    return "\n".join(lines)

@@ -167,8 +167,10 @@ def report(results_dir, suite_name, reports_dir):
               help="hf, vllm or hf,vllm (each algorithm once per backend); default: the suite's shared.rollout_backend")
 @click.option("--against", type=click.Choice(["trl"]), default=None,
               help="also run TRL's own trainers (GRPO, RLOO, DPO) on the same work and print the side-by-side table")
+@click.option("--profile", is_flag=True, help="run every stage under torch's profiler and print where each phase's "
+              "time goes (operator self time; slower, so its times are not the benchmark's)")
 @click.option("--results-dir", default="results", show_default=True, type=click.Path(file_okay=False))
-def bench(model, iterations, suite_arg, algorithms, device, gradient_checkpointing, rollout_backend, against,
+def bench(model, iterations, suite_arg, algorithms, device, gradient_checkpointing, rollout_backend, against, profile,
           results_dir):
     """Every algorithm on the same model and shared settings: peak memory, time per iteration, tokens/s."""
     from transformers.utils import logging as hf_logging
@@ -196,6 +198,12 @@ def bench(model, iterations, suite_arg, algorithms, device, gradient_checkpointi
         if backends and "hf" not in backends:
             _fail(f"--against {against} compares transformers rollouts (TRL's generate): add hf to --rollout-backend")
     suite = _load(suite_arg)
+    if profile:
+        import os
+
+        from remax_bench.core.profiling import PROFILE_ENV
+
+        os.environ[PROFILE_ENV] = "1"  # every stage process inherits it
     if backends and "vllm" in backends:
         from remax_bench.bench import bench_suite
 
@@ -216,6 +224,12 @@ def bench(model, iterations, suite_arg, algorithms, device, gradient_checkpointi
         from remax_bench.core.algorithms import with_trl_trainer
 
         failed = failed or len(peers) < len(with_trl_trainer(chosen))
+    if profile:
+        from remax_bench.bench import format_profiles, profiled_stages
+
+        click.echo()
+        click.echo(format_profiles(profiled_stages(suite, model, iterations, results_dir, chosen, device,
+                                                   gradient_checkpointing, against)))
     if failed:
         sys.exit(1)
 

@@ -32,6 +32,7 @@ from remax_bench.core import algorithms, results
 from remax_bench.core.config import Suite, per_rank_batch
 from remax_bench.core.global_batch import GlobalBatch
 from remax_bench.core.metrics import MemoryTracker, PhaseTimer
+from remax_bench.core.profiling import profiled
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # DeepSpeed configs generated in this process, one per engine; the stage manifest records them.
@@ -332,7 +333,8 @@ def stage_main(stage: str, train: Callable[[StageRun], dict], argv: list[str] | 
     run = StageRun(stage, config, Path(args.out))
     run.open()
     try:
-        summary = train(run)
+        with profiled(run.dir, run.device):  # REMAX_BENCH_PROFILE=1: where the time goes, phase by phase
+            summary = train(run)
     except KeyboardInterrupt:
         failed = run.fail("interrupted", "interrupted (KeyboardInterrupt / SIGINT)")
         print(f"[error] stage {stage} interrupted; partial output moved to {failed}", file=sys.stderr)

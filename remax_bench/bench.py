@@ -190,16 +190,18 @@ def profiled_stages(base: Suite, model: str, iterations: int, results_dir: str |
 
 def format_profiles(stages: list[tuple[str, Path]], top: int = 6) -> str:
     """Each profiled stage's operator self time per phase (ms over the whole stage) and its heaviest operators."""
-    lines = ["where the time goes (torch profiler, operator self time per phase over every iteration; compare shares, "
-             "a profiled run is slower than an unprofiled one):"]
+    lines = ["where the time goes (torch profiler, operator self time per phase over every iteration and the GFLOP of its "
+             "matrix products; compare shares and GFLOP, a profiled run is slower than an unprofiled one):"]
     for label, final in stages:
         path = final / "profile.json"
         if not path.is_file():
             lines.append(f"{label}: no profile (the stage did not finish)")
             continue
-        breakdown = results.read_json(path)["cpu"]
+        profile = results.read_json(path)
+        breakdown, gflop = profile["cpu"], profile.get("gflop", {})
         totals = {phase: sum(ops.values()) for phase, ops in breakdown.items()}
-        lines.append(f"{label}: " + ", ".join(f"{phase} {ms:.0f} ms" for phase, ms in totals.items()))
+        lines.append(f"{label}: " + ", ".join(f"{phase} {ms:.0f} ms ({gflop.get(phase, 0.0):.1f} GFLOP)"
+                                             for phase, ms in totals.items()))
         for phase, ops in breakdown.items():
             heaviest = ", ".join(f"{name} {ms:.0f}" for name, ms in list(ops.items())[:top])
             lines.append(f"    {phase}: {heaviest}")

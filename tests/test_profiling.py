@@ -48,3 +48,4 @@ def test_a_profiled_block_writes_its_breakdown(tmp_path, monkeypatch):
     report = json.loads((tmp_path / "on" / "profile.json").read_text())
     assert "aten::mm" in report["cpu"]["generate"]
     assert "generate:" in (tmp_path / "on" / "profile.txt").read_text()
+    assert report["gflop"]["generate"] == 2 * 64**3 / 1e9  # the one 64 x 64 matrix product generate made

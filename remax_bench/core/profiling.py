@@ -4,7 +4,8 @@ A stage then runs under torch's profiler, and every operator's self time is char
 encloses it (``PhaseTimer.phase`` marks generate, score, train and sync with ``record_function``; TRL's trainers
 get the same marks in remax_bench/peers/trl_stage.py), so the two sides of a comparison break down alike:
 
-    profile.json   {phase: {operator: self milliseconds}} (CPU time; CUDA time too on a GPU)
+    profile.json   {phase: {operator: self milliseconds}} (CPU time; CUDA time too on a GPU), and the GFLOP of each
+                   phase's matrix products: the work, which a loaded machine does not change
     profile.txt    the heaviest operators of each phase
 
 The profiler slows small operators more than large ones: compare shares between runs taken the same way, never a
@@ -51,22 +52,37 @@ def _timeline(marks: list[tuple[float, float, str]]) -> tuple[list[float], list[
     return points, labels
 
 
-def phase_breakdown(events, device_time: bool = False) -> dict[str, dict[str, float]]:
-    """{phase: {operator: self ms}} from a profiler's events; the phase marks themselves are not operators."""
+def _phases(events):
+    """(event, phase) of every operator event."""
     marks = [(e.time_range.start, e.time_range.end, _mark_phase(e.name)) for e in events if _mark_phase(e.name)]
     points, labels = _timeline(marks)
-    out: dict[str, dict[str, float]] = {}
     for event in events:
         if _mark_phase(event.name):
             continue
+        i = bisect.bisect_right(points, event.time_range.start) - 1
+        yield event, labels[i] if 0 <= i < len(labels) else OTHER
+
+
+def phase_breakdown(events, device_time: bool = False) -> dict[str, dict[str, float]]:
+    """{phase: {operator: self ms}} from a profiler's events; the phase marks themselves are not operators."""
+    out: dict[str, dict[str, float]] = {}
+    for event, phase in _phases(events):
         micros = event.self_device_time_total if device_time else event.self_cpu_time_total
         if micros <= 0:
             continue
-        i = bisect.bisect_right(points, event.time_range.start) - 1
-        phase = labels[i] if 0 <= i < len(labels) else OTHER
         ops = out.setdefault(phase, {})
         ops[event.name] = ops.get(event.name, 0.0) + micros / 1000.0
     return {phase: dict(sorted(ops.items(), key=lambda kv: -kv[1])) for phase, ops in out.items()}
+
+
+def phase_gflop(events) -> dict[str, float]:
+    """{phase: GFLOP of its matrix products} as the profiler counts them (mm, addmm, bmm, ...): the work done,
+    which no load on the machine changes, where times do."""
+    out: dict[str, float] = {}
+    for event, phase in _phases(events):
+        if event.flops:
+            out[phase] = out.get(phase, 0.0) + event.flops / 1e9
+    return out
 
 
 def format_breakdown(breakdown: dict[str, dict[str, float]], top: int = 12) -> str:
@@ -90,13 +106,14 @@ def profiled(out_dir: Path, device: torch.device):
     activities = [torch.profiler.ProfilerActivity.CPU]
     if device.type == "cuda":
         activities.append(torch.profiler.ProfilerActivity.CUDA)
-    with torch.profiler.profile(activities=activities) as prof:
+    with torch.profiler.profile(activities=activities, with_flops=True) as prof:
         yield
     events = prof.events()
-    report = {"cpu": phase_breakdown(events)}
+    report = {"cpu": phase_breakdown(events), "gflop": phase_gflop(events)}
     if device.type == "cuda":
         report["cuda"] = phase_breakdown(events, device_time=True)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     (Path(out_dir) / "profile.json").write_text(json.dumps(report, indent=1))
-    text = "\n\n".join(f"[{kind}]\n{format_breakdown(b)}" for kind, b in report.items())
+    text = "\n\n".join(f"[{kind}]\n{format_breakdown(report[kind])}" for kind in ("cpu", "cuda") if kind in report)
+    text += "\n\n[GFLOP of matrix products]\n" + "\n".join(f"{p}: {g:.2f}" for p, g in report["gflop"].items())
     (Path(out_dir) / "profile.txt").write_text(text + "\n")

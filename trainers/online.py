@@ -51,7 +51,7 @@ from trainers.policy_gradient import (
     sequence_kl,
 )
 from trainers.rollout import OnlineModels, PromptSampler, Rollout, RolloutEngine, frozen_states, load_online_models
-from trainers.sequences import SequenceBatch, entropy, forward_logits, position_ids, token_logprobs
+from trainers.sequences import SequenceBatch, entropy, forward_logits, response_hidden_states, token_logprobs
 
 
 # -- what an estimator reads and returns ------------------------------------------------------------
@@ -115,10 +115,8 @@ Estimator = Callable[[Experience, object, object], Estimate]
 # -- the critic hook --------------------------------------------------------------------------------
 def critic_values(critic, batch: SequenceBatch) -> torch.Tensor:
     """V(s_t) [n, R]: the critic's scalar head on the hidden state that predicts response token t."""
-    body = getattr(critic, critic.base_model_prefix)
-    hidden = body(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                  position_ids=position_ids(batch.attention_mask), use_cache=False).last_hidden_state
-    return critic.score(hidden).squeeze(-1)[:, batch.prompt_width - 1 : -1].float()
+    hidden = response_hidden_states(critic, batch)[:, batch.prompt_width - 1 : -1]
+    return critic.score(hidden).squeeze(-1).float()
 
 
 def load_critic(run: StageRun, cfg):

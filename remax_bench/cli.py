@@ -214,16 +214,18 @@ def bench(model, iterations, suite_arg, algorithms, device, gradient_checkpointi
     click.echo()
     click.echo(format_bench(table, model))
     failed = len(table) < len(chosen)
-    if against:
+    if against and failed:
+        click.echo(f"\nagainst {against}: not run, since not every algorithm of ours finished (an interrupted or "
+                   "failed stage above)")
+    elif against:
+        from remax_bench.core.algorithms import with_trl_trainer
         from remax_bench.peers.against import format_against, run_against
 
         peers = run_against(against, suite, model, iterations, results_dir, chosen, device, echo=LiveLine(),
                             gradient_checkpointing=gradient_checkpointing)
         click.echo()
         click.echo(format_against(table, peers, against))
-        from remax_bench.core.algorithms import with_trl_trainer
-
-        failed = failed or len(peers) < len(with_trl_trainer(chosen))
+        failed = len(peers) < len(with_trl_trainer(chosen))
     if profile:
         from remax_bench.bench import format_profiles, profiled_stages
 

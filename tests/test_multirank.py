@@ -86,6 +86,15 @@ def test_sft_global_batch_on_two_ranks_equals_one_rank(tmp_path):
                      "rows_on_several_ranks": 0}
     # Only rank 0 wrote results: nothing of rank 1 is left.
     assert sorted(p.name for p in two_dir.parent.iterdir()) == ["seed0"]
+    # Only rank 0 logged to the tracker (TensorBoard, the default): one event file, rank 0's global losses.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.util import tensor_util
+
+    events = tmp_path / "results" / "two" / "tensorboard" / "sft" / "seed0"
+    assert len(list(events.glob("events.out.tfevents.*"))) == 1
+    accumulator = EventAccumulator(str(events), size_guidance={"tensors": 0})
+    accumulator.Reload()
+    assert [tensor_util.make_ndarray(e.tensor_proto).item() for e in accumulator.Tensors("loss")] == losses[1]
 
 
 def _length_data(tmp_path: Path) -> dict:

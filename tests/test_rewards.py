@@ -3,6 +3,7 @@ the plan then trains no reward model for the algorithms that only optimise it; a
 
 import json
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -121,7 +122,7 @@ def test_the_family_runs_end_to_end_on_the_true_reward_and_the_report_compares_i
 
     from remax_bench.report import load_results, summary_table
 
-    data = yaml.safe_load((SUITES_DIR.parent / "tests" / "fixtures" / "nano.yaml").read_text())
+    data = yaml.safe_load((Path(__file__).parent / "fixtures" / "nano.yaml").read_text())
     data["name"] = "nano_family"
     data["shared"].update(reward_function="gold", rollout_batch_unit="samples")
     data["ppo"], data["dpo"] = {"enabled": False}, {"enabled": False}

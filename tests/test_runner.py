@@ -13,6 +13,8 @@ from remax_bench.core.suite_file import load_suite, load_suite_text
 from remax_bench.runner import plan
 
 NANO = Path(__file__).parent / "fixtures" / "nano.yaml"
+sys.path.insert(0, str(NANO.parent))
+from tracker_files import tensorboard_scalars  # noqa: E402
 
 
 def _suite(**edits):
@@ -57,7 +59,7 @@ def _run(tmp_path, *extra):
 
 
 def test_full_run_resume_and_failure_isolation(tmp_path):
-    first = _run(tmp_path)
+    first = _run(tmp_path, "--tracker", "tensorboard")
     assert first.returncode == 0, first.stdout + first.stderr
     root = tmp_path / "nano"
     for stage in ("sft", "reward_model", "ppo", "remax", "dpo"):
@@ -66,12 +68,22 @@ def test_full_run_resume_and_failure_isolation(tmp_path):
         assert manifest["status"] == "completed"
         assert (final / "summary.json").is_file() and (final / "checkpoint" / "config.json").is_file()
         assert (final / "stage.log").is_file()
+        # Every stage watched live: TensorBoard's reader finds the very figures of metrics.jsonl.
+        rows = [json.loads(line) for line in (final / "metrics.jsonl").read_text().splitlines()]
+        scalars = tensorboard_scalars(root / "tensorboard" / stage / "seed0")
+        names = {"sft": ("loss", "peak_memory_bytes"), "reward_model": ("loss", "accuracy"), "dpo": ("loss",),
+                 "ppo": ("reward_mean", "kl", "policy_loss", "value_loss", "peak_memory_bytes"),
+                 "remax": ("reward_mean", "kl", "policy_loss", "peak_memory_bytes")}[stage]
+        for name in names:
+            assert scalars[name] == {r["step"]: r[name] for r in rows if name in r}, (stage, name)
+        assert scalars["summary/peak_memory_bytes"][rows[-1]["step"]] == json.loads(
+            (final / "summary.json").read_text())["peak_memory_bytes"]
     remax = json.loads((root / "remax" / "seed0" / "summary.json").read_text())
     assert "critic" not in remax["model_state_bytes"]
     assert len((root / "remax" / "seed0" / "metrics.jsonl").read_text().splitlines()) == 2
 
-    # A second run skips everything that is complete.
-    second = _run(tmp_path)
+    # A second run skips everything that is complete: trackers watch a run, they are not part of what it is.
+    second = _run(tmp_path, "--tracker", "none")
     assert second.returncode == 0 and second.stdout.count("already complete, skipped") == 5
 
     # A stage killed mid-way leaves only a partial dir, which the next run discards and redoes.
@@ -184,6 +196,17 @@ def _start_runner_and_its_stage(tmp_path, suite):
     raise AssertionError("the stage never started")
 
 
+def _holds(path, text, within=60.0):
+    import time
+
+    deadline = time.time() + within
+    while time.time() < deadline:
+        if path.is_file() and text in path.read_text():
+            return True
+        time.sleep(0.1)
+    return False
+
+
 def _gone(pid, within=10.0):
     import time
 
@@ -203,9 +226,13 @@ def test_stage_dies_with_its_runner_on_sigkill_and_sigterm(tmp_path):
 
     suite = _long_sft_suite(tmp_path)
     runner, stage = _start_runner_and_its_stage(tmp_path, suite)
+    log = tmp_path / "res" / "nano" / "logs" / "sft-seed0.log"
+    # The stage log holds each line as the stage prints it (the first progress line follows step 0's metrics)...
+    assert _holds(log, "[progress] stage=sft step=0"), "the stage's output did not reach its log while it ran"
     os.kill(runner.pid, signal.SIGKILL)
     runner.wait()
     assert _gone(stage), "the stage outlived a SIGKILLed runner"
+    assert "[progress] stage=sft step=0" in log.read_text()  # ... and keeps it when both are killed
 
     # SIGTERM (a scheduler): the stage is stopped, recorded as interrupted, and the runner exits 1.
     shutil.rmtree(tmp_path / "res" / "nano" / "sft" / ".seed0.partial")  # left by the SIGKILLed stage

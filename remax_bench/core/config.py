@@ -13,13 +13,15 @@ import math
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
-from pydantic import Field, create_model, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, create_model, field_validator, model_validator
 
-from remax_bench.core import algorithms
+from remax_bench.core import algorithms, sweep
 from remax_bench.core.schema import Strict
+from remax_bench.core.trackers import NAMES as TRACKER_NAMES
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-SUITES_DIR = REPO_ROOT / "suites"
+# The named suites (`remax-bench run tiny`). They ship inside the package: in a checkout remax_bench/suites links
+# to the repository's suites/ (their source), in an installed wheel it holds copies.
+SUITES_DIR = Path(__file__).resolve().parents[1] / "suites"
 
 
 class SuiteError(ValueError):
@@ -146,6 +148,19 @@ class Shared(Strict):
         return math.ceil(self.token_budget / (self.rollout_batch_size * self.max_response_length))
 
 
+def _shared_scalar_fields() -> set[str]:
+    """The shared fields a sweep may list values for: every one that is not a block of its own (kl, generation)."""
+    return {name for name, info in Shared.model_fields.items()
+            if not (isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel))}
+
+
+def _located(error: dict, field: str) -> str:
+    """One pydantic error of a sweep's variant, with its field unless that is the swept field itself."""
+    where = ".".join(str(p) for p in error["loc"])
+    message = error["msg"].removeprefix("Value error, ")
+    return message if where in ("", field) else f"{where}: {message}"
+
+
 # -- stages and algorithms -------------------------------------------------------------------------
 class SFTStage(Strict):
     path: Optional[str] = Field(default=None, description="use this checkpoint instead of training")
@@ -227,6 +242,9 @@ class Eval(Strict):
     judge: Judge = Judge()
     conversation_template: Optional[str] = None  # FastChat template name; None: the tokenizer's chat template
     bootstrap_samples: int = Field(default=1000, gt=0)
+    # The largest share of one checkpoint's AlpacaEval pairs or MT-bench turns that may stay unjudged (the judge
+    # failed or gave no verdict) for its figures to count; above it the eval stage fails and writes no figure.
+    max_unjudged_fraction: float = Field(default=0.02, ge=0, le=1)
 
 
 # -- runtime ---------------------------------------------------------------------------------------
@@ -270,6 +288,31 @@ class DeepSpeed(Strict):
         return self
 
 
+TrackerName = Literal[TRACKER_NAMES]
+
+
+class Throughput(Strict):
+    """Seconds of wall-clock time per example that each stage takes on this suite's hardware (all its ranks
+    together), and where the figures come from; `remax-bench estimate --suite` turns them into hours. An
+    example is what a stage's batch counts: a prompt for the online algorithms, a preference pair for DPO and
+    the reward model, a demonstration for SFT. Nothing trains differently for it."""
+
+    seconds_per_example: dict[str, float] = Field(description="stage name -> seconds per example, > 0")
+    source: str = Field(min_length=1, description="where the figures come from (a paper, a run, a machine)")
+
+    @field_validator("seconds_per_example")
+    @classmethod
+    def _known_stages(cls, value: dict[str, float]) -> dict[str, float]:
+        stages = (*algorithms.PREPARATION_STAGES, *algorithms.NAMES)
+        unknown = sorted(set(value) - set(stages))
+        if unknown:
+            raise ValueError(f"unknown stage(s) {', '.join(unknown)}; expected some of {', '.join(stages)}")
+        bad = {k: v for k, v in value.items() if not (isinstance(v, (int, float)) and v > 0 and math.isfinite(v))}
+        if bad:
+            raise ValueError(f"seconds per example must be positive numbers, got {bad}")
+        return value
+
+
 class Runtime(Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_gpus: int = Field(default=1, ge=0)
@@ -280,6 +323,19 @@ class Runtime(Strict):
     # stage: a rank that died where the launcher cannot see it (another node) must not leave the rest waiting.
     collective_timeout_s: int = Field(default=1800, gt=0)
     deepspeed: DeepSpeed = DeepSpeed()
+    # Live views of every stage (remax_bench/core/trackers.py). TensorBoard by default: a few files under the
+    # results folder, no service, no account, no network, and a tenth of a second to import.
+    trackers: list[TrackerName] = Field(default=["tensorboard"], description="any of tensorboard, wandb, mlflow; [] for none")
+    # Time per example of each stage on this hardware, with its source: what `remax-bench estimate` costs a
+    # run at when no measured run is given. Read by nothing that trains.
+    throughput: Optional[Throughput] = None
+
+    @field_validator("trackers")
+    @classmethod
+    def _distinct(cls, names: list[str]) -> list[str]:
+        if len(set(names)) != len(names):
+            raise ValueError(f"expected each tracker at most once, got {names}")
+        return names
 
     @model_validator(mode="after")
     def _multi_node(self) -> "Runtime":
@@ -341,6 +397,31 @@ class Suite(_AlgorithmBlocks):
     eval: Eval = Eval()
     runtime: Runtime = Runtime()
     seeds: list[int] = [0]
+    # Several values of a shared scalar field, each a run of every algorithm (core/sweep.py). Written in a suite
+    # file as a list in place (`shared: {kl_coef: [0.05, 0.1, 0.2]}`), kept here with the first value in place.
+    sweep: dict[str, list[Any]] = Field(default={}, description="shared field -> its values, each a run of every "
+                                        "algorithm")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fold_sweep_lists(cls, data: Any) -> Any:
+        return sweep.fold_lists(data, _shared_scalar_fields())
+
+    @model_validator(mode="after")
+    def _sweep_values(self) -> "Suite":
+        errors = sweep.check(self.sweep, _shared_scalar_fields())
+        if errors:
+            raise ValueError("\n".join(errors))
+        if self.sweep:
+            for field, values in self.sweep.items():
+                for value in values:
+                    try:
+                        sweep.variants(self.model_copy(update={"sweep": {field: [value]}}))
+                    except ValidationError as err:
+                        inner = "; ".join(_located(e, field) for e in err.errors())
+                        raise ValueError(f"{field}: the sweep's value {sweep.format_value(value)} is not valid: "
+                                         f"{inner}") from None
+        return self
 
     @field_validator("seeds")
     @classmethod
@@ -470,13 +551,30 @@ class Suite(_AlgorithmBlocks):
         return merged
 
     def resolved(self) -> dict:
-        """Plain JSON-able dict; ``Suite.model_validate(suite.resolved())`` gives the same suite back."""
-        return self.model_dump(mode="json")
+        """Plain JSON-able dict; ``Suite.model_validate(suite.resolved())`` gives the same suite back. A suite that
+        sweeps nothing has no ``sweep`` key, so its configs and hashes are those of suites written before sweeps."""
+        return self.model_dump(mode="json", exclude={"sweep"} if not self.sweep else None)
 
     def config_hash(self) -> str:
+        """What the suite computes, as 12 hex digits (its trackers left out: they only watch)."""
         from remax_bench.core.results import json_digest
 
-        return json_digest(self.resolved())
+        return json_digest(without_watch_fields(self.resolved()))
+
+
+# Fields that say how a run is watched or costed, not what it computes: a stage's identity (the config hash that
+# resume compares) and the report's "what differed" leave them out, so adding a tracker or a stated throughput
+# never retrains a stage.
+WATCH_FIELDS = (("runtime", "trackers"), ("runtime", "throughput"))
+
+
+def without_watch_fields(suite: dict) -> dict:
+    """A resolved suite (as a dict) without its WATCH_FIELDS."""
+    out = dict(suite)
+    for block, name in WATCH_FIELDS:
+        if isinstance(out.get(block), dict):
+            out[block] = {k: v for k, v in out[block].items() if k != name}
+    return out
 
 
 def _yaml_scalar(value: Any) -> str:

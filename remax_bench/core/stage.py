@@ -29,10 +29,11 @@ import numpy as np
 import torch
 
 from remax_bench.core import algorithms, results
-from remax_bench.core.config import Suite, per_rank_batch
+from remax_bench.core.config import Suite, per_rank_batch, without_watch_fields
 from remax_bench.core.global_batch import GlobalBatch
 from remax_bench.core.metrics import MemoryTracker, PhaseTimer
 from remax_bench.core.profiling import profiled
+from remax_bench.core.trackers import RunName, Trackers, scalars
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # DeepSpeed configs generated in this process, one per engine; the stage manifest records them.
@@ -99,6 +100,10 @@ def package_versions() -> dict[str, str]:
 
 
 def git_sha() -> str | None:
+    """The commit of the code that ran, in a checkout; None for an installed package (whose folder may sit
+    inside some other repository, whose commit would say nothing about this code)."""
+    if not (REPO_ROOT / ".git").exists():
+        return None
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=5
@@ -109,7 +114,21 @@ def git_sha() -> str | None:
 
 
 def config_hash(config: dict) -> str:
-    return results.json_digest(config)
+    """The identity of a stage's work, on which resume decides: its config without the --set overrides that
+    produced it (the resolved suite already holds their values, however they were spelled) and without the
+    trackers that watch it (adding one must not retrain a finished stage)."""
+    identity = {k: v for k, v in config.items() if k != "overrides"}
+    if isinstance(config.get("suite"), dict):
+        identity["suite"] = without_watch_fields(config["suite"])
+    return results.json_digest(identity)
+
+
+def tracking_root(final_dir: Path, stage: str) -> Path:
+    """Where a stage's trackers keep their files: the suite's results folder when the stage sits in the
+    results layout (<root>/<stage>/seed<k>), else the folder its output goes into."""
+    final_dir = Path(final_dir)
+    in_layout = final_dir.parent.name == stage and final_dir.name.removeprefix("seed").isdigit()
+    return results.suite_root_of(final_dir) if in_layout else final_dir.parent
 
 
 class StageRun:
@@ -142,6 +161,7 @@ class StageRun:
         self.model_dtypes: dict[str, str] = {}  # component -> dtype of its weights, as loaded
         self.manifest_extra: dict[str, Any] = {}  # stage-specific records (e.g. an online stage's matched budget)
         self.warnings: list[str] = []
+        self.trackers = Trackers([])  # opened with the stage, on rank 0 only
         self._metrics_file = None
         self._last_log = 0.0
 
@@ -178,8 +198,11 @@ class StageRun:
     def open(self) -> None:
         results.discard(self.dir)  # leftovers of a killed attempt are never resumed from
         self.dir.mkdir(parents=True)
-        results.write_json(self.dir / "manifest.json", self.manifest("running"))
-        self._metrics_file = open(self.dir / "metrics.jsonl", "a", buffering=1)
+        manifest = self.manifest("running")
+        results.write_json(self.dir / "manifest.json", manifest)
+        if self.rank == 0:
+            self.trackers = self.open_trackers(manifest)
+        self._metrics_file = open(self.dir / "metrics.jsonl", "a", buffering=1)  # the stage is ready to train
         seed_everything(self.seed)
         online = self.stage in algorithms.REGISTRY and algorithms.get(self.stage).online
         if self.suite.shared.rollout_backend == "vllm" and online:
@@ -188,11 +211,23 @@ class StageRun:
             import vllm  # noqa: F401
         self.memory.start()
 
+    def open_trackers(self, manifest: dict) -> Trackers:
+        """The suite's trackers for this stage and seed, given the run's hyperparameters and identity."""
+        facts = {key: manifest[key] for key in ("stage", "seed", "config_hash", "suite_hash", "versions", "git_sha",
+                                                "device", "device_name")}
+        facts.update(suite_name=self.suite.name, world_size=self.world_size,
+                     overrides=self.config.get("overrides") or [])
+        name = RunName(self.suite.name, self.stage, self.seed, tracking_root(self.final_dir, self.stage))
+        return Trackers(self.suite.runtime.trackers, name, self.suite.resolved(), facts, warn=self.warn)
+
     def log(self, step: int, **metrics: Any) -> None:
-        """One line of metrics.jsonl (flushed at once, so a crash loses at most the current step)."""
+        """One line of metrics.jsonl (flushed at once, so a crash loses at most the current step), and the
+        same figures to the trackers."""
         row = {"step": step, "wall_time_s": round(time.time() - self.start_time, 4), **metrics}
         row["rss_bytes"] = self.memory.current()
+        row["peak_memory_bytes"] = self.memory.peak()  # the stage's peak so far, as its summary counts it
         self._metrics_file.write(json.dumps(row, default=float) + "\n")
+        self.trackers.log(step, scalars({k: v for k, v in row.items() if k != "step"}))
         if time.time() - self._last_log > 2 or step == 0:
             # Machine-readable progress for the runner's live display (stderr goes to the stage log).
             shown = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
@@ -280,13 +315,18 @@ class StageRun:
             results.discard(self.dir)
             return
         results.write_json(self.dir / "summary.json", summary)
-        results.write_json(self.dir / "manifest.json", self.manifest("completed"))
+        self.trackers.log_summary(scalars(summary))
+        manifest = self.manifest("completed")
+        results.write_json(self.dir / "manifest.json", manifest)
+        self.trackers.close("completed", manifest)
         results.promote(self.dir, self.final_dir)
 
     def fail(self, status: str, error: str) -> Path:
         if self._metrics_file is not None:
             self._metrics_file.close()
-        results.write_json(self.dir / "manifest.json", self.manifest(status, error=error))
+        manifest = self.manifest(status, error=error)
+        results.write_json(self.dir / "manifest.json", manifest)
+        self.trackers.close(status, manifest)
         failed = results.failed_dir(self.final_dir)
         if self.rank != 0:
             failed = failed.with_name(f"{failed.name}.rank{self.rank}")
@@ -331,8 +371,8 @@ def stage_main(stage: str, train: Callable[[StageRun], dict], argv: list[str] | 
     _stop_with_runner()
     config = json.loads(Path(args.config).read_text())
     run = StageRun(stage, config, Path(args.out))
-    run.open()
     try:
+        run.open()  # inside: an interrupt while the stage opens (its trackers start) is recorded too
         with profiled(run.dir, run.device):  # REMAX_BENCH_PROFILE=1: where the time goes, phase by phase
             summary = train(run)
     except KeyboardInterrupt:

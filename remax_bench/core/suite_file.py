@@ -6,10 +6,15 @@ Types are strict: a YAML value must already have the right type (``"24"`` is not
 number), so a quoted or mistyped value is reported instead of silently converted. The YAML reader accepts
 ``1e-4`` as a number (plain YAML 1.1 would read it as a string) and rejects duplicate keys (plain YAML keeps
 the last one silently, which would hide one of two settings).
+
+Any field can also be set from the command line, ``--set shared.kl_coef=0.1 --set seeds=[0,1,2]``: a dotted
+path and a YAML value, put into the suite file's data before validation, so an override meets the same schema
+and the same messages as the file itself.
 """
 
 from __future__ import annotations
 
+import copy
 import difflib
 import re
 import types
@@ -249,15 +254,61 @@ def validate_suite(raw: Any, source: str = "<suite>") -> Suite:
         raise SuiteError("\n".join(dict.fromkeys(lines))) from None
 
 
-def load_suite_text(text: str, source: str = "<suite>") -> Suite:
-    """A Suite from YAML text; ``source`` names it in messages."""
+# -- command-line overrides ------------------------------------------------------------------------
+_DOTTED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``shared.kl_coef=0.1`` as (["shared", "kl_coef"], 0.1); the value is read as YAML, as in a suite file."""
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep:
+        raise SuiteError(f"--set {text}: expected KEY=VALUE with a dotted KEY, e.g. --set shared.kl_coef=0.1")
+    if not _DOTTED.fullmatch(key):
+        raise SuiteError(f"--set {text}: expected a dotted path of field names before '=', e.g. shared.kl_coef, "
+                         f"got {key!r}")
     try:
-        raw = yaml.load(text, Loader=_SuiteLoader)  # noqa: S506 - a SafeLoader subclass
+        parsed = yaml.load(value, Loader=_SuiteLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as err:
+        raise SuiteError(f"--set {text}: the value is not valid YAML: {getattr(err, 'problem', None) or err}") from None
+    return key.split("."), parsed
+
+
+def apply_overrides(raw: Any, overrides) -> Any:
+    """The suite file's data with each ``KEY=VALUE`` set in turn (a later one wins); blocks the file leaves out
+    are created. Validation comes after, on the result."""
+    if not overrides or not isinstance(raw, dict):
+        return raw
+    raw = copy.deepcopy(raw)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = raw
+        for depth, part in enumerate(path[:-1]):
+            child = node.get(part)
+            if child is None:  # absent, or an empty block (`remax:` with nothing below it)
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                where = ".".join(path[:depth + 1])
+                raise SuiteError(f"--set {text}: {where} is {_given(child)}, not a block of fields, so it has no "
+                                 f"field {path[depth + 1]!r}")
+            node = child
+        node[path[-1]] = value
+    return raw
+
+
+def read_suite_data(text: str, source: str = "<suite>") -> Any:
+    """The data of a suite file's YAML text (not yet validated); ``source`` names it in messages."""
+    try:
+        return yaml.load(text, Loader=_SuiteLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise SuiteError(f"{source}: not valid YAML{where}: {getattr(err, 'problem', None) or err}") from None
-    return validate_suite(raw, source)
+
+
+def load_suite_text(text: str, source: str = "<suite>", overrides=()) -> Suite:
+    """A Suite from YAML text and command-line overrides; ``source`` names it in messages."""
+    return validate_suite(apply_overrides(read_suite_data(text, source), overrides), source)
 
 
 def resolve_suite_path(path_or_name: str | Path) -> Path:
@@ -268,8 +319,8 @@ def resolve_suite_path(path_or_name: str | Path) -> Path:
     return SUITES_DIR / f"{path_or_name}.yaml"
 
 
-def load_suite(path_or_name: str | Path) -> Suite:
-    """A suite from a YAML path, or a bare name (``tiny``) in the suites/ folder."""
+def load_suite(path_or_name: str | Path, overrides=()) -> Suite:
+    """A suite from a YAML path, or a bare name (``tiny``) in the suites/ folder, with ``--set`` overrides."""
     path = resolve_suite_path(path_or_name)
     if not path.is_file():
         known = sorted(p.stem for p in SUITES_DIR.glob("*.yaml"))
@@ -278,7 +329,7 @@ def load_suite(path_or_name: str | Path) -> Suite:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as err:
         raise SuiteError(f"suite file {path} cannot be read: {err}") from None
-    return load_suite_text(text, str(path))
+    return load_suite_text(text, str(path), overrides)
 
 
 def to_yaml(suite: Suite) -> str:

@@ -50,9 +50,11 @@ def peer_suite(ours: Suite, library: str) -> Suite:
 
 
 def run_against(library: str, base: Suite, model: str, iterations: int, results_dir: str | Path, chosen,
-                device: str | None = None, echo=print, gradient_checkpointing: bool | None = None) -> pd.DataFrame:
+                device: str | None = None, echo=print, gradient_checkpointing: bool | None = None,
+                overrides=()) -> pd.DataFrame:
     """The peer library's trainer of each chosen algorithm that has one, on the suite and initial checkpoints of
-    our bench run with transformers rollouts (the engine TRL generates with here)."""
+    our bench run with transformers rollouts (the engine TRL generates with here). ``overrides``: the --set
+    KEY=VALUE that made ``base`` from its file, recorded in every manifest."""
     from remax_bench.bench import bench_row, bench_suite, prepare_initial_models
     from remax_bench.runner import Runner, StagePlan, algorithm_stage, outcome_table
 
@@ -65,7 +67,7 @@ def run_against(library: str, base: Suite, model: str, iterations: int, results_
              f"({', '.join(algorithms.with_trl_trainer())} have)")
         return pd.DataFrame()
     suite = peer_suite(ours, library)
-    runner = Runner(suite, results_dir, echo=echo)
+    runner = Runner(suite, results_dir, echo=echo, overrides=overrides)
     seed = suite.seeds[0]
     policy_dir, reward_dir = initial
     stages = [StagePlan("sft", seed, given=policy_dir), StagePlan("reward_model", seed, given=reward_dir)]

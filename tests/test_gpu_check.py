@@ -14,7 +14,8 @@ from remax_bench.core import algorithms
 REPO = Path(__file__).resolve().parent.parent
 # Not in the GPU machine's image (torch, transformers, accelerate, peft, pandas, matplotlib, pyyaml, click, rich, tqdm);
 # pydantic is carried there as a wheel (make gpu-wheels).
-ABSENT = ("vllm", "deepspeed", "alpaca_eval", "fastchat", "trl", "datasets", "openai", "anthropic")
+ABSENT = ("vllm", "deepspeed", "alpaca_eval", "fastchat", "trl", "datasets", "openai", "anthropic", "tensorboard",
+          "wandb", "mlflow", "scipy", "sklearn", "rliable")
 
 
 def _without_optional_libraries(tmp_path) -> dict:

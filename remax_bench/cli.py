@@ -215,11 +215,15 @@ def report(results_dir, suite_name, reports_dir):
               help="override shared.gradient_checkpointing (the paper trains with it on)")
 @click.option("--rollout-backend", "rollout_backend", default=None,
               help="hf, vllm or hf,vllm (each algorithm once per backend); default: the suite's shared.rollout_backend")
+@click.option("--against", type=click.Choice(["trl"]), default=None,
+              help="also run TRL's own trainers (GRPO, RLOO, DPO) on the same work and print the side-by-side table")
+@click.option("--profile", is_flag=True, help="run every stage under torch's profiler and print where each phase's "
+              "time goes (operator self time; slower, so its times are not the benchmark's)")
 @click.option("--results-dir", default="results", show_default=True, type=click.Path(file_okay=False))
 @set_option
 @tracker_option
-def bench(model, iterations, suite_arg, algorithms, device, gradient_checkpointing, rollout_backend, results_dir,
-          overrides, tracker_names):
+def bench(model, iterations, suite_arg, algorithms, device, gradient_checkpointing, rollout_backend, against, profile,
+          results_dir, overrides, tracker_names):
     """Every algorithm on the same model and shared settings: peak memory, time per iteration, tokens/s."""
     from transformers.utils import logging as hf_logging
 
@@ -237,11 +241,25 @@ def bench(model, iterations, suite_arg, algorithms, device, gradient_checkpointi
         backends = tuple(b.strip() for b in rollout_backend.split(",") if b.strip())
         if not backends or set(backends) - {"hf", "vllm"} or len(set(backends)) != len(backends):
             _fail(f"--rollout-backend expects hf, vllm or hf,vllm; got {rollout_backend!r}")
+    if against:
+        from remax_bench.peers.against import missing
+
+        problem = missing(against)
+        if problem:
+            _fail(problem)
+        if backends and "hf" not in backends:
+            _fail(f"--against {against} compares transformers rollouts (TRL's generate): add hf to --rollout-backend")
     overrides = _with_trackers(overrides, tracker_names)
     suite = _load(suite_arg, overrides)
     from remax_bench.core.trackers import missing_packages
 
     _refuse(suite, missing_packages(suite.runtime.trackers))
+    if profile:
+        import os
+
+        from remax_bench.core.profiling import PROFILE_ENV
+
+        os.environ[PROFILE_ENV] = "1"  # every stage process inherits it
     if backends and "vllm" in backends:
         from remax_bench.bench import bench_suite
 
@@ -251,7 +269,26 @@ def bench(model, iterations, suite_arg, algorithms, device, gradient_checkpointi
                       gradient_checkpointing=gradient_checkpointing, rollout_backends=backends, overrides=overrides)
     click.echo()
     click.echo(format_bench(table, model))
-    if len(table) < len(chosen):
+    failed = len(table) < len(chosen)
+    if against and failed:
+        click.echo(f"\nagainst {against}: not run, since not every algorithm of ours finished (an interrupted or "
+                   "failed stage above)")
+    elif against:
+        from remax_bench.core.algorithms import with_trl_trainer
+        from remax_bench.peers.against import format_against, run_against
+
+        peers = run_against(against, suite, model, iterations, results_dir, chosen, device, echo=LiveLine(),
+                            gradient_checkpointing=gradient_checkpointing, overrides=overrides)
+        click.echo()
+        click.echo(format_against(table, peers, against))
+        failed = len(peers) < len(with_trl_trainer(chosen))
+    if profile:
+        from remax_bench.bench import format_profiles, profiled_stages
+
+        click.echo()
+        click.echo(format_profiles(profiled_stages(suite, model, iterations, results_dir, chosen, device,
+                                                   gradient_checkpointing, against)))
+    if failed:
         sys.exit(1)
 
 

@@ -65,6 +65,7 @@ class StagePlan:
     seed: int
     needs: list[str] = field(default_factory=list)  # keys of the stages this one reads
     given: str | None = None  # a checkpoint given in the suite instead of training this stage
+    runs_as: str | None = None  # another module than the stage's own (bench --against: a peer library's trainer)
     variant: str = ""  # the sweep value this stage runs ("" outside a sweep, or shared by every value)
     suite: Suite | None = None  # the concrete suite it runs (a sweep's variant); None: the runner's suite
 
@@ -78,7 +79,7 @@ class StagePlan:
 
     @property
     def module(self) -> str:
-        return stage_module(self.stage)
+        return self.runs_as or stage_module(self.stage)
 
 
 @dataclass

@@ -24,7 +24,8 @@ def _error(text: str) -> str:
 
 
 # -- shipped suites --------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["tiny", "tiny_family", "tiny_family_gold", "small_gpu", "7b_comparison", "7b_mistral"])
+@pytest.mark.parametrize("name", ["tiny", "tiny_family", "tiny_family_gold", "small_gpu", "7b_comparison", "7b_mistral",
+                                  "bench_peers", "gpu_check"])
 def test_shipped_suites_validate_and_round_trip(name):
     suite = load_suite(name)
     assert suite.name == name and suite.iterations > 0

@@ -213,3 +213,37 @@ def test_remax_with_k_answers_shares_one_greedy_answer_per_prompt(tmp_path):
     assert torch.equal(groups, groups[:, :1].expand(2, 3))  # one greedy score per prompt, shared by its 3 rows
     # every generated token counts: 6 sampled and 2 greedy answers
     assert ro.generated_tokens == int(ro.batch.response_mask.sum() + ro.greedy_batch.response_mask.sum())
+
+
+def test_pi_old_of_the_first_mini_batch_comes_from_its_own_training_forward(tmp_path, monkeypatch, one_torch_thread):
+    from remax_bench.core.stage import StageRun
+    from trainers.sequences import forward_logits, token_logprobs
+
+    config = json.loads(_stage_config(tmp_path, "grpo", {"enabled": True, "samples_per_prompt": 2, "epochs": 2},
+                                      train_batch_size=4).read_text())
+    run = StageRun("grpo", config, tmp_path / "out")
+    trainer = online.OnlineTrainer(run)
+    trainer.rollouts = online.RolloutEngine(run, trainer.models)
+    ro = trainer.rollouts.collect(["Reverse: abc", "Uppercase: bad", "Sort the letters: hgab", "Reverse: dcba"], 0,
+                                  samples_per_prompt=2, policy_logprobs=False)
+    with torch.no_grad():
+        before = token_logprobs(forward_logits(trainer.policy.module, ro.batch), ro.batch.response_ids)
+    passes, seen = [], {}
+    real_forward, real_estimator = online.forward_logits, trainer.estimator
+
+    def counted_forward(model, batch):
+        passes.append((len(batch.input_ids), torch.is_grad_enabled()))
+        return real_forward(model, batch)
+
+    def recording_estimator(exp, cfg, stats):
+        seen["old"] = exp.logprobs.clone()
+        return real_estimator(exp, cfg, stats)
+
+    monkeypatch.setattr(online, "forward_logits", counted_forward)
+    trainer.estimator = recording_estimator
+    metrics = trainer.update(ro, 0)
+    # 8 answers in mini-batches of 4, two epochs: one no-grad pass over the 4 rows outside the first mini-batch,
+    # then the four training forwards; the first one's log-probs are its rows' pi_old
+    assert passes == [(4, False)] + [(4, True)] * 4
+    assert torch.allclose(seen["old"], before, atol=1e-5)
+    assert metrics["approx_kl"] >= 0 and "clipfrac" in metrics

@@ -22,8 +22,9 @@ place, as the suite's shared.kl (or the algorithm's kl_override) says:
 
 Every statistic that crosses rows (loss token means, whitening, logged means) is taken by ``stats``
 (remax_bench.core.global_batch.GlobalBatch) over the global batch, so N ranks compute what one process computes.
-When a batch gets exactly one update (one epoch, one mini-batch) pi_old is the policy of the training forward
-itself: its log-probs are taken from that forward (detached) and no separate scoring pass of the policy is spent.
+pi_old is the policy before the batch's first update, so the first mini-batch takes its log-probs from its own
+training forward (detached); only the rows outside it get a separate no-grad pass, and a batch with exactly one
+update (one epoch, one mini-batch) gets none.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ from trainers.policy_gradient import (
     sequence_kl,
 )
 from trainers.rollout import OnlineModels, PromptSampler, Rollout, RolloutEngine, frozen_states, load_online_models
-from trainers.sequences import SequenceBatch, entropy, forward_logits, position_ids, token_logprobs
+from trainers.sequences import SequenceBatch, entropy, forward_logits, response_hidden_states, token_logprobs
 
 
 # -- what an estimator reads and returns ------------------------------------------------------------
@@ -116,10 +117,8 @@ Estimator = Callable[[Experience, object, object], Estimate]
 # -- the critic hook --------------------------------------------------------------------------------
 def critic_values(critic, batch: SequenceBatch) -> torch.Tensor:
     """V(s_t) [n, R]: the critic's scalar head on the hidden state that predicts response token t."""
-    body = getattr(critic, critic.base_model_prefix)
-    hidden = body(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                  position_ids=position_ids(batch.attention_mask), use_cache=False).last_hidden_state
-    return critic.score(hidden).squeeze(-1)[:, batch.prompt_width - 1 : -1].float()
+    hidden = response_hidden_states(critic, batch)[:, batch.prompt_width - 1 : -1]
+    return critic.score(hidden).squeeze(-1).float()
 
 
 def load_critic(run: StageRun, cfg):
@@ -173,30 +172,39 @@ class OnlineTrainer:
 
     # -- one update of one rollout batch -------------------------------------------------------------
     def update(self, ro: Rollout, iteration: int) -> dict:
+        """``epochs`` passes over the batch in mini-batches (one update of all rows without epochs). pi_old is the
+        policy before the first update: the first mini-batch takes it from its own training forward (the policy
+        has not moved yet), the other rows from one no-grad pass before it; with one update there is no other."""
         run, stats, shared = self.run, self.stats, self.suite.shared
         n, mask = len(ro.prompts), ro.mask
         one_update = self.epochs == 1 and (self.mini_batch is None or self.mini_batch >= n)
+        batches = list(self._minibatches(n, one_update))  # the same draws, in the same order, as drawing each in turn
+        old, token_entropy = torch.zeros_like(mask), torch.zeros_like(mask)
         old_values = None
-        if self.critic is not None:
-            with run.timer.phase("score"), torch.no_grad(), run.autocast():
+        with run.timer.phase("score"), torch.no_grad(), run.autocast():
+            if self.critic is not None:
                 old_values = critic_values(self.critic.module, ro.batch)
+            rest = self._other_rows(n, batches[0])
+            if len(rest):
+                logits = forward_logits(self.policy.module, ro.batch.select(rest))
+                old[rest] = token_logprobs(logits, ro.batch.response_ids[rest])
+                token_entropy[rest] = entropy(logits)
+                del logits
         with run.timer.phase("train"):
-            if one_update:
-                with run.autocast():
-                    logits = forward_logits(self.policy.module, ro.batch)
-                    logprobs = token_logprobs(logits, ro.batch.response_ids)
-                old = logprobs.detach()
-            else:
-                old = ro.old_logprobs
-            exp = Experience(ro.scores, ro.greedy_scores, old, ro.ref_logprobs, mask, self.k, self.kl, shared.kl_coef,
-                             shared.reward_clip, old_values)
-            estimate = self.estimator(exp, self.cfg, stats)
             losses, grad_norms, value_losses, ratio_figures = [], [], [], []
-            for rows in self._minibatches(n, one_update):
-                if not one_update:
-                    part = ro.batch.select(rows)
-                    with run.autocast():
-                        logprobs = token_logprobs(forward_logits(self.policy.module, part), part.response_ids)
+            for i, rows in enumerate(batches):
+                part = ro.batch if one_update else ro.batch.select(rows)
+                with run.autocast():
+                    logits = forward_logits(self.policy.module, part)
+                    logprobs = token_logprobs(logits, part.response_ids)
+                if i == 0:
+                    old[rows] = logprobs.detach()
+                    with torch.no_grad():
+                        token_entropy[rows] = entropy(logits.detach())
+                    exp = Experience(ro.scores, ro.greedy_scores, old, ro.ref_logprobs, mask, self.k, self.kl,
+                                     shared.kl_coef, shared.reward_clip, old_values)
+                    estimate = self.estimator(exp, self.cfg, stats)
+                del logits  # the backward keeps what it needs
                 with run.autocast():
                     loss = self._loss(logprobs, old[rows], estimate.advantages[rows], mask[rows], ro.ref_logprobs[rows])
                 check_finite("policy_loss", loss, iteration)  # before the update: bad numbers never reach the weights
@@ -205,14 +213,8 @@ class OnlineTrainer:
                 ratio_figures.append(ratio_diagnostics(logprobs.detach(), old[rows], mask[rows], stats,
                                                        getattr(self.cfg, "clip_range", None)))
                 if self.critic is not None:
-                    value_losses.append(self._critic_step(ro.batch.select(rows), old_values[rows], estimate.returns[rows],
-                                                          mask[rows], iteration))
-            if one_update:
-                with torch.no_grad():
-                    token_entropy = entropy(logits.detach())
-                del logits
-            else:
-                token_entropy = ro.token_entropy
+                    value_losses.append(self._critic_step(part, old_values[rows], estimate.returns[rows], mask[rows],
+                                                          iteration))
         metrics = self._metrics(ro, old, estimate, token_entropy, losses, grad_norms)
         if not one_update:  # with one update the ratio is exactly 1
             metrics.update({key: sum(f[key] for f in ratio_figures) / len(ratio_figures) for key in ratio_figures[0]})
@@ -225,12 +227,19 @@ class OnlineTrainer:
     def _minibatches(self, n: int, one_update: bool):
         """Rows of each update: all of them once, or ``epochs`` shuffled passes of mini_batch rows."""
         if one_update:
-            yield slice(None)
+            yield torch.arange(n)
             return
         for _ in range(self.epochs):
             order = torch.randperm(n)
             for start in range(0, n, self.mini_batch):
                 yield order[start : start + self.mini_batch]
+
+    @staticmethod
+    def _other_rows(n: int, first: torch.Tensor) -> torch.Tensor:
+        """The rows outside the first mini-batch, in order."""
+        outside = torch.ones(n, dtype=torch.bool)
+        outside[first] = False
+        return outside.nonzero().squeeze(-1)
 
     def _loss(self, logprobs, old_logprobs, advantages, mask, ref_logprobs) -> torch.Tensor:
         loss = self.policy_loss(logprobs, old_logprobs, advantages, mask, self.cfg, self.stats)
@@ -278,9 +287,8 @@ class OnlineTrainer:
 
     # -- the iterations ---------------------------------------------------------------------------------
     def step(self, iteration: int, prompts: list[str]) -> dict:
-        one_update = self.epochs == 1 and (self.mini_batch is None or self.mini_batch >= len(prompts) * self.k)
         ro = self.rollouts.collect(prompts, iteration, samples_per_prompt=self.k,
-                                   greedy_baseline=self.spec.greedy_baseline, policy_logprobs=not one_update)
+                                   greedy_baseline=self.spec.greedy_baseline, policy_logprobs=False)
         return self.update(ro, iteration)
 
     def train(self) -> dict:

@@ -4,6 +4,13 @@ One layout everywhere: ``[prompt, left-padded to P | response, right-padded to R
 ``generate`` returns with left padding, so training, scoring and generation all see the same tensors.
 ``response_mask[b, t]`` is 1 for response tokens up to and including the first eos, 0 after it.
 Position ids are derived from the attention mask, so left padding never shifts a token's position.
+
+Rows that answer the same prompt (the k samples of a prompt, ReMax's sampled and greedy answers, DPO's chosen and
+rejected ones) share one pass over it: the distinct prompts go through the model once, their keys and values are
+handed to every row that answers them, and the answers run on top (``SharedPrompts``). Each answer token attends
+to exactly the keys and values the whole-sequence pass gives it, so the figures are that pass's (to float
+rounding), at the cost of the distinct prompts instead of every row's. Only the response positions go through the
+LM head (``logits_to_keep``).
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from transformers import LogitsProcessor, LogitsProcessorList
+from transformers import LogitsProcessor, LogitsProcessorList, PreTrainedModel
 
 from remax_bench.core.models import format_prompt, tokenize_prompts
 
@@ -86,15 +93,86 @@ def encode_pairs(
     )
 
 
+# -- rows that share a prompt ----------------------------------------------------------------------------
+@dataclass
+class SharedPrompts:
+    """The distinct prompts of a batch (left-padded alike, so equal prompts are equal rows) and each row's."""
+
+    input_ids: torch.Tensor  # [m, P]
+    attention_mask: torch.Tensor  # [m, P]
+    owner: torch.Tensor  # [n]: the distinct prompt row i answers
+
+    @classmethod
+    def of(cls, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> "SharedPrompts | None":
+        """None when no two rows share a prompt (then one pass over the whole batch is already the least work)."""
+        if input_ids.shape[1] < 2:
+            return None
+        width = input_ids.shape[1]
+        unique, owner = torch.unique(torch.cat([input_ids, attention_mask.to(input_ids.dtype)], dim=1), dim=0,
+                                     return_inverse=True)
+        if len(unique) == len(input_ids):
+            return None
+        return cls(unique[:, :width], unique[:, width:].to(attention_mask.dtype), owner)
+
+    def cache(self, model, width: int, **kwargs):
+        """One pass over the first ``width`` tokens of each distinct prompt; its keys and values, one copy per row
+        (gathered, so gradients of several rows sum into their prompt), and the pass's output."""
+        ids, mask = self.input_ids[:, :width], self.attention_mask[:, :width]
+        out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=True, **kwargs)
+        out.past_key_values.batch_select_indices(self.owner)
+        return out
+
+
+def can_share_prompts(model) -> bool:
+    """Whether a model can take a prompt's keys and values from a separate pass. Not under gradient checkpointing
+    while it trains (transformers drops past_key_values inside checkpointed layers), nor with ZeRO-3 partitioned
+    weights (every pass gathers them; the plain pass gathers once)."""
+    inner = getattr(model, "module", model)
+    if not isinstance(inner, PreTrainedModel):
+        return False
+    if any(hasattr(p, "ds_id") for p in inner.parameters()):
+        return False
+    return not (inner.is_gradient_checkpointing and inner.training and torch.is_grad_enabled())
+
+
+def _shared(model, batch: SequenceBatch) -> SharedPrompts | None:
+    if not can_share_prompts(model):
+        return None
+    width = batch.prompt_width
+    return SharedPrompts.of(batch.input_ids[:, :width], batch.attention_mask[:, :width])
+
+
+def _answers(model, batch: SequenceBatch, cache):
+    """The answers' pass on top of their prompts' keys and values."""
+    return model(input_ids=batch.response_ids, attention_mask=batch.attention_mask,
+                 position_ids=position_ids(batch.attention_mask)[:, batch.prompt_width :], past_key_values=cache,
+                 use_cache=True)
+
+
 def forward_logits(model, batch: SequenceBatch) -> torch.Tensor:
-    """Logits that predict each response token: [B, R, V]."""
-    out = model(
-        input_ids=batch.input_ids,
-        attention_mask=batch.attention_mask,
-        position_ids=position_ids(batch.attention_mask),
-        use_cache=False,
-    )
-    return out.logits[:, batch.prompt_width - 1 : -1].float()
+    """Logits that predict each response token: [B, R, V] (positions P - 1 .. P + R - 2)."""
+    width = batch.input_ids.shape[1] - batch.prompt_width  # R
+    shared = _shared(model, batch)
+    if shared is None:
+        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                    position_ids=position_ids(batch.attention_mask), use_cache=False, logits_to_keep=width + 1)
+        return out.logits[:, :-1].float()
+    prompts = shared.cache(model, batch.prompt_width, logits_to_keep=1)  # the last prompt token predicts token 0
+    answers = _answers(model, batch, prompts.past_key_values)
+    return torch.cat([prompts.logits[shared.owner], answers.logits[:, :-1]], dim=1).float()
+
+
+def response_hidden_states(model, batch: SequenceBatch) -> torch.Tensor:
+    """The backbone's last hidden states over the whole sequence [B, P + R, h] (a scalar-head model's input), the
+    prompt part computed once per distinct prompt."""
+    body = getattr(model, model.base_model_prefix)
+    shared = _shared(model, batch)
+    if shared is None:
+        return body(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                    position_ids=position_ids(batch.attention_mask), use_cache=False).last_hidden_state
+    prompts = shared.cache(body, batch.prompt_width)
+    answers = _answers(body, batch, prompts.past_key_values)
+    return torch.cat([prompts.last_hidden_state[shared.owner], answers.last_hidden_state], dim=1)
 
 
 def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -120,13 +198,16 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim=None) -> torch.Ten
 
 def sequence_scores(reward_model, batch: SequenceBatch) -> torch.Tensor:
     """Scalar reward-model score of each whole sequence (head on the last non-pad token): [B]."""
-    out = reward_model(
-        input_ids=batch.input_ids,
-        attention_mask=batch.attention_mask,
-        position_ids=position_ids(batch.attention_mask),
-        use_cache=False,
-    )
-    return out.logits.squeeze(-1).float()
+    if _shared(reward_model, batch) is None or not hasattr(reward_model, "score"):
+        out = reward_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                           position_ids=position_ids(batch.attention_mask), use_cache=False)
+        return out.logits.squeeze(-1).float()
+    hidden = response_hidden_states(reward_model, batch)
+    # transformers' rule for a sequence classifier: the last token that is not the pad token
+    pad = reward_model.config.pad_token_id
+    positions = torch.arange(batch.input_ids.shape[1], device=hidden.device)
+    last = (positions * (batch.input_ids != pad)).argmax(-1) if pad is not None else positions[-1:].expand(len(hidden))
+    return reward_model.score(hidden[torch.arange(len(hidden), device=hidden.device), last]).squeeze(-1).float()
 
 
 class GreedyRows(LogitsProcessor):
@@ -183,6 +264,12 @@ def generate(
             kwargs["logits_processor"] = LogitsProcessorList([GreedyRows(greedy)])
     was_training = model.training
     model.eval()
+    shared = None if synced_gpus or not can_share_prompts(model) else SharedPrompts.of(prompts["input_ids"],
+                                                                                      prompts["attention_mask"])
+    if shared is not None:
+        # The distinct prompts but their last token go through the model once; generate starts from each row's copy
+        # of their keys and values (its first step runs the last prompt token, then samples as always).
+        kwargs["past_key_values"] = shared.cache(model, prompts["input_ids"].shape[1] - 1, logits_to_keep=1).past_key_values
     sequences = model.generate(**prompts, **kwargs)
     model.train(was_training)
     response_ids = sequences[:, prompts["input_ids"].shape[1] :]

@@ -145,6 +145,7 @@ class Algorithm:
     paper_kl: KL | None = None  # its paper's own KL treatment (``kl_override: paper``)
     preference_data: bool = False
     color: str = "#7f7f7f"
+    trl_trainer: str | None = None  # TRL's trainer of the same algorithm (`remax-bench bench --against trl` runs it)
 
     @property
     def module(self) -> str:
@@ -163,14 +164,14 @@ REGISTRY: dict[str, Algorithm] = {
         Algorithm("remax", "ReMax", ReMaxBlock, "trainers/remax.py:advantages", online=True, reward_model=True,
                   greedy_baseline=True, paper_kl=KL(shape="per_token"), color="#d62728"),
         Algorithm("dpo", "DPO", DPOBlock, "trainers/dpo.py:dpo_loss", online=False, reward_model=False,
-                  preference_data=True, color="#2ca02c"),
+                  preference_data=True, color="#2ca02c", trl_trainer="DPOTrainer"),
         Algorithm("reinforce", "REINFORCE", ReinforceBlock, "trainers/reinforce.py:advantages", online=True,
                   reward_model=True, paper_kl=KL(), color="#8c564b"),
         Algorithm("grpo", "GRPO", GRPOBlock, "trainers/grpo.py:advantages, policy_loss", online=True,
                   reward_model=True, epochs_field="epochs", paper_kl=KL(estimator="k3", placement="loss"),
-                  color="#ff7f0e"),
+                  color="#ff7f0e", trl_trainer="GRPOTrainer"),
         Algorithm("rloo", "RLOO", RLOOBlock, "trainers/rloo.py:advantages", online=True, reward_model=True,
-                  paper_kl=KL(), color="#9467bd"),
+                  paper_kl=KL(), color="#9467bd", trl_trainer="RLOOTrainer"),
         Algorithm("reinforce_pp", "REINFORCE++", ReinforcePPBlock, "trainers/reinforce_pp.py:advantages", online=True,
                   reward_model=True, paper_kl=KL(), color="#17becf"),
     )
@@ -193,6 +194,10 @@ def label(stage: str) -> str:
     if stage in REGISTRY:
         return REGISTRY[stage].label
     return PREPARATION_STAGES.get(stage, stage)
+
+
+def with_trl_trainer(names=NAMES) -> list[str]:
+    return [n for n in names if REGISTRY[n].trl_trainer]
 
 
 def online(names=NAMES) -> list[str]:

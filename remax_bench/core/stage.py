@@ -58,6 +58,7 @@ from remax_bench.core.config import Suite, per_rank_batch
 from remax_bench.core.global_batch import GlobalBatch
 from remax_bench.core.identity import stage_identity, stage_reads
 from remax_bench.core.metrics import MemoryTracker, PhaseTimer
+from remax_bench.core.profiling import profiled
 from remax_bench.core.reads import ReadLog, ReadView
 from remax_bench.core.trackers import RunName, Trackers, scalars
 
@@ -554,7 +555,8 @@ def stage_main(stage: str, train: Callable[[StageRun], dict], argv: list[str] | 
     with _stop_signals_to(run):
         try:
             run.open()  # inside: an interrupt while the stage opens (its trackers start) is recorded too
-            summary = train(run)
+            with profiled(run.dir, run.device):  # REMAX_BENCH_PROFILE=1: where the time goes, phase by phase
+                summary = train(run)
         except StageInterrupted as stop:
             run.interrupted(str(stop))
             print(f"[interrupt] stage {stage} stopped: {stop}; run it again to resume", file=sys.stderr, flush=True)

@@ -161,12 +161,15 @@ def test_summary_csv_hand_numbers(full):
 
 def test_summary_md_aggregates_and_quotes_the_paper(full):
     md = (full.parent / "summary.md").read_text()
-    # ReMax gold reward: mean of 0.70 and 0.66, std 0.0283 (shown with the mean's 3 decimals).
-    assert re.search(r"\| ReMax \| 2 \| 0\.680 ± 0\.028 \|", md)
-    assert "45.0% (per seed: 45.0%, 45.0%)" in md and "1.60x (per seed: 1.60x, 1.60x)" in md and "40.0%" in md
+    # ReMax gold reward: mean of 0.70 and 0.66; two seeds' percentile bootstrap interval is their range.
+    summary = md.split("## Summary")[1]
+    assert re.search(r"\| ReMax \| 2 \| 0\.680 \[0\.660, 0\.700\] \|", summary)
+    assert "45.0% (per seed: 45.0%, 45.0%; 95% interval over seeds [45.0%, 45.0%])" in md
+    assert "1.60x (per seed: 1.60x, 1.60x; 95% interval over seeds [1.60x, 1.60x])" in md and "40.0%" in md
+    assert "55.0% (95% interval over seeds [55.0%, 55.0%])" in md  # DPO's peak memory saving
     assert "~46% less GPU memory" in md and "~1.6x faster training" in md
     assert "94.78%" in md and "7.739" in md and "Li et al. 2023" in md
-    assert "shared, runtime blocks of ppo / remax / dpo): none" in md
+    assert "shared, runtime blocks of the algorithms): none" in md
     assert "peak memory: rss_above_baseline" in md
     assert "reward model (seed 0): held-out pairwise accuracy 0.800 (0.500 before training)" in md
     assert "none" in md.split("## Failed or missing stages")[1].split("##")[0]
@@ -319,7 +322,7 @@ def test_the_report_is_logged_to_the_trackers_of_its_runs(full):
     from tracker_files import tensorboard_run
 
     run = tensorboard_run(full.parent.parent.parent / "results" / "tiny" / "tensorboard" / "report")
-    plots = {f"plots/{Path(name).stem}" for name in report.PLOT_FILES if (full.parent / name).is_file()}
+    plots = {f"plots/{Path(name).stem}" for name in (*report.PLOT_FILES, "frontier.png") if (full.parent / name).is_file()}
     assert set(run.Tags()["images"]) == plots and plots
     texts = {tag.removesuffix("/text_summary") for tag in run.Tags()["tensors"]}
     assert {"summary", "per_seed", "remax_vs_ppo", "config", "run"} <= texts
@@ -331,15 +334,15 @@ def test_judged_figures_carry_their_unjudged_count_and_lc_says_why_it_is_not_est
     md = (full.parent / "summary.md").read_text()
     table = md.split("## Summary")[1]
     # PPO: 3 of its 128 pairs unjudged (seed 0) beside the mean win rate, 2 of 256 MT-bench turns beside its score.
-    assert re.search(r"\| PPO \| 2 \|.*\| 71\.00 ± 1\.41 \(3 of 128 pairs unjudged\) \|", table)
-    assert "5.10 ± 0.14 (2 of 256 turns unjudged)" in table
+    assert re.search(r"\| PPO \| 2 \|.*\| 71\.00 \[70\.00, 72\.00\] \(3 of 128 pairs unjudged\) \|", table)
+    assert "5.10 [5.00, 5.20] (2 of 256 turns unjudged)" in table
     # ReMax: the win rate over both seeds leaves 2 of 256 pairs out; its LC fit measures nothing on either seed.
-    assert "78.00 ± 2.83 (2 of 256 pairs unjudged)" in table
+    assert "78.00 [76.00, 80.00] (2 of 256 pairs unjudged)" in table
     remax = next(line for line in table.splitlines() if line.startswith("| ReMax |"))
     assert "not estimable (see the notes)" in remax
     assert f"- ReMax length-controlled win rate (seed 0, 1): {NOT_ESTIMABLE}" in md
     dpo = next(line for line in table.splitlines() if line.startswith("| DPO |"))
-    assert "| 56.00 ± 1.41 |" in dpo  # a real estimate where there is one (57% and 55%)
+    assert "| 56.00 [55.00, 57.00] |" in dpo  # a real estimate where there is one (57% and 55%)
     paper = md.split("## ReMax vs PPO")[1].split("##")[0]
     assert "(2 of 256 pairs unjudged)" in paper  # the paper's comparison says it too
 

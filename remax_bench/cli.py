@@ -263,7 +263,7 @@ def bench(model, iterations, suite_arg, algorithms, device, gradient_checkpointi
     if backends and "vllm" in backends:
         from remax_bench.bench import bench_suite
 
-        # The run's own checks of shared.rollout_backend (vllm installed, a GPU for its CUDA build, one rank).
+        # The run's own checks of shared.rollout_backend (vllm installed, a GPU for its CUDA build).
         _preflight(bench_suite(suite, model, iterations, device, gradient_checkpointing, "vllm"), chosen)
     table = run_bench(suite, model, iterations, results_dir, chosen, device, echo=LiveLine(),
                       gradient_checkpointing=gradient_checkpointing, rollout_backends=backends, overrides=overrides)
@@ -380,7 +380,8 @@ def variance(suite, checkpoint, results_dir, answers, k, repeats, reward, seed):
 @click.option("--flash-attention", is_flag=True, help="no s x s attention scores stored")
 @click.option("--peak", type=click.Choice(["phased", "sum"]))
 @click.option("--rollout-backend", "rollout_backend", type=click.Choice(["hf", "vllm"]),
-              help="vllm: a colocated engine's weights and KV cache are resident (default: the suite's, else hf)")
+              help="vllm: each rank's colocated engine, its weights and KV cache (in the generate phase on GPUs, where "
+                   "it sleeps between rollouts; resident on the CPU build) (default: the suite's, else hf)")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="also write the component table as CSV")
 @click.option("--measured", type=click.Path(exists=True, file_okay=False),
               help="with --suite: take each stage's time per example from this finished run or `remax-bench bench` "

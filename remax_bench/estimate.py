@@ -23,9 +23,12 @@ No-grad scoring forwards hold one layer's intermediate tensors at a time: counte
 Logits: ``b*s*V`` in the activation dtype for the LM head output plus ``b*s*V*4`` for the fp32 log-softmax kept
   for the backward (trained LMs) or used for the log-probs (scoring forwards).
 Generation KV cache: ``2 * layers * kv_heads * head_dim * (prompt + response) * batch * bytes`` (K and V).
-vLLM rollouts (``rollout_backend="vllm"``): the engine holds its own copy of the policy's weights (16-bit when the
-  suite trains in bf16, else fp32) and a KV cache sized for one rollout batch (sampled and greedy rows), both
-  resident for the whole stage, in place of the transient generation cache.
+vLLM rollouts (``rollout_backend="vllm"``): every rank's engine holds its own copy of the policy's weights (16-bit
+  when the suite trains in bf16, else fp32) and a KV cache sized for that rank's share of one rollout batch
+  (sampled and greedy rows), in place of the transient generation cache. On GPUs the engine sleeps between
+  rollouts (vLLM's sleep mode: weights to CPU memory, KV cache released), so both belong to the generate phase
+  and the weights sit in CPU memory the rest of the time (``rollout_engine_sleeps``); on vLLM's CPU build, which
+  has no sleep mode, both are resident for the whole stage.
 
 Phases. Model states are always resident. The transient memory of one phase (a label per component: generate,
 one scoring forward per model, the training forward/backward of each trained model) is freed before the next,
@@ -86,6 +89,7 @@ class EstimateInputs:
     rollout_batch_unit: str = "prompts"  # shared.rollout_batch_unit: what rollout_batch_per_gpu counts
     samples_per_prompt: dict = field(default_factory=dict)  # k per online algorithm (absent: 1)
     rollout_backend: str = "hf"  # shared.rollout_backend: hf (generate on the policy) | vllm (a colocated engine)
+    rollout_engine_sleeps: bool = True  # vLLM on GPUs sleeps between rollouts; its CPU build cannot (resident)
     train_batch_per_gpu: int = 8  # micro batch of one forward/backward (pairs for DPO and the reward model)
     precision: str = "bf16"  # bf16 | fp32
     gradient_checkpointing: bool = True
@@ -152,6 +156,7 @@ class EstimateInputs:
             offload_params=bool(getattr(ds, "offload_params", False)) if use_ds else False,
             rollout_batch_unit=getattr(shared, "rollout_batch_unit", "prompts"),
             rollout_backend=getattr(shared, "rollout_backend", "hf"),
+            rollout_engine_sleeps=getattr(runtime, "device", "auto") != "cpu",
             samples_per_prompt={n: suite.samples_per_prompt(n) for n in registry.online()}
             if hasattr(suite, "samples_per_prompt") else {},
         )
@@ -338,6 +343,21 @@ def _score_phase(name: str, shape: ModelShape, seq: int, batch: int, inputs: Est
     return out
 
 
+def _rollout_engine(policy: ModelShape, n_params: int, seq: int, rows: int, inputs: EstimateInputs) -> list[Component]:
+    """A colocated vLLM engine on one rank: its copy of the weights and a KV cache for this rank's ``rows`` (sampled
+    and greedy, the trainers' sizing). Asleep (GPUs) they are the generate phase's and the weights wait in CPU
+    memory; awake for the whole stage (the CPU build) they are resident."""
+    weights = n_params * (2 if inputs.precision in ("bf16", "fp16") else 4)
+    cache = int(ENGINE_KV_SLACK * kv_cache_bytes(policy, seq, rows, inputs))
+    if inputs.rollout_engine_sleeps:
+        return [Component("rollout_engine", "params", "generate", weights, weights,
+                          "vLLM's copy of the policy; in CPU memory while it sleeps"),
+                Component("rollout_engine", "kv_cache", "generate", cache, 0,
+                          "vLLM's KV cache for one rollout batch; released while it sleeps")]
+    return [Component("rollout_engine", "params", "states", weights, 0, "vLLM's copy of the policy"),
+            Component("rollout_engine", "kv_cache", "states", cache, 0, "vLLM's KV cache for one rollout batch")]
+
+
 def estimate(model_config: Any, inputs: EstimateInputs, algorithm: str, reward_config: Any = None) -> Estimate:
     """Per-GPU memory of ``algorithm`` (ppo, remax, dpo, sft, reward_model) for a policy of ``model_config``;
     the reward model (and PPO's critic) has ``reward_config``'s shape (default: the policy's)."""
@@ -379,13 +399,7 @@ def estimate(model_config: Any, inputs: EstimateInputs, algorithm: str, reward_c
         add(_frozen_states("reference", n_lm, inputs))
         add(_frozen_states("reward", n_rm, inputs))
         if inputs.rollout_backend == "vllm":
-            # A colocated vLLM engine: its weights and its KV cache (one batch of sampled and greedy rows, the
-            # trainers' sizing) stay allocated from the engine's start to the stage's end.
-            rows = gen_b + (prompts if greedy else 0)
-            weight_bytes = 2 if inputs.precision in ("bf16", "fp16") else 4
-            add([Component("rollout_engine", "params", "states", n_lm * weight_bytes, 0, "vLLM's copy of the policy"),
-                 Component("rollout_engine", "kv_cache", "states", int(ENGINE_KV_SLACK * kv_cache_bytes(policy, s, rows, inputs)),
-                           0, "vLLM's KV cache for one rollout batch")])
+            add(_rollout_engine(policy, n_lm, s, gen_b + (prompts if greedy else 0), inputs))
         elif greedy and inputs.remax_greedy_batched:
             add([Component("policy", "kv_cache", "generate", kv_cache_bytes(policy, s, gen_b + prompts, inputs), 0,
                            "sampled + greedy in one pass")])

@@ -175,11 +175,7 @@ def _rollout_problems(suite: Suite, online: list[str]) -> list[str]:
                      "its CPU build on CPU-only machines, the 'gpu' extra the CUDA build); or set it to 'hf'")
     elif not (vllm_is_cpu_build() or cuda_available()):
         found.append("shared.rollout_backend: 'vllm' with the CUDA build of vllm but no CUDA device here")
-    if suite.runtime.data_parallel_size > 1:
-        # One engine per rank in each rank's process would need vLLM's external-launcher mode, which shares
-        # the trainer's process group; not built yet.
-        found.append(f"shared.rollout_backend: 'vllm' runs one rank (tensor parallel 1); this suite has "
-                     f"{suite.runtime.data_parallel_size} ranks: use 'hf' for several ranks")
+    # Several ranks are fine: each owns a colocated engine (trainers/vllm_rollout.py).
     return found
 
 

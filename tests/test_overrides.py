@@ -94,6 +94,10 @@ def test_dry_run_of_a_gpu_suite_prints_the_plan_and_what_would_stop_it(tmp_path,
     assert "-m remax_bench.evaluation.stage --config" in out
     problems = out[out.index("what would stop a real run here"):].splitlines()[1:]
     expected = ["eval.judge.api_key_env: the environment variable OPENAI_API_KEY is not set"]
+    from remax_bench.evaluation.generation import vllm_available
+
+    if not vllm_available():  # the suite's rollouts go through vLLM
+        expected.append("shared.rollout_backend: 'vllm' but the vllm package is not installed")
     if not torch.cuda.is_available():
         expected.append("runtime.device: 'cuda' but no CUDA device is available")
     assert len(problems) == len(expected) and all(p.strip().startswith(e) for p, e in zip(problems, expected)), out

@@ -87,21 +87,68 @@ def test_suite_field_and_preflight(monkeypatch):
     two_ranks = load_suite_text(yaml.safe_dump(data))
     monkeypatch.setattr(generation, "vllm_available", lambda: True)
     monkeypatch.setattr(generation, "vllm_is_cpu_build", lambda: True)
-    assert any("2 ranks" in p for p in preflight.problems(two_ranks))
+    assert preflight.problems(two_ranks) == []  # one engine per rank (tests/test_vllm_ranks.py runs two)
+    monkeypatch.setattr(generation, "vllm_is_cpu_build", lambda: False)
+    monkeypatch.setattr(generation, "cuda_available", lambda: False)
+    assert any("CUDA build of vllm but no CUDA device" in p for p in preflight.problems(two_ranks))
 
 
-def test_estimate_counts_the_engine_resident():
+def test_each_rank_seeds_its_rows_by_their_place_in_the_global_batch():
+    """Rank r's rows are the global batch's rows as one process lays them out (all sampled rows, prompt by prompt,
+    then one greedy row per prompt), so every request gets the seed it would get in one process."""
+    from trainers.rollout import global_rows
+    from trainers.vllm_rollout import request_seed
+
+    prompts, k, world = 6, 2, 3  # 2 prompts per rank, 4 sampled and 2 greedy rows each
+    n, m = prompts // world * k, prompts // world
+    layouts = [global_rows(rank, world, n, m) for rank in range(world)]
+    assert layouts[1] == [4, 5, 6, 7, 14, 15]  # sampled rows 4..7 (prompts 2 and 3), their greedy rows 12 + 2, 3
+    sampled = [i for layout in layouts for i in layout[:n]]
+    greedy = [i for layout in layouts for i in layout[n:]]
+    assert sampled + greedy == global_rows(0, 1, prompts * k, prompts)  # one process: rows 0 .. 17 in order
+    assert global_rows(1, 2, 3) == [3, 4, 5]  # no greedy rows
+    # Seeds depend on the stage seed, the call and the row, nothing else; and they differ from row to row.
+    seeds = {request_seed(0, call, row) for call in (1, 2) for row in range(5000)}
+    assert len(seeds) == 10000 and request_seed(0, 1, 7) == request_seed(0, 1, 7) != request_seed(1, 1, 7)
+
+
+def test_estimate_counts_the_engine_resident_on_the_cpu_build():
     hf = estimate("tiny:micro", EstimateInputs(prompt_length=64, response_length=24, rollout_batch_per_gpu=32,
                                                train_batch_per_gpu=32, precision="fp32"), "remax")
     vllm = estimate("tiny:micro", EstimateInputs(prompt_length=64, response_length=24, rollout_batch_per_gpu=32,
-                                                 train_batch_per_gpu=32, precision="fp32", rollout_backend="vllm"),
-                    "remax")
-    engine = {c.kind: c.gpu_bytes for c in vllm.components if c.model == "rollout_engine"}
-    assert engine["params"] == 4 * vllm.param_counts["policy"]  # an fp32 copy of the policy
+                                                 train_batch_per_gpu=32, precision="fp32", rollout_backend="vllm",
+                                                 rollout_engine_sleeps=False), "remax")
+    engine = {c.kind: c for c in vllm.components if c.model == "rollout_engine"}
+    assert engine["params"].gpu_bytes == 4 * vllm.param_counts["policy"]  # an fp32 copy of the policy
     kv = [c.gpu_bytes for c in hf.components if c.kind == "kv_cache"]
-    assert engine["kv_cache"] == int(1.25 * kv[0])  # 64 rows (32 sampled + 32 greedy), resident
+    assert engine["kv_cache"].gpu_bytes == int(1.25 * kv[0])  # 64 rows (32 sampled + 32 greedy), resident
+    assert {c.phase for c in engine.values()} == {"states"}
     assert vllm.state_bytes() == hf.state_bytes()  # the engine is not a model state
     assert vllm.gpu_bytes > hf.gpu_bytes
+
+
+def test_estimate_puts_a_sleeping_engine_in_the_generate_phase():
+    """On GPUs the engine sleeps between rollouts: its weights (in CPU memory meanwhile) and KV cache weigh on the
+    generate phase only, for each rank's share of the batch."""
+    from remax_bench.core.suite_file import load_suite
+
+    gpu = EstimateInputs(prompt_length=256, response_length=256, rollout_batch_per_gpu=2, train_batch_per_gpu=2,
+                         precision="bf16", zero_stage=2, num_gpus=4, rollout_backend="vllm")
+    remax = estimate("Llama-2-7b", gpu, "remax")
+    engine = {c.kind: c for c in remax.components if c.model == "rollout_engine"}
+    weights = 2 * remax.param_counts["policy"]
+    assert (engine["params"].phase, engine["params"].gpu_bytes, engine["params"].cpu_bytes) == ("generate", weights,
+                                                                                               weights)
+    assert engine["kv_cache"].phase == "generate" and engine["kv_cache"].cpu_bytes == 0
+    phases = remax.phase_bytes()
+    assert phases["generate"] == weights + engine["kv_cache"].gpu_bytes
+    assert remax.gpu_bytes == remax.state_gpu_bytes + max(phases.values())
+    # The 7B suites generate through vLLM on GPUs; the tiny world's CPU runs hold the engine awake.
+    suite = EstimateInputs.from_suite(load_suite("7b_comparison"))
+    assert suite.rollout_backend == "vllm" and suite.rollout_engine_sleeps
+    assert EstimateInputs.from_suite(load_suite("7b_mistral")).rollout_backend == "vllm"
+    data = _suite_data(rollout_backend="vllm")
+    assert not EstimateInputs.from_suite(load_suite_text(yaml.safe_dump(data))).rollout_engine_sleeps
 
 
 def test_bench_table_compares_backends():

@@ -362,8 +362,8 @@ class OnlineTrainer:
             matched_budget=budget,
             # Generation cost per generated token (ms), the figure that compares rollout backends.
             generate_ms_per_token=1000 * phase_totals["generate"] / max(totals.tokens, 1),
-            # The vLLM engine's start-up (one-off), weight syncs and memory; hf rollouts have no engine.
-            rollout_engine=run.manifest_extra.get("rollout_engine", {"backend": "hf"}),
+            # The vLLM engine's start-up (one-off), weight syncs and memory (each rank's); hf rollouts have no engine.
+            rollout_engine=self.rollouts.engine_summary(),
         )
         if synthetic:
             summary.update(totals.last_eval or gold_reward_of(self.policy.module, models.tokenizer, suite, eval_prompts))

@@ -184,6 +184,15 @@ class Rollout:
         return self.batch.response_mask
 
 
+def global_rows(rank: int, world_size: int, sampled: int, greedy: int = 0) -> list[int]:
+    """Where this rank's rows sit in the global batch as one process lays it out: every rank's sampled rows in rank
+    order (rank r holds the contiguous share r), then every rank's greedy rows. ``sampled`` and ``greedy`` count this
+    rank's rows; the ranks hold equal shares."""
+    first_greedy = world_size * sampled
+    return ([rank * sampled + i for i in range(sampled)]
+            + [first_greedy + rank * greedy + j for j in range(greedy)])
+
+
 class RolloutEngine:
     """Generates and scores rollout batches; the same code for every online algorithm."""
 
@@ -216,7 +225,9 @@ class RolloutEngine:
             # The engine holds the SFT weights it started from; the resumed policy's go in before its first rollout.
             self.synced_at = None
 
-    def generate(self, prompts: list[str], greedy=False) -> SequenceBatch:
+    def generate(self, prompts: list[str], greedy=False, row_ids: list[int] | None = None) -> SequenceBatch:
+        """Answers to this rank's ``prompts``; ``row_ids``: their indices in the global batch (vLLM seeds each row's
+        sampling by it)."""
         shared, models = self.run.suite.shared, self.models
         if self.vllm is not None:
             if models.policy.steps != self.synced_at:  # the policy moved since the engine last took its weights
@@ -226,7 +237,7 @@ class RolloutEngine:
                 self.synced_at = models.policy.steps
                 self.run.manifest_extra["rollout_engine"] = self.vllm.record()
             with self.run.timer.phase("generate"):
-                batch = self.vllm.generate(prompts, greedy).to(self.run.device)
+                batch = self.vllm.generate(prompts, greedy, row_ids).to(self.run.device)
         else:
             with self.run.timer.phase("generate"):
                 batch = generate(models.policy.module, models.tokenizer, prompts, shared.max_prompt_length,
@@ -235,6 +246,19 @@ class RolloutEngine:
                                  synced_gpus=synced_generation(self.run))
         self.run.generated_widths.append(int(batch.response_ids.shape[1]))
         return batch
+
+    def engine_summary(self) -> dict:
+        """The rollout engine for the summary: hf, or the vLLM engine's record; with several ranks each rank's own
+        (start-up, weight syncs, memory), gathered on every rank. Called by every rank at the same point."""
+        if self.vllm is None:
+            return {"backend": "hf"}
+        record = self.vllm.record()
+        if self.run.world_size > 1:
+            mine = {"rank": self.run.rank, **{k: v for k, v in record.items() if not k.startswith("vllm_")}}
+            by_rank: list = [None] * self.run.world_size
+            torch.distributed.all_gather_object(by_rank, mine)
+            record["by_rank"] = by_rank
+        return record
 
     @torch.no_grad()
     def reward_scores(self, prompts: list[str], batch: SequenceBatch) -> torch.Tensor:
@@ -265,10 +289,10 @@ class RolloutEngine:
         if greedy_baseline:
             # The sampled rows first, then one greedy row per prompt: one generate call for both.
             greedy = torch.tensor([False] * n + [True] * m)
-            both = self.generate(rows + prompts, greedy=greedy)
+            both = self.generate(rows + prompts, greedy=greedy, row_ids=global_rows(run.rank, run.world_size, n, m))
             sampled, greedy_batch = both.select(slice(0, n)), both.select(slice(n, n + m))
         else:
-            both = sampled = self.generate(rows)
+            both = sampled = self.generate(rows, row_ids=global_rows(run.rank, run.world_size, n))
             greedy_batch = None
         generated_tokens = int(both.response_mask.sum().item())
         with run.timer.phase("score"), torch.no_grad():

@@ -12,14 +12,26 @@ stopping at the tokenizer's eos and nothing else; greedy rows decode with temper
 back in the shared layout (SequenceBatch), so every log-prob the loss uses is recomputed by the trainer;
 vLLM's own log-probs are never used.
 
-What needs CUDA: with the CUDA build the same code runs on a GPU (tensor parallel 1: one engine per rank,
-each generating its rank's share). There the engine sleeps between rollouts (vLLM's sleep mode, CUDA only:
-weights offloaded to CPU memory, KV cache released), so training, the peak phase, does not carry it; it wakes,
-takes the new weights and generates. That branch is tested at its seam (a recording stand-in for the engine);
-on the CPU build there is no sleep mode and the engine's memory stays allocated. Under ZeRO-3 the weights are
-gathered module by module for the sync (``_full_weights``), proven on the CPU with one rank
-(tests/test_vllm_rollout.py); several ranks with an engine each need vLLM's external-launcher mode and are
-refused by the preflight (remax_bench/preflight.py).
+Several data-parallel ranks: each rank owns an engine (tensor parallel 1) that generates that rank's shard of the
+global rollout batch and takes that rank's policy weights after every optimizer step (under ZeRO-3 gathered
+module by module on every rank, ``_full_weights``). The engines join the trainer's process group through vLLM's
+external launcher (``distributed_executor_backend="external_launcher"``, the mode verl colocates its engines with):
+vLLM reads the rank from the launcher's environment, finds torch.distributed already initialised by DeepSpeed
+and lays its groups over it, so with tensor parallel 1 every rank is a tensor-parallel group of its own (vLLM's
+"external data parallelism") and the engines generate independently, with no collective while they generate.
+(An engine with a world of its own cannot live in the trainer's process, whose default process group vLLM
+would find; in a separate process the weights would cross a process boundary at every sync, where here they pass
+by reference.) Each row's sampling seed comes from its index in the global batch (``request_seed``), so N ranks
+draw the answers one process would draw for the same batch. On the CPU build the in-process engine computes on
+the trainer's OpenMP threads (OMP_NUM_THREADS); vLLM's own binding (VLLM_CPU_OMP_THREADS_BIND) belongs to its
+multiprocess executor, which is not used here.
+
+What needs CUDA: with the CUDA build the same code runs on GPUs (one engine per rank on its LOCAL_RANK's GPU).
+There the engine sleeps between rollouts (vLLM's sleep mode, CUDA only: weights offloaded to CPU memory, KV
+cache released), so training, the peak phase, does not carry it; it wakes, takes the new weights and generates.
+That branch is tested at its seam (a recording stand-in for the engine); on the CPU build there is no sleep mode
+and the engine's memory stays allocated. Proven on the CPU: one rank, ZeRO-3 included (tests/test_vllm_rollout.py),
+and two gloo ranks with an engine each (tests/test_vllm_ranks.py).
 """
 
 from __future__ import annotations
@@ -46,6 +58,28 @@ def kv_cache_bytes(model_config, rows: int, max_tokens: int, dtype_bytes: int) -
     per_token = 2 * model_config.num_hidden_layers * heads * head_dim * dtype_bytes
     tokens = rows * math.ceil(max_tokens / BLOCK_TOKENS) * BLOCK_TOKENS
     return int(tokens * per_token * ENGINE_KV_SLACK)
+
+
+def request_seed(stage_seed: int, call: int, row: int) -> int:
+    """The sampling seed of one request, from the stage's seed, the number of the generate call and the row's
+    index in the global batch as one process lays it out; not from the rank, so N ranks sample what one process
+    would. numpy's SeedSequence hashes the three into 32 bits: distinct (call, row) pairs get unrelated seeds, where
+    a linear formula gives row r + stride of one call the seed of row r of the next once a batch outgrows the
+    stride."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([stage_seed, call, row]).generate_state(1)[0])
+
+
+def colocated_executor() -> dict:
+    """The executor of an engine that lives in a trainer's process: with several ranks in the trainer's process
+    group, vLLM's external launcher, which takes the rank from the launcher's environment and builds its groups
+    over the group DeepSpeed already started (one engine per rank); with one rank, vLLM's default."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return {"distributed_executor_backend": "external_launcher"}
+    return {}
 
 
 def sampling_kwargs(shared, greedy: bool, seed: int, eos_token_id: int) -> dict:
@@ -105,6 +139,7 @@ class VLLMRollouts:
             "enable_prefix_caching": False,  # cached prefixes would outlive a weight update
             "enforce_eager": True,  # no graph capture or compilation: weights change every step
             **build_engine_kwargs(vllm_is_cpu_build()),  # seeded rows at any prompt length on the CPU build
+            **colocated_executor(),  # several ranks: one engine per rank, in the trainer's process group
         }
         # Sleep between rollouts where vLLM can (CUDA's allocator): the memory goes back while the trainer trains.
         self.sleeps = device.type == "cuda"
@@ -123,26 +158,33 @@ class VLLMRollouts:
                 os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = before
         self.start_s = time.perf_counter() - start
         self.scheduler = scheduler_record(self.llm)
+        self.kv_cache_bytes = _resolved_kv_cache_bytes(self.llm, self.kv_cache_bytes)
         self.weight_bytes = sum(self.llm.apply_model(_parameter_bytes))
         self.asleep = False
         self.sleep()
         self.sync_s: list[float] = []
         self.calls = 0
 
-    def generate(self, instructions: list[str], greedy: torch.Tensor | bool = False) -> SequenceBatch:
-        """Answers to ``instructions`` (``greedy``: all rows, or a per-row mask), in the shared layout."""
+    def generate(self, instructions: list[str], greedy: torch.Tensor | bool = False,
+                 row_ids: list[int] | None = None) -> SequenceBatch:
+        """Answers to ``instructions`` (``greedy``: all rows, or a per-row mask), in the shared layout. ``row_ids``:
+        each instruction's index in the global batch, which seeds its sampling (default: 0, 1, ...)."""
         from vllm import SamplingParams
 
         shared, tokenizer = self.shared, self.tokenizer
         prompts = encode_prompts(tokenizer, instructions, shared.max_prompt_length)
-        rows = [ids[mask.bool()].tolist() for ids, mask in zip(prompts["input_ids"], prompts["attention_mask"])]
-        flags = [bool(greedy)] * len(rows) if isinstance(greedy, bool) else [bool(g) for g in greedy.tolist()]
-        # Per-row seeds from the stage seed and this call's number: a re-run samples the same answers.
+        tokens = [ids[mask.bool()].tolist() for ids, mask in zip(prompts["input_ids"], prompts["attention_mask"])]
+        flags = [bool(greedy)] * len(tokens) if isinstance(greedy, bool) else [bool(g) for g in greedy.tolist()]
+        row_ids = list(range(len(tokens))) if row_ids is None else row_ids
+        if len(row_ids) != len(tokens):
+            raise ValueError(f"{len(row_ids)} global row indices for {len(tokens)} instructions")
+        # Per-row seeds from the stage seed, this call's number and the row's global index: a re-run, and a run on
+        # any number of ranks, samples the same answers.
         self.calls += 1
-        params = [SamplingParams(**sampling_kwargs(shared, g, self.seed * 1_000_003 + self.calls * 4099 + i,
-                                                   tokenizer.eos_token_id)) for i, g in enumerate(flags)]
+        params = [SamplingParams(**sampling_kwargs(shared, g, request_seed(self.seed, self.calls, row),
+                                                   tokenizer.eos_token_id)) for row, g in zip(row_ids, flags)]
         self.wake_up()
-        outputs = self.llm.generate([{"prompt_token_ids": r} for r in rows], params, use_tqdm=False)
+        outputs = self.llm.generate([{"prompt_token_ids": t} for t in tokens], params, use_tqdm=False)
         self.sleep()  # until the next rollout: the trainer's forward and backward passes get the memory
         answers = [list(o.outputs[0].token_ids) for o in outputs]
         return to_sequence_batch(prompts, answers, tokenizer.eos_token_id, tokenizer.pad_token_id)
@@ -182,6 +224,15 @@ class VLLMRollouts:
 
         self.llm = None
         shut_down_vllm()
+
+
+def _resolved_kv_cache_bytes(llm, sized: int) -> int:
+    """The KV cache the engine holds: the batch's sizing, unless VLLM_CPU_KVCACHE_SPACE (GiB) overrode it on the
+    CPU build."""
+    try:
+        return int(llm.llm_engine.vllm_config.cache_config.kv_cache_memory_bytes or sized)
+    except AttributeError:  # a stand-in engine in the tests at the seam
+        return sized
 
 
 def _parameter_bytes(model: torch.nn.Module) -> int:

@@ -141,7 +141,8 @@ def test_a_swept_run_reports_and_checks(tmp_path):
     run = cli("run", str(suite_file), "--results-dir", str(tmp_path / "res"))
     assert run.returncode == 0, run.stdout + run.stderr
     root = tmp_path / "res" / "nano"
-    assert sorted(p.name for p in root.iterdir() if not p.name.startswith(".") and p.name != "logs") == [
+    stages = sorted(p.name for p in root.iterdir() if not p.name.startswith(".") and p.name not in ("logs", "tensorboard"))
+    assert stages == [
         "remax@kl_coef=0.05", "remax@kl_coef=0.2", "sft"]
     summaries = [json.loads((root / f"remax@kl_coef={b}" / "seed0" / "summary.json").read_text()) for b in (0.05, 0.2)]
     assert all("final_kl" in s and s["kl_treatment"]["shape"] == "return_to_go" for s in summaries)

@@ -264,7 +264,7 @@ class _Engine:
     def sync(self, model):
         self.events.append("sync")
 
-    def generate(self, prompts, greedy=False):
+    def generate(self, prompts, greedy=False, row_ids=None):
         self.calls += 1
         self.events.append(f"generate {self.calls}")
         raise StopIteration  # the layout is tested elsewhere; only the order matters here

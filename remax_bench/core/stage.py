@@ -35,6 +35,10 @@ from remax_bench.core.metrics import MemoryTracker, PhaseTimer
 from remax_bench.core.trackers import RunName, Trackers, scalars
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+# A stage process's exit codes, what whatever starts it (the runner, a Slurm job) makes of its end: completed,
+# failed, or interrupted and resumable (EX_TEMPFAIL of sysexits.h: started again with the same config, the stage
+# goes on from its newest checkpoint).
+EXIT_COMPLETED, EXIT_FAILED, EXIT_RESUMABLE = 0, 1, 75
 # DeepSpeed configs generated in this process, one per engine; the stage manifest records them.
 ENGINE_CONFIGS: list[dict] = []
 # The DeepSpeed engines of trained models in this process; a multi-rank stage compares their weights across ranks.

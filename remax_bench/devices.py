@@ -228,6 +228,6 @@ def problems(runtime, stages: list[str], jobs: int) -> list[str]:
     except ValueError as err:
         return found + [str(err)]
     need = max([gpus_per_stage(s, runtime) for s in stages] or [0])
-    if need > len(gpus):
+    if gpus and need > len(gpus):  # none at all: preflight says there is no CUDA device
         found.append(f"runtime.num_gpus: a stage needs {need} GPUs and this machine shows {len(gpus)}")
     return found

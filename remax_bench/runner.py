@@ -214,9 +214,17 @@ class Runner:
                 continue
             will_run.add(item.key)
             after = f" after {', '.join(item.needs)}" if item.needs else ""
-            self.echo(f"{label}: will run ({reason}){after}\n    {' '.join(self.command(item))}")
+            self.echo(f"{label}: will run ({reason}){after}\n    {' '.join(self.preview_command(item))}")
             outcomes.append(Outcome(item.key, "planned", detail=reason))
         return outcomes
+
+    def preview_command(self, item: StagePlan) -> list[str]:
+        if self.suite.runtime.executor != "slurm":
+            return self.command(item)
+        from remax_bench.slurm import describe_job, task_command
+
+        command = task_command(item.module, self.config_path(item), self.final_dir(item.key))
+        return [describe_job(item.stage, self.suite.runtime) + "; on each task:", *command]
 
     # -- running -----------------------------------------------------------------------------------
     def executor(self, jobs: int = 1):

@@ -98,6 +98,20 @@ def job_parameters(stage: str, runtime, job_name: str, dependencies: list[str]) 
     return params
 
 
+def describe_job(stage: str, runtime) -> str:
+    """What one stage's job asks for, in words (the dry run prints it)."""
+    params = job_parameters(stage, runtime, "", [])
+    extra = params["additional_parameters"]
+    parts = [f"{params['nodes']} node(s) x {params['ntasks_per_node']} task(s)"]
+    if params.get("gpus_per_node"):
+        parts.append(f"{params['gpus_per_node']} GPU(s) per node")
+    if params.get("cpus_per_task"):
+        parts.append(f"{params['cpus_per_task']} CPU(s) per task")
+    parts += [f"partition {params.get('partition', '(default)')}", f"time limit {extra['time']}",
+              f"SIGUSR1 {runtime.slurm.signal_lead_s} s before it"]
+    return "Slurm job: " + ", ".join(parts)
+
+
 # -- inside the job ----------------------------------------------------------------------------------------
 def rank_environment() -> dict[str, str]:
     """torch.distributed's variables from what srun set for this task; none for a one-task job. The master is
@@ -111,6 +125,11 @@ def rank_environment() -> dict[str, str]:
             "MASTER_ADDR": slurm.hostnames[0], "MASTER_PORT": str(PORT_BASE + int(slurm.job_id) % PORT_SPAN)}
 
 
+def task_command(module: str, config_path: Path, final: Path) -> list[str]:
+    """What each task of a stage's job runs: the stage itself, once per rank (srun started the ranks)."""
+    return [sys.executable, "-m", module, "--config", str(config_path), "--out", str(final)]
+
+
 @dataclass
 class StageJob:
     """What a stage's job runs on each of its tasks: the stage, with its rank, its signals and its log."""
@@ -121,7 +140,7 @@ class StageJob:
 
     def __call__(self) -> str:
         from remax_bench.core.stage import EXIT_RESUMABLE
-        from remax_bench.local_executor import RUNNER_PID_ENV, _die_with_parent
+        from remax_bench.local_executor import RUNNER_PID_ENV
 
         ranks = rank_environment()
         rank, world = int(ranks.get("RANK", "0")), ranks.get("WORLD_SIZE", "1")
@@ -135,11 +154,7 @@ class StageJob:
 
         def forward(signum, frame):  # Slurm signals every process of the step; forwarding makes sure
             received.append(signum)
-            for process in child:
-                try:
-                    process.send_signal(signum)
-                except ProcessLookupError:
-                    pass
+            _send(child, signum)
 
         for signum in (signal.SIGUSR1, signal.SIGTERM):
             signal.signal(signum, forward)
@@ -149,8 +164,14 @@ class StageJob:
             env = {**os.environ, **ranks, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false",
                    RUNNER_PID_ENV: str(os.getpid())}
             child.append(subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                          preexec_fn=_die_with_parent))
-            code = child[0].wait()
+                                          preexec_fn=_ignore_usr1_and_die_with_parent))
+            while True:
+                try:
+                    code = child[0].wait(timeout=5)
+                    break
+                except subprocess.TimeoutExpired:
+                    if received:  # again: a stage still importing ignores SIGUSR1 until it takes it
+                        _send(child, received[-1])
         final = Path(self.final_dir)
         if code == 0:
             if rank == 0 and results.is_complete(final):
@@ -163,6 +184,23 @@ class StageJob:
                 subprocess.run(["scontrol", "requeue", job], check=True, timeout=60)
             sys.exit(EXIT_RESUMABLE)
         raise RuntimeError(f"stage exited with code {code}; its log: {log_path}")
+
+
+def _send(child: list[subprocess.Popen], signum: int) -> None:
+    for process in child:
+        try:
+            process.send_signal(signum)
+        except ProcessLookupError:
+            pass
+
+
+def _ignore_usr1_and_die_with_parent() -> None:
+    """In the stage process before exec: SIGUSR1 is ignored until the stage takes it (an early warning must not
+    kill a stage that is still importing), and the stage dies with its task."""
+    from remax_bench.local_executor import _die_with_parent
+
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    _die_with_parent()
 
 
 # -- asking Slurm ------------------------------------------------------------------------------------------
@@ -289,7 +327,7 @@ class SlurmExecutor:
         config_path.parent.mkdir(parents=True, exist_ok=True)
         results.write_json(config_path, config)
         final = runner.final_dir(item.key).resolve()
-        command = [sys.executable, "-m", item.module, "--config", str(config_path), "--out", str(final)]
+        command = task_command(item.module, config_path, final)
         job_name = f"{runner.suite.name}.{item.stage}.seed{item.seed}"
         executor = submitit.SlurmExecutor(folder=self.folder)
         executor.update_parameters(**job_parameters(item.stage, runner.suite.runtime, job_name, dependencies))

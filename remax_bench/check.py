@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from statistics import mean
 
-from remax_bench import comparison
+from remax_bench import comparison, uncertainty
 from remax_bench.core import algorithms, results
 
 
@@ -27,9 +27,8 @@ class CheckRow:
     note: str = ""
 
 
-def _complete_summaries(suite_dir: Path, stage: str) -> list[dict]:
-    stage_root = suite_dir / stage
-    if not stage_root.is_dir():
+def _complete_summaries(stage_root: Path | None) -> list[dict]:
+    if stage_root is None or not stage_root.is_dir():
         return []
     found = []
     for seed_dir in sorted(stage_root.glob("seed*")):
@@ -43,31 +42,42 @@ def _mean(values) -> float | None:
     return mean(values) if values else None
 
 
+def _runs(suite_dir: Path) -> list[tuple[str, dict[str, Path]]]:
+    """(sweep value, stage -> its folder) for every value of the suite's sweep; [("", the folders)] without one.
+    Metrics are named by the folder (``ppo@kl_coef=0.1.heldout_gold_reward`` in a sweep)."""
+    return [(label, results.stage_dirs_of(suite_dir, label)) for label in results.variants_in(suite_dir)]
+
+
 def collect_metrics(suite_dir: str | Path) -> dict[str, float]:
-    """The figures a baseline can pin, averaged over seeds: ``<algorithm>.<metric>``."""
+    """The figures a baseline can pin, averaged over seeds: ``<algorithm>.<metric>`` (in a sweep
+    ``<algorithm>@<field>=<value>.<metric>``)."""
     suite_dir = Path(suite_dir)
     metrics: dict[str, float] = {}
-    summaries = {stage: _complete_summaries(suite_dir, stage) for stage in ("sft", *algorithms.NAMES)}
-    for stage, rows in summaries.items():
-        value = _mean(r.get("heldout_gold_reward") for r in rows)
-        if value is not None:
-            metrics[f"{stage}.heldout_gold_reward"] = value
-    base = summaries[comparison.BASELINE]
-    for algo in algorithms.NAMES:
-        rows = summaries[algo]
-        if algo == comparison.BASELINE or not (rows and base):
-            continue
-        suffix = f"_ratio_vs_{comparison.BASELINE}"
-        for name, key in (("peak_memory", "peak_memory_bytes"), ("model_states", "model_state_total_bytes"),
-                          ("iteration_time", "time_per_iteration_s")):
-            value = comparison.ratio(_mean(r.get(key) for r in rows), _mean(r.get(key) for r in base))
-            if not math.isnan(value):
-                metrics[f"{algo}.{name}{suffix}"] = value
-    for summary in _complete_summaries(suite_dir, "eval"):
-        for row in summary.get("rows", []):
-            for key in ("win_rate", "mt_bench_score"):
-                if row.get(key) is not None:
-                    metrics.setdefault(f"{row['name']}.{key}", []).append(float(row[key]))  # type: ignore[union-attr]
+    for _, dirs in _runs(suite_dir):
+        name = {stage: path.name for stage, path in dirs.items()}
+        summaries = {stage: _complete_summaries(dirs.get(stage)) for stage in ("sft", *algorithms.NAMES)}
+        for stage, rows in summaries.items():
+            value = _mean(r.get("heldout_gold_reward") for r in rows)
+            if value is not None:
+                metrics[f"{name[stage]}.heldout_gold_reward"] = value
+        base = summaries[comparison.BASELINE]
+        for algo in algorithms.NAMES:
+            rows = summaries[algo]
+            if algo == comparison.BASELINE or not (rows and base):
+                continue
+            suffix = f"_ratio_vs_{comparison.BASELINE}"
+            for metric, key in (("peak_memory", "peak_memory_bytes"), ("model_states", "model_state_total_bytes"),
+                                ("iteration_time", "time_per_iteration_s")):
+                value = comparison.ratio(_mean(r.get(key) for r in rows), _mean(r.get(key) for r in base))
+                if not math.isnan(value):
+                    metrics[f"{name[algo]}.{metric}{suffix}"] = value
+        variant = results.split_stage_dirname(name["eval"])[1] if "eval" in name else ""
+        for summary in _complete_summaries(dirs.get("eval")):
+            for row in summary.get("rows", []):
+                for key in ("win_rate", "mt_bench_score"):
+                    if row.get(key) is not None:
+                        stage = results.stage_dirname(row["name"], variant if row["name"] in algorithms.REGISTRY else "")
+                        metrics.setdefault(f"{stage}.{key}", []).append(float(row[key]))  # type: ignore[union-attr]
     return {k: (mean(v) if isinstance(v, list) else v) for k, v in metrics.items()}
 
 
@@ -90,26 +100,59 @@ def compare(metrics: dict[str, float], baseline: dict) -> list[CheckRow]:
 
 
 def rules(suite_dir: str | Path, metrics: dict[str, float]) -> list[CheckRow]:
-    """The paper's qualitative claims, checked on this run."""
+    """The paper's qualitative claims, checked on this run (on every value of its sweep). The quality rules read
+    the 95% interval over seeds (remax_bench.uncertainty), not the mean alone."""
     suite_dir = Path(suite_dir)
     out = []
-    for algo in algorithms.NAMES:
-        spec = algorithms.get(algo)
-        summaries = _complete_summaries(suite_dir, algo)
-        if spec.critic or not summaries:
-            continue
-        critic = [r for r in summaries if "critic" in r.get("model_state_bytes", {})]
-        out.append(CheckRow(f"rule: {spec.label} builds no value model", None, None, None, not critic,
-                            "no critic states recorded" if not critic else "a critic was recorded"))
-    ratio = metrics.get(f"{algorithms.FOCUS}.peak_memory_ratio_vs_{comparison.BASELINE}")
-    if ratio is not None:
-        out.append(CheckRow("rule: ReMax peak memory below PPO's", 1.0, ratio, None, ratio < 1.0, "ratio < 1"))
-    sft = metrics.get("sft.heldout_gold_reward")
-    for algo in algorithms.needing_reward_model():
-        gold = metrics.get(f"{algo}.heldout_gold_reward")
-        if sft is not None and gold is not None:
-            out.append(CheckRow(f"rule: {algo} beats SFT on gold reward", sft, gold, None, gold > sft, "now > SFT"))
+    for _, dirs in _runs(suite_dir):
+        name = {stage: path.name for stage, path in dirs.items()}
+        for algo in algorithms.NAMES:
+            spec = algorithms.get(algo)
+            summaries = _complete_summaries(dirs.get(algo))
+            if spec.critic or not summaries:
+                continue
+            critic = [r for r in summaries if "critic" in r.get("model_state_bytes", {})]
+            label = spec.label + name[algo].removeprefix(algo)
+            out.append(CheckRow(f"rule: {label} builds no value model", None, None, None, not critic,
+                                "no critic states recorded" if not critic else "a critic was recorded"))
+        focus = name.get(algorithms.FOCUS, algorithms.FOCUS)
+        ratio = metrics.get(f"{focus}.peak_memory_ratio_vs_{comparison.BASELINE}")
+        if ratio is not None:
+            out.append(CheckRow(f"rule: {algorithms.label(algorithms.FOCUS)}{focus.removeprefix(algorithms.FOCUS)} "
+                                "peak memory below PPO's", 1.0, ratio, None, ratio < 1.0, "ratio < 1"))
+        sft = metrics.get(f"{name.get('sft', 'sft')}.heldout_gold_reward")
+        for algo in algorithms.needing_reward_model():
+            gold = [r.get("heldout_gold_reward") for r in _complete_summaries(dirs.get(algo))]
+            if sft is not None and any(g is not None for g in gold):
+                out.append(_beats_sft(name[algo], uncertainty.mean_interval(gold), sft))
+        out += _not_worse_than_baseline(dirs, name)
     return out
+
+
+def _beats_sft(run: str, gold: uncertainty.Interval, sft: float) -> CheckRow:
+    """An RL algorithm beats the SFT model it started from when the lower end of its gold reward's 95% interval over
+    seeds is above SFT's (one seed: its value)."""
+    if gold.has_interval:
+        return CheckRow(f"rule: {run} beats SFT on gold reward", sft, gold.lo, None, gold.lo > sft,
+                        f"95% interval [{gold.lo:.4g}, {gold.hi:.4g}] over {gold.n} seeds above SFT")
+    return CheckRow(f"rule: {run} beats SFT on gold reward", sft, gold.point, None, gold.point > sft,
+                    "one seed: its value above SFT")
+
+
+def _not_worse_than_baseline(dirs: dict[str, Path], name: dict[str, str]) -> list[CheckRow]:
+    """The paper's claim on quality: ReMax matches PPO. It fails only when the seeds resolve PPO as better (the
+    probability of improvement's 95% interval below 0.5, from 3 seeds each)."""
+    focus, base = algorithms.FOCUS, comparison.BASELINE
+    x = [r.get("heldout_gold_reward") for r in _complete_summaries(dirs.get(focus))]
+    y = [r.get("heldout_gold_reward") for r in _complete_summaries(dirs.get(base))]
+    x, y = [v for v in x if v is not None], [v for v in y if v is not None]
+    if not x or not y:
+        return []
+    poi = uncertainty.probability_of_improvement([[v] for v in x], [[v] for v in y])[0]
+    verdict = uncertainty.told_apart(poi, len(x), len(y))
+    words = uncertainty.order_in_words(algorithms.label(focus), algorithms.label(base), "gold reward", poi, len(x), len(y))
+    return [CheckRow(f"rule: {name[focus]} not worse than {name[base]} on gold reward", 0.5, poi.point, None,
+                     verdict >= 0, words.split(": ", 1)[1])]
 
 
 def load_baseline(path: str | Path) -> dict:
@@ -178,7 +221,8 @@ def reproduce(suite_dir: str | Path, stage: str = algorithms.FOCUS, seed: int | 
     import tempfile
 
     suite_dir = Path(suite_dir)
-    seeds = sorted(p for p in (suite_dir / stage).glob("seed*") if p.is_dir() and results.is_complete(p))
+    stage_root = _runs(suite_dir)[0][1].get(stage)  # in a sweep: its first value's run
+    seeds = sorted(p for p in stage_root.glob("seed*") if p.is_dir() and results.is_complete(p)) if stage_root else []
     if seed is not None:
         seeds = [p for p in seeds if p.name == f"seed{seed}"]
     name = f"rule: {stage} reproducible with a fixed seed"

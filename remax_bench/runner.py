@@ -12,7 +12,8 @@ critic (PPO's) or a reward-model judge still needs the reward_model stage.
 
 SFT and the reward model are trained once (with the first seed): every algorithm then starts from the very
 same policy and optimises the very same reward, which is what makes the comparison matched. PPO, ReMax, DPO
-and eval run once per seed.
+and eval run once per seed, and once per value of a sweep (core/sweep.py: ``<stage>@kl_coef=0.1/seed0``); the
+preparation stages are shared by every value of a sweep over a field they do not read.
 
 Each stage is a subprocess (``python -m trainers.<stage>``, or the ``deepspeed`` launcher when the suite asks
 for several GPUs), so its peak memory is its own and a crash takes down one stage only. A stage writes into
@@ -35,7 +36,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from remax_bench.core import algorithms, results
+from remax_bench.core import algorithms, results, sweep
 from remax_bench.core.config import Suite
 from remax_bench.outcome import OK, Outcome
 
@@ -57,10 +58,16 @@ class StagePlan:
     seed: int
     needs: list[str] = field(default_factory=list)  # keys of the stages this one reads
     given: str | None = None  # a checkpoint given in the suite instead of training this stage
+    variant: str = ""  # the sweep value this stage runs ("" outside a sweep, or shared by every value)
+    suite: Suite | None = None  # the concrete suite it runs (a sweep's variant); None: the runner's suite
+
+    @property
+    def dirname(self) -> str:
+        return results.stage_dirname(self.stage, self.variant)
 
     @property
     def key(self) -> str:
-        return f"{self.stage}/seed{self.seed}"
+        return f"{self.dirname}/seed{self.seed}"
 
     @property
     def module(self) -> str:
@@ -68,21 +75,14 @@ class StagePlan:
 
 
 def plan(suite: Suite, seeds: list[int] | None = None, only: list[str] | None = None) -> list[StagePlan]:
-    """The stages to run, in dependency order."""
+    """The stages to run, in dependency order: those of every value of the suite's sweep, each stage shared by
+    several values once."""
     seeds = list(seeds if seeds is not None else suite.seeds)
-    prep_seed = seeds[0]
-    enabled = suite.enabled_algorithms()
-    stages = [StagePlan("sft", prep_seed, given=suite.sft.path)]
-    if suite.needs_reward_model_stage():
-        stages.append(StagePlan("reward_model", prep_seed, needs=[f"sft/seed{prep_seed}"], given=suite.reward_model.path))
-    for seed in seeds:
-        for name in enabled:
-            stages.append(algorithm_stage(name, seed, prep_seed, suite.shared.reward_function))
-        if suite.eval.enabled:
-            needs = [f"sft/seed{prep_seed}"] + [f"{a}/seed{seed}" for a in enabled]
-            if suite.eval.judge.type == "reward_model":
-                needs.append(f"reward_model/seed{prep_seed}")
-            stages.append(StagePlan("eval", seed, needs=needs))
+    planned: dict[str, StagePlan] = {}
+    for variant in sweep.variants(suite):
+        for item in variant_plan(variant, seeds):
+            planned.setdefault(item.key, item)
+    stages = list(planned.values())
     if only:
         unknown = set(only) - {s.stage for s in stages}
         if unknown:
@@ -92,13 +92,38 @@ def plan(suite: Suite, seeds: list[int] | None = None, only: list[str] | None = 
     return stages
 
 
-def algorithm_stage(name: str, seed: int, prep_seed: int, reward_function: str | None = None) -> StagePlan:
+def variant_plan(variant: sweep.Variant, seeds: list[int]) -> list[StagePlan]:
+    """The stages of one concrete suite (one value of a sweep), in dependency order."""
+    suite, label = variant.suite, variant.label
+    prep = "" if variant.shares_preparation else label  # shared by every value unless they read the swept field
+    prep_seed = seeds[0]
+    sft, reward_model = f"{results.stage_dirname('sft', prep)}/seed{prep_seed}", \
+        f"{results.stage_dirname('reward_model', prep)}/seed{prep_seed}"
+    enabled = suite.enabled_algorithms()
+    stages = [StagePlan("sft", prep_seed, given=suite.sft.path, variant=prep, suite=suite)]
+    if suite.needs_reward_model_stage():
+        stages.append(StagePlan("reward_model", prep_seed, needs=[sft], given=suite.reward_model.path, variant=prep,
+                                suite=suite))
+    for seed in seeds:
+        algorithm_stages = [algorithm_stage(name, seed, prep_seed, suite.shared.reward_function, label, prep, suite)
+                            for name in enabled]
+        stages += algorithm_stages
+        if suite.eval.enabled:
+            needs = [sft] + [a.key for a in algorithm_stages]
+            if suite.eval.judge.type == "reward_model":
+                needs.append(reward_model)
+            stages.append(StagePlan("eval", seed, needs=needs, variant=label, suite=suite))
+    return stages
+
+
+def algorithm_stage(name: str, seed: int, prep_seed: int, reward_function: str | None = None, variant: str = "",
+                    prep_variant: str = "", suite: Suite | None = None) -> StagePlan:
     """One algorithm's stage: it starts from the SFT model and, if it optimises one (or starts a critic from
     it), the reward model; with shared.reward_function the online algorithms score with that instead."""
-    needs = [f"sft/seed{prep_seed}"]
+    needs = [f"{results.stage_dirname('sft', prep_variant)}/seed{prep_seed}"]
     if algorithms.needs_reward_model_stage(name, reward_function):
-        needs.append(f"reward_model/seed{prep_seed}")
-    return StagePlan(name, seed, needs=needs)
+        needs.append(f"{results.stage_dirname('reward_model', prep_variant)}/seed{prep_seed}")
+    return StagePlan(name, seed, needs=needs, variant=variant, suite=suite)
 
 
 class Runner:
@@ -110,6 +135,7 @@ class Runner:
         self.overrides = list(overrides)  # the --set KEY=VALUE that made `suite` from its file, for the manifests
         self.waits: dict[str, str | None] = {}  # why a ready stage waits (devices held by another run)
         self.first_progress: dict[str, tuple[float, int]] = {}  # key -> (time, step) of its first progress line
+        self.plans: dict[str, StagePlan] = {}  # the running plan's stages by key
 
     # -- paths and configs ----------------------------------------------------------------------
     def final_dir(self, key: str) -> Path:
@@ -140,10 +166,14 @@ class Runner:
             return None
         return results.read_json(final / "manifest.json").get("config_hash")
 
+    def suite_of(self, item: StagePlan) -> Suite:
+        """The concrete suite a stage runs: its sweep value's, else the runner's."""
+        return item.suite if item.suite is not None else self.suite
+
     def stage_config(self, item: StagePlan, plans: dict[str, StagePlan]) -> dict:
         inputs: dict = {}
         for need in item.needs:
-            stage = need.split("/")[0]
+            stage = results.split_stage_dirname(need.split("/")[0])[0]
             if item.stage == "eval":
                 inputs.setdefault("checkpoints", {})
                 if stage == "reward_model":
@@ -152,15 +182,15 @@ class Runner:
                     inputs["checkpoints"][stage] = self.checkpoint_of(need, plans)
             else:
                 inputs[stage] = self.checkpoint_of(need, plans)
-        return {"stage": item.stage, "seed": item.seed, "suite": self.suite.resolved(), "inputs": inputs,
+        return {"stage": item.stage, "seed": item.seed, "suite": self.suite_of(item).resolved(), "inputs": inputs,
                 "input_ids": {need: self.identity_of(need, plans) for need in item.needs},
                 "overrides": self.overrides}
 
     def config_path(self, item: StagePlan) -> Path:
-        return self.root / ".configs" / f"{item.stage}-seed{item.seed}.json"
+        return self.root / ".configs" / f"{item.dirname}-seed{item.seed}.json"
 
     def log_path(self, item: StagePlan) -> Path:
-        return self.root / "logs" / f"{item.stage}-seed{item.seed}.log"
+        return self.root / "logs" / f"{item.dirname}-seed{item.seed}.log"
 
     def command(self, item: StagePlan, gpus: list[int] | None = None, master_port: int | None = None) -> list[str]:
         """The stage's command on this machine; ``gpus`` and ``master_port``: its share (remax_bench/devices.py)."""
@@ -241,7 +271,7 @@ class Runner:
         whose input failed is blocked, and every other goes on."""
         if dry_run:
             return self.preview(stages)
-        plans = {s.key: s for s in stages}
+        plans = self.plans = {s.key: s for s in stages}
         labels = {s.key: f"[{i}/{len(stages)}] {s.key}" for i, s in enumerate(stages, 1)}
         outcomes: dict[str, Outcome] = {}
         waiting = list(stages)
@@ -301,9 +331,9 @@ class Runner:
         self.waits[item.key] = wait
         return wait is None
 
-    def expected_steps(self, item_stage: str) -> int | None:
-        if item_stage in algorithms.REGISTRY:
-            return self.suite.iterations
+    def expected_steps(self, item: StagePlan) -> int | None:
+        if item.stage in algorithms.REGISTRY:
+            return self.suite_of(item).iterations
         return None
 
     def show_line(self, label: str, key: str, line: str) -> None:
@@ -321,7 +351,7 @@ class Runner:
             shown = {}
         keys = [k for k in ("reward_mean", "kl", "loss", "accuracy", "eval_loss") if k in shown]
         text = " ".join(f"{k}={shown[k]:.3f}" for k in keys)
-        expected = self.expected_steps(key.split("/")[0])
+        expected = self.expected_steps(self.plans[key])
         step_text = f"step {step}/{expected}" if expected else f"step {step}"
         seen_at, seen_step = self.first_progress.setdefault(key, (time.time(), step))
         if expected and step > seen_step:  # from this attempt's own pace (a resumed stage starts mid-way)

@@ -328,7 +328,7 @@ class SlurmExecutor:
         results.write_json(config_path, config)
         final = runner.final_dir(item.key).resolve()
         command = task_command(item.module, config_path, final)
-        job_name = f"{runner.suite.name}.{item.stage}.seed{item.seed}"
+        job_name = f"{runner.suite.name}.{item.dirname}.seed{item.seed}"
         executor = submitit.SlurmExecutor(folder=self.folder)
         executor.update_parameters(**job_parameters(item.stage, runner.suite.runtime, job_name, dependencies))
         job = executor.submit(StageJob(command, str(runner.log_path(item).resolve()), str(final)))

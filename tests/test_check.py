@@ -67,7 +67,11 @@ def test_rules_hold_on_a_good_run(suite_dir):
         "rule: ReMax peak memory below PPO's",
         "rule: ppo beats SFT on gold reward",
         "rule: remax beats SFT on gold reward",
+        "rule: remax not worse than ppo on gold reward",
     }
+    # Two seeds: the interval is their range, and its lower end (0.66 for ReMax) is what must beat SFT (0.5).
+    beats = {r.name: r for r in rows}["rule: remax beats SFT on gold reward"]
+    assert beats.now == pytest.approx(0.66) and "[0.66, 0.7] over 2 seeds" in beats.note
 
 
 def test_rules_catch_a_critic_and_rl_below_sft(tmp_path):
@@ -83,7 +87,40 @@ def test_rules_catch_a_critic_and_rl_below_sft(tmp_path):
         "rule: ReMax peak memory below PPO's": False,
         "rule: ppo beats SFT on gold reward": True,
         "rule: remax beats SFT on gold reward": False,
+        "rule: remax not worse than ppo on gold reward": True,  # one seed each: no order is claimed
     }
+
+
+def test_quality_rules_read_the_interval_over_seeds(tmp_path):
+    root = tmp_path / "tiny"
+    _stage(root, "sft", 0, {"heldout_gold_reward": 0.5})
+    # ReMax's mean (0.6) is above SFT, but one seed of three is below it: the interval's lower end is too.
+    # PPO beats ReMax on every pair of seeds: with three seeds each the interval of P(ReMax > PPO) is [0, 0].
+    for seed, (ppo_gold, remax_gold) in enumerate([(0.8, 0.45), (0.82, 0.65), (0.84, 0.7)]):
+        _stage(root, "ppo", seed, {"heldout_gold_reward": ppo_gold})
+        _stage(root, "remax", seed, {"heldout_gold_reward": remax_gold})
+    rows = {r.name: r for r in check.rules(root, check.collect_metrics(root))}
+    assert not rows["rule: remax beats SFT on gold reward"].passed
+    assert rows["rule: remax beats SFT on gold reward"].now == pytest.approx(0.45)
+    worse = rows["rule: remax not worse than ppo on gold reward"]
+    assert not worse.passed and worse.now == 0.0
+    assert "PPO is better than ReMax (P(ReMax > PPO) = 0.00 [0.00, 0.00], 3 seeds each)" in worse.note
+
+
+def test_a_sweep_names_each_value_in_metrics_and_rules(tmp_path):
+    root = tmp_path / "tiny"
+    _stage(root, "sft", 0, {"heldout_gold_reward": 0.5})
+    for label, gold in (("kl_coef=0.1", 0.7), ("kl_coef=0.05", 0.6)):
+        _stage(root, f"remax@{label}", 0, {"heldout_gold_reward": gold, "model_state_bytes": _states(10)})
+        _stage(root, f"eval@{label}", 0, {"rows": [{"name": "remax", "win_rate": 100 * gold}, {"name": "sft",
+                                                                                               "win_rate": 50.0}]})
+    metrics = check.collect_metrics(root)
+    assert metrics["sft.heldout_gold_reward"] == 0.5
+    assert metrics["remax@kl_coef=0.05.heldout_gold_reward"] == 0.6
+    assert metrics["remax@kl_coef=0.1.win_rate"] == pytest.approx(70.0) and metrics["sft.win_rate"] == 50.0
+    names = [r.name for r in check.rules(root, metrics)]
+    assert names == ["rule: ReMax@kl_coef=0.05 builds no value model", "rule: remax@kl_coef=0.05 beats SFT on gold reward",
+                     "rule: ReMax@kl_coef=0.1 builds no value model", "rule: remax@kl_coef=0.1 beats SFT on gold reward"]
 
 
 def test_update_baseline_keeps_tolerances_and_sets_defaults(tmp_path):

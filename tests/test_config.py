@@ -106,6 +106,12 @@ def test_bounded_value():
     assert message == "shared.generation.top_p: expected a number in (0, 1], got 1.5"
 
 
+def test_unjudged_share_is_a_validated_eval_field():
+    assert load_suite_text(TINY).eval.max_unjudged_fraction == 0.02
+    message = _error(_with(lambda d: d["eval"].update(max_unjudged_fraction=1.5)))
+    assert message == "eval.max_unjudged_fraction: expected a number in [0, 1], got 1.5"
+
+
 def test_algorithm_block_cannot_override_shared():
     message = _error(_with(lambda d: d["ppo"].update(learning_rate=1e-5)))
     assert message == (

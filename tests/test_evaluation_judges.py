@@ -190,7 +190,7 @@ def test_key_never_written_to_any_file(key, tmp_path):
         "mt_bench": {"questions": str(FIXTURES / "mt_bench" / "question.jsonl"),
                      "judge_prompts": str(FIXTURES / "judge_prompts.jsonl")},
         "judge": {"type": "openai", "model": "judge-model", "api_key_env": KEY_ENV, "max_retries": 0},
-        "bootstrap_samples": 50,
+        "bootstrap_samples": 50, "max_unjudged_fraction": 0.5,  # 1 of 3 pairs unjudged: the figures still count
     })
     reference = [{"instruction": i, "output": "GOOD", "generator": "ref"} for i in
                  ("Name a fruit.", "Count to three.", "Say hello.")]

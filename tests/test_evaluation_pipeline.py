@@ -211,3 +211,40 @@ def test_cli_entry_point_and_its_errors(tmp_path, checkpoints, capsys, monkeypat
     with pytest.raises(EvalDataError, match="eval.mt_bench.questions"):
         run_eval_stage(config, tmp_path / "out3")
     assert not (tmp_path / "out3").exists()
+
+
+def test_what_a_reader_must_know_is_warned_recorded_and_in_the_manifest(tmp_path):
+    """Prompts trimmed to the context and the temperatures used are counted in generation.json, warned on the
+    console and kept in the stage's manifest."""
+    from remax_bench.core.stage import stage_main
+    from remax_bench.evaluation.stage import evaluate
+
+    short = tmp_path / "ckpts"
+    for name, seed in (("sft", 0), ("remax", 1)):  # a 40-token context: second turns do not fit whole
+        save_pretrained(*build_tiny_model("tiny:nano,max_position_embeddings=40", seed), short / name)
+    _, path = _stage_config(tmp_path, short, names=("sft", "remax"))
+    final = tmp_path / "results" / "nano" / "eval" / "seed0"
+    assert stage_main("eval", evaluate, ["--config", str(path), "--out", str(final)]) == 0
+    record = json.loads((final / "eval" / "remax" / "generation.json").read_text())
+    n_turns, trimmed = record["prompts_trimmed"]["mt_bench"]
+    assert n_turns == 6 and trimmed > 0 and record["context_room"] == 40 - 6
+    assert sum(record["answers_by_temperature"].values()) == record["n_generated"] == 8 + 6
+    assert record["answers_by_temperature"]["0.0"] == 8  # AlpacaEval greedy; MT-bench at its categories' own
+    warnings = json.loads((final / "manifest.json").read_text())["warnings"]
+    assert f"remax: {trimmed} of 6 MT-bench prompts (turns) were longer than the context leaves room for (34 tokens" \
+        in " ".join(warnings)
+    assert any(w.startswith("MT-bench answers sampled at temperature ") and "eval.mt_bench.temperature: fastchat" in w
+               for w in warnings)
+
+
+def test_reference_answers_of_a_local_question_file_are_named(tmp_path):
+    from remax_bench.evaluation.data import reference_answers_note
+
+    questions = [json.loads(line) for line in (FIXTURES / "mt_bench" / "question.jsonl").read_text().splitlines()]
+    assert reference_answers_note(str(FIXTURES / "mt_bench" / "question.jsonl"), questions) is None  # gpt-4.jsonl
+    alone = tmp_path / "question.jsonl"
+    shutil.copy(FIXTURES / "mt_bench" / "question.jsonl", alone)
+    note = reference_answers_note(str(alone), questions)
+    guided = sum(q["category"] in ("math", "reasoning", "coding") for q in questions)
+    assert guided and f"no {tmp_path / 'reference_answer'}/ beside the question file" in note
+    assert f"of the {guided} math, reasoning and coding questions are graded against the question file's own" in note

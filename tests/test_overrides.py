@@ -70,10 +70,12 @@ def test_overrides_reach_every_stage_config_and_its_identity(tmp_path):
     edited = yaml.safe_load(NANO.read_text())
     edited["shared"]["kl_coef"] = 0.1
     (tmp_path / "edited.yaml").write_text(yaml.safe_dump(edited))
-    same = Runner(load_suite(tmp_path / "edited.yaml"), tmp_path).stage_config(stages[-1], plans)
-    assert config_hash(same) == config_hash(config)
-    plain = Runner(load_suite(NANO), tmp_path).stage_config(stages[-1], plans)
-    assert config_hash(plain) != config_hash(config)
+    def last_stage_config(suite):  # each runner plans its own suite (a stage carries the suite it was planned from)
+        own = plan(suite)
+        return Runner(suite, tmp_path).stage_config(own[-1], {s.key: s for s in own})
+
+    assert config_hash(last_stage_config(load_suite(tmp_path / "edited.yaml"))) == config_hash(config)
+    assert config_hash(last_stage_config(load_suite(NANO))) != config_hash(config)
 
 
 def test_dry_run_of_a_gpu_suite_prints_the_plan_and_what_would_stop_it(tmp_path, monkeypatch):

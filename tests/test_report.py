@@ -79,22 +79,28 @@ def _metrics(algo, seed):
     return rows
 
 
+NOT_ESTIMABLE = "not estimable: the longer output won each of the 100 decided pairs, so length alone explains it"
+
+
 def _eval_summary(seed):
     if seed == 0:  # win rates as fractions: the report turns them into percent
         rows = [
             {"name": "sft", "win_rate": 0.5, "win_rate_ci": [0.45, 0.55], "mt_bench_score": 4.0, "mt_bench_ci": [3.5, 4.5]},
             {"name": "ppo", "win_rate": 0.70, "win_rate_se": 0.02, "win_rate_ci": [0.66, 0.74], "lc_win_rate": None,
-             "n": 128, "n_unjudged": 3, "mt_bench_n_unjudged": 2, "mt_bench_score": 5.0, "mt_bench_ci": [4.5, 5.5]},
+             "n": 128, "n_unjudged": 3, "mt_bench_n_unjudged": 2, "mt_bench_n_judgments": 256, "mt_bench_score": 5.0,
+             "mt_bench_ci": [4.5, 5.5]},
             {"name": "remax", "win_rate": 0.80, "win_rate_ci": [0.75, 0.85], "mt_bench_score": 6.0,
-             "mt_bench_ci": [5.5, 6.5], "mt_bench_turn1": 6.2, "mt_bench_turn2": 5.8},
-            {"name": "dpo", "win_rate": 0.60, "win_rate_ci": [0.55, 0.65], "mt_bench_score": 4.5},
+             "mt_bench_ci": [5.5, 6.5], "mt_bench_turn1": 6.2, "mt_bench_turn2": 5.8, "n": 128, "n_unjudged": 0,
+             "lc_win_rate": None, "lc_not_estimable": NOT_ESTIMABLE},
+            {"name": "dpo", "win_rate": 0.60, "win_rate_ci": [0.55, 0.65], "mt_bench_score": 4.5, "lc_win_rate": 0.57},
         ]
     else:  # already percent
         rows = [
             {"name": "sft", "win_rate": 50.0, "mt_bench_score": 4.2},
             {"name": "ppo", "win_rate": 72.0, "win_rate_ci": [68.0, 76.0], "mt_bench_score": 5.2, "mt_bench_ci": [4.7, 5.7]},
-            {"name": "remax", "win_rate": 76.0, "win_rate_ci": [71.0, 81.0], "mt_bench_score": 6.4, "mt_bench_ci": [5.9, 6.9]},
-            {"name": "dpo", "win_rate": 58.0, "win_rate_ci": [53.0, 63.0], "mt_bench_score": 4.7},
+            {"name": "remax", "win_rate": 76.0, "win_rate_ci": [71.0, 81.0], "mt_bench_score": 6.4, "mt_bench_ci": [5.9, 6.9],
+             "n": 128, "n_unjudged": 2, "lc_win_rate": None, "lc_not_estimable": NOT_ESTIMABLE},
+            {"name": "dpo", "win_rate": 58.0, "win_rate_ci": [53.0, 63.0], "mt_bench_score": 4.7, "lc_win_rate": 55.0},
         ]
     return {"n_prompts": 128, "rows": rows}
 
@@ -155,12 +161,15 @@ def test_summary_csv_hand_numbers(full):
 
 def test_summary_md_aggregates_and_quotes_the_paper(full):
     md = (full.parent / "summary.md").read_text()
-    # ReMax gold reward: mean of 0.70 and 0.66, std 0.0283 (shown with the mean's 3 decimals).
-    assert re.search(r"\| ReMax \| 2 \| 0\.680 ± 0\.028 \|", md)
-    assert "45.0% (per seed: 45.0%, 45.0%)" in md and "1.60x (per seed: 1.60x, 1.60x)" in md and "40.0%" in md
+    # ReMax gold reward: mean of 0.70 and 0.66; two seeds' percentile bootstrap interval is their range.
+    summary = md.split("## Summary")[1]
+    assert re.search(r"\| ReMax \| 2 \| 0\.680 \[0\.660, 0\.700\] \|", summary)
+    assert "45.0% (per seed: 45.0%, 45.0%; 95% interval over seeds [45.0%, 45.0%])" in md
+    assert "1.60x (per seed: 1.60x, 1.60x; 95% interval over seeds [1.60x, 1.60x])" in md and "40.0%" in md
+    assert "55.0% (95% interval over seeds [55.0%, 55.0%])" in md  # DPO's peak memory saving
     assert "~46% less GPU memory" in md and "~1.6x faster training" in md
     assert "94.78%" in md and "7.739" in md and "Li et al. 2023" in md
-    assert "shared, runtime blocks of ppo / remax / dpo): none" in md
+    assert "shared, runtime blocks of the algorithms): none" in md
     assert "peak memory: rss_above_baseline" in md
     assert "reward model (seed 0): held-out pairwise accuracy 0.800 (0.500 before training)" in md
     assert "none" in md.split("## Failed or missing stages")[1].split("##")[0]
@@ -313,9 +322,37 @@ def test_the_report_is_logged_to_the_trackers_of_its_runs(full):
     from tracker_files import tensorboard_run
 
     run = tensorboard_run(full.parent.parent.parent / "results" / "tiny" / "tensorboard" / "report")
-    plots = {f"plots/{Path(name).stem}" for name in report.PLOT_FILES if (full.parent / name).is_file()}
+    plots = {f"plots/{Path(name).stem}" for name in (*report.PLOT_FILES, "frontier.png") if (full.parent / name).is_file()}
     assert set(run.Tags()["images"]) == plots and plots
     texts = {tag.removesuffix("/text_summary") for tag in run.Tags()["tensors"]}
     assert {"summary", "per_seed", "remax_vs_ppo", "config", "run"} <= texts
     summary = run.Tensors("summary/text_summary")[0].tensor_proto.string_val[0].decode()
     assert summary.startswith("| algorithm |") and "ReMax" in summary
+
+
+def test_judged_figures_carry_their_unjudged_count_and_lc_says_why_it_is_not_estimable(full):
+    md = (full.parent / "summary.md").read_text()
+    table = md.split("## Summary")[1]
+    # PPO: 3 of its 128 pairs unjudged (seed 0) beside the mean win rate, 2 of 256 MT-bench turns beside its score.
+    assert re.search(r"\| PPO \| 2 \|.*\| 71\.00 \[70\.00, 72\.00\] \(3 of 128 pairs unjudged\) \|", table)
+    assert "5.10 [5.00, 5.20] (2 of 256 turns unjudged)" in table
+    # ReMax: the win rate over both seeds leaves 2 of 256 pairs out; its LC fit measures nothing on either seed.
+    assert "78.00 [76.00, 80.00] (2 of 256 pairs unjudged)" in table
+    remax = next(line for line in table.splitlines() if line.startswith("| ReMax |"))
+    assert "not estimable (see the notes)" in remax
+    assert f"- ReMax length-controlled win rate (seed 0, 1): {NOT_ESTIMABLE}" in md
+    dpo = next(line for line in table.splitlines() if line.startswith("| DPO |"))
+    assert "| 56.00 [55.00, 57.00] |" in dpo  # a real estimate where there is one (57% and 55%)
+    paper = md.split("## ReMax vs PPO")[1].split("##")[0]
+    assert "(2 of 256 pairs unjudged)" in paper  # the paper's comparison says it too
+
+
+def test_warnings_of_the_stages_are_in_the_report(tmp_path):
+    root = build_tree(tmp_path / "results", seeds=(0,))
+    manifest = json.loads((root / "eval" / "seed0" / "manifest.json").read_text())
+    manifest["warnings"] = ["remax: 46 of 160 MT-bench prompts (turns) were longer than the context leaves room for"]
+    _write(root / "eval" / "seed0" / "manifest.json", manifest)
+    index = report.write_report(tmp_path / "results", tmp_path / "reports", "tiny", dpi=40)
+    md = (index.parent / "summary.md").read_text()
+    assert "- eval/seed0: remax: 46 of 160 MT-bench prompts (turns) were longer" in md.split("## Warnings")[1]
+    assert "46 of 160 MT-bench prompts" in index.read_text()

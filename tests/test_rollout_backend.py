@@ -178,3 +178,21 @@ def test_engine_sleeps_between_rollouts_on_cuda_only(tmp_path, monkeypatch, devi
     else:
         assert _RecordingLLM.calls == [("init", False), ("generate", 2), ("reload_weights", n_tensors), ("generate", 2)]
     assert batch.response_mask.tolist() == [[1.0], [1.0]]  # eos first: one-token answers
+
+
+def test_the_cpu_build_prefills_unchunked_in_both_engines(monkeypatch):
+    """Seeded sampling on vLLM's CPU build needs whole prefills (tests/test_vllm_long_prompts.py runs it); the
+    rollout engine and the eval generators take the setting from one place."""
+    from remax_bench.core import vllm_support
+    from remax_bench.evaluation import generation
+
+    assert vllm_support.build_engine_kwargs(cpu_build=True) == {"enable_chunked_prefill": False}
+    assert vllm_support.build_engine_kwargs(cpu_build=False) == {}  # CUDA's generator rewinds: chunks stay
+    monkeypatch.setattr(generation, "vllm_is_cpu_build", lambda: True)
+    assert generation.vllm_engine_kwargs("ckpt")["enable_chunked_prefill"] is False
+    monkeypatch.setattr(generation, "vllm_is_cpu_build", lambda: False)
+    assert "enable_chunked_prefill" not in generation.vllm_engine_kwargs("ckpt")
+    engine = SimpleNamespace(llm_engine=SimpleNamespace(vllm_config=SimpleNamespace(scheduler_config=SimpleNamespace(
+        enable_chunked_prefill=False, max_num_batched_tokens=4096, max_num_seqs=40))))
+    assert vllm_support.scheduler_record(engine) == {"enable_chunked_prefill": False, "max_num_batched_tokens": 4096,
+                                                     "max_num_seqs": 40}

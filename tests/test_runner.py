@@ -196,6 +196,17 @@ def _start_runner_and_its_stage(tmp_path, suite):
     raise AssertionError("the stage never started")
 
 
+def _holds(path, text, within=60.0):
+    import time
+
+    deadline = time.time() + within
+    while time.time() < deadline:
+        if path.is_file() and text in path.read_text():
+            return True
+        time.sleep(0.1)
+    return False
+
+
 def _gone(pid, within=10.0):
     import time
 
@@ -215,9 +226,13 @@ def test_stage_dies_with_its_runner_on_sigkill_and_sigterm(tmp_path):
 
     suite = _long_sft_suite(tmp_path)
     runner, stage = _start_runner_and_its_stage(tmp_path, suite)
+    log = tmp_path / "res" / "nano" / "logs" / "sft-seed0.log"
+    # The stage log holds each line as the stage prints it (the first progress line follows step 0's metrics)...
+    assert _holds(log, "[progress] stage=sft step=0"), "the stage's output did not reach its log while it ran"
     os.kill(runner.pid, signal.SIGKILL)
     runner.wait()
     assert _gone(stage), "the stage outlived a SIGKILLed runner"
+    assert "[progress] stage=sft step=0" in log.read_text()  # ... and keeps it when both are killed
 
     # SIGTERM (a scheduler): the stage is stopped, recorded as interrupted, and the runner exits 1.
     shutil.rmtree(tmp_path / "res" / "nano" / "sft" / ".seed0.partial")  # left by the SIGKILLed stage

@@ -284,7 +284,7 @@ class OnlineTrainer:
         save_every = max(1, iterations // 4)
         step_times, phase_totals = [], {"generate": 0.0, "sync": 0.0, "score": 0.0, "train": 0.0}
         tokens_total = sampled_total = 0
-        rewards, last_eval = [], None
+        rewards, kls, last_eval = [], [], None
         # Prompts per iteration follow shared.rollout_batch_unit (rollout_batch_size / k when it counts samples).
         budget = suite.matched_budget(run.stage)
         run.manifest_extra["matched_budget"] = budget
@@ -308,6 +308,7 @@ class OnlineTrainer:
                 sampled_total += metrics["sampled_tokens"]
             generated += metrics["tokens"]
             rewards.append(metrics["reward_mean"])
+            kls.append(metrics["kl"])
             row = {**metrics, "generated_tokens": generated, "time_step_s": elapsed,
                    "tokens_per_second": metrics["tokens"] / elapsed}
             row.update({f"time_{k}_s": phases.get(k, 0.0) for k in phase_totals})
@@ -322,8 +323,10 @@ class OnlineTrainer:
             self.policy.save_pretrained(run.checkpoint_dir, models.tokenizer)
         measured = max(len(step_times), 1)
         tail = rewards[-max(1, len(rewards) // 10):]  # the last 10% of steps
+        kl_tail = kls[-len(tail):]
         summary.update(
             final_reward_mean=sum(tail) / len(tail),
+            final_kl=sum(kl_tail) / len(kl_tail),  # the KL to the reference where training ended, beside its reward
             time_per_iteration_s=sum(step_times) / measured,
             time_split_s={k: v / measured for k, v in phase_totals.items()},
             tokens_per_second=tokens_total / max(sum(step_times), 1e-9),

@@ -32,7 +32,7 @@ from typing import Iterator
 
 import torch
 
-from remax_bench.core.vllm_support import ENGINE_KV_SLACK
+from remax_bench.core.vllm_support import ENGINE_KV_SLACK, build_engine_kwargs, scheduler_record, vllm_is_cpu_build
 from trainers.sequences import SequenceBatch, answers_batch, encode_prompts
 
 BLOCK_TOKENS = 16  # vLLM's KV cache block: a sequence's cache is rounded up to whole blocks
@@ -104,6 +104,7 @@ class VLLMRollouts:
             "kv_cache_memory_bytes": self.kv_cache_bytes,  # sized for the batch, not a share of the device
             "enable_prefix_caching": False,  # cached prefixes would outlive a weight update
             "enforce_eager": True,  # no graph capture or compilation: weights change every step
+            **build_engine_kwargs(vllm_is_cpu_build()),  # seeded rows at any prompt length on the CPU build
         }
         # Sleep between rollouts where vLLM can (CUDA's allocator): the memory goes back while the trainer trains.
         self.sleeps = device.type == "cuda"
@@ -121,6 +122,7 @@ class VLLMRollouts:
             else:
                 os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = before
         self.start_s = time.perf_counter() - start
+        self.scheduler = scheduler_record(self.llm)
         self.weight_bytes = sum(self.llm.apply_model(_parameter_bytes))
         self.asleep = False
         self.sleep()
@@ -172,6 +174,7 @@ class VLLMRollouts:
             "engine_weight_bytes": self.weight_bytes,
             "engine_kv_cache_bytes": self.kv_cache_bytes,
             "vllm_llm_kwargs": self.engine_kwargs,
+            "vllm_scheduler": self.scheduler,
         }
 
     def close(self) -> None:

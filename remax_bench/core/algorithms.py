@@ -242,6 +242,8 @@ def hyperparameter_table(suite) -> list[dict[str, str]]:
 
     shared = flat(suite.shared.model_dump(mode="json"))
     shared["iterations"] = suite.iterations  # resolved from the token budget when that is set
+    for field, values in suite.sweep.items():  # a sweep: every value is a run of every algorithm
+        shared[field.removeprefix("shared.")] = f"sweep {values}"
     for key, value in shared.items():
         rows.append({"setting": f"shared.{key}", "symbol": SYMBOLS.get(key.split(".")[-1], ""),
                      "shared": str(value), **{REGISTRY[a].label: "" for a in enabled}})

@@ -13,9 +13,9 @@ import math
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
-from pydantic import Field, create_model, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, create_model, field_validator, model_validator
 
-from remax_bench.core import algorithms
+from remax_bench.core import algorithms, sweep
 from remax_bench.core.schema import Strict
 from remax_bench.core.slurm_config import Slurm
 from remax_bench.core.trackers import NAMES as TRACKER_NAMES
@@ -149,6 +149,19 @@ class Shared(Strict):
         return math.ceil(self.token_budget / (self.rollout_batch_size * self.max_response_length))
 
 
+def _shared_scalar_fields() -> set[str]:
+    """The shared fields a sweep may list values for: every one that is not a block of its own (kl, generation)."""
+    return {name for name, info in Shared.model_fields.items()
+            if not (isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel))}
+
+
+def _located(error: dict, field: str) -> str:
+    """One pydantic error of a sweep's variant, with its field unless that is the swept field itself."""
+    where = ".".join(str(p) for p in error["loc"])
+    message = error["msg"].removeprefix("Value error, ")
+    return message if where in ("", field) else f"{where}: {message}"
+
+
 # -- stages and algorithms -------------------------------------------------------------------------
 class SFTStage(Strict):
     path: Optional[str] = Field(default=None, description="use this checkpoint instead of training")
@@ -230,6 +243,9 @@ class Eval(Strict):
     judge: Judge = Judge()
     conversation_template: Optional[str] = None  # FastChat template name; None: the tokenizer's chat template
     bootstrap_samples: int = Field(default=1000, gt=0)
+    # The largest share of one checkpoint's AlpacaEval pairs or MT-bench turns that may stay unjudged (the judge
+    # failed or gave no verdict) for its figures to count; above it the eval stage fails and writes no figure.
+    max_unjudged_fraction: float = Field(default=0.02, ge=0, le=1)
 
 
 # -- runtime ---------------------------------------------------------------------------------------
@@ -386,6 +402,31 @@ class Suite(_AlgorithmBlocks):
     eval: Eval = Eval()
     runtime: Runtime = Runtime()
     seeds: list[int] = [0]
+    # Several values of a shared scalar field, each a run of every algorithm (core/sweep.py). Written in a suite
+    # file as a list in place (`shared: {kl_coef: [0.05, 0.1, 0.2]}`), kept here with the first value in place.
+    sweep: dict[str, list[Any]] = Field(default={}, description="shared field -> its values, each a run of every "
+                                        "algorithm")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fold_sweep_lists(cls, data: Any) -> Any:
+        return sweep.fold_lists(data, _shared_scalar_fields())
+
+    @model_validator(mode="after")
+    def _sweep_values(self) -> "Suite":
+        errors = sweep.check(self.sweep, _shared_scalar_fields())
+        if errors:
+            raise ValueError("\n".join(errors))
+        if self.sweep:
+            for field, values in self.sweep.items():
+                for value in values:
+                    try:
+                        sweep.variants(self.model_copy(update={"sweep": {field: [value]}}))
+                    except ValidationError as err:
+                        inner = "; ".join(_located(e, field) for e in err.errors())
+                        raise ValueError(f"{field}: the sweep's value {sweep.format_value(value)} is not valid: "
+                                         f"{inner}") from None
+        return self
 
     @field_validator("seeds")
     @classmethod
@@ -515,8 +556,9 @@ class Suite(_AlgorithmBlocks):
         return merged
 
     def resolved(self) -> dict:
-        """Plain JSON-able dict; ``Suite.model_validate(suite.resolved())`` gives the same suite back."""
-        return self.model_dump(mode="json")
+        """Plain JSON-able dict; ``Suite.model_validate(suite.resolved())`` gives the same suite back. A suite that
+        sweeps nothing has no ``sweep`` key, so its configs and hashes are those of suites written before sweeps."""
+        return self.model_dump(mode="json", exclude={"sweep"} if not self.sweep else None)
 
     def config_hash(self) -> str:
         """What the suite computes, as 12 hex digits (its trackers left out: they only watch)."""

@@ -1,7 +1,7 @@
 """The results layout: one directory per stage and seed, written atomically.
 
 ```
-results/<suite>/<stage>/seed<k>/
+results/<suite>/<stage>/seed<k>/          (a sweep's runs: <stage>@<field>=<value>/seed<k>/)
   manifest.json   resolved config, its hash, package versions, git sha, device, start/end, status
   metrics.jsonl   one line per step
   summary.json    peak memory, wall time, time per iteration, throughput, final figures
@@ -24,6 +24,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from remax_bench.core.algorithms import PREPARATION_STAGES
+
 PARTIAL_PREFIX = "."
 PARTIAL_SUFFIX = ".partial"
 FAILED_SUFFIX = ".failed"
@@ -31,6 +33,55 @@ FAILED_SUFFIX = ".failed"
 
 def stage_dir(results_dir: str | Path, suite_name: str, stage: str, seed: int) -> Path:
     return Path(results_dir) / suite_name / stage / f"seed{seed}"
+
+
+# A sweep's runs (core/sweep.py) sit beside the others, the value in the stage's folder name:
+# results/<suite>/ppo@kl_coef=0.1/seed0/. Stages shared by every value of the sweep keep their plain name.
+VARIANT_SEPARATOR = "@"
+
+
+def stage_dirname(stage: str, variant: str = "") -> str:
+    return f"{stage}{VARIANT_SEPARATOR}{variant}" if variant else stage
+
+
+def split_stage_dirname(name: str) -> tuple[str, str]:
+    """(stage, variant) of a stage folder's name; the variant is "" outside a sweep."""
+    stage, _, variant = name.partition(VARIANT_SEPARATOR)
+    return stage, variant
+
+
+def variants_in(suite_dir: str | Path) -> list[str]:
+    """The sweep labels found in a suite's results folder ([""] when it holds no sweep)."""
+    found = {split_stage_dirname(p.name)[1] for p in Path(suite_dir).iterdir() if p.is_dir()} \
+        if Path(suite_dir).is_dir() else set()
+    labels = sorted(found - {""}, key=variant_sort_key)
+    return labels or [""]
+
+
+def variant_sort_key(label: str) -> tuple:
+    """Sweep labels in the order of their values (0.05 before 0.1 before 0.2), numbers as numbers."""
+    def value(text: str):
+        try:
+            return (0, float(text), "")
+        except ValueError:
+            return (1, 0.0, text)
+
+    return tuple(value(part.partition("=")[2]) for part in label.split(","))
+
+
+def stage_dirs_of(suite_dir: str | Path, variant: str = "") -> dict[str, Path]:
+    """stage -> its folder for one value of a sweep: the stage's run of that value, else, for the preparation
+    stages, the run every value shares. Outside a sweep (variant "") the plain folders."""
+    suite_dir = Path(suite_dir)
+    if not suite_dir.is_dir():
+        return {}
+    found = {split_stage_dirname(p.name): p for p in sorted(suite_dir.iterdir())
+             if p.is_dir() and not p.name.startswith(".")}
+    out = {stage: path for (stage, label), path in found.items() if label == variant}
+    if variant:
+        out.update({stage: path for (stage, label), path in found.items()
+                    if label == "" and stage in PREPARATION_STAGES and stage not in out})
+    return out
 
 
 def partial_dir(final: Path) -> Path:

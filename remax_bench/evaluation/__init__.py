@@ -16,6 +16,7 @@ from remax_bench.evaluation.pipeline import (
     load_eval_data,
     run_eval_stage,
 )
+from remax_bench.evaluation.unjudged import JudgingFailed
 
 __all__ = [
     "build_judge",
@@ -26,6 +27,7 @@ __all__ = [
     "evaluate_checkpoint",
     "generate_checkpoint",
     "judge_checkpoint",
+    "JudgingFailed",
     "load_eval_data",
     "run_eval_stage",
 ]

@@ -11,7 +11,11 @@
   is alpaca_eval's ``length_controlled_minimal`` formula (tanh of the standardised length difference plus
   a model term), fitted with alpaca_eval's own ``make_dmatrix_for_model`` / ``fit_LogisticRegressionCV``.
   When no GLM can be fitted (too few pairs, no length variation), ``lc_win_rate`` is None and
-  ``lc_error`` says why.
+  ``lc_error`` says why. When the fit is degenerate, ``lc_win_rate`` is None and ``lc_not_estimable`` says
+  why: the length term alone explains every verdict (the longer output won each decided pair, as on the
+  synthetic task, where a complete answer is longer than a lazy one) or the cross-validated L1 penalty set
+  the model's term to zero. Either way the GLM's answer at equal length is the model term's sigmoid(0) =
+  50%, a construction of the fit, not a measurement (its value and weights are kept as ``lc_fit``).
 """
 
 from __future__ import annotations
@@ -109,7 +113,31 @@ def length_controlled(annotations, full_glm: bool) -> dict:
         out["lc_error"] = "; ".join(notes) or None
     except Exception as err:  # noqa: BLE001 - recorded, never fatal
         out["lc_error"] = "; ".join(notes + [f"length_controlled_minimal could not be fit: {type(err).__name__}: {err}"])
+        return out
+    why = degenerate_fit(annotations, out["lc_weights"])
+    if why:
+        out["lc_fit"] = {"lc_win_rate": out["lc_win_rate"], "weights": out.pop("lc_weights")}
+        out.update(lc_win_rate=None, lc_standard_error=None, lc_not_estimable=why)
     return out
+
+
+MODEL_TERM = "not_gamed_baseline.astype(float)"  # the model's own term in length_controlled_minimal
+
+
+def degenerate_fit(annotations, weights: dict) -> str | None:
+    """Why the minimal GLM's length-controlled win rate measures nothing, or None when it is an estimate."""
+    delta = annotations["output_1"].str.len() - annotations["output_2"].str.len()  # > 0: the reference is longer
+    preference = annotations["preference"].astype(float)
+    decided = preference != TIE
+    longer_won = ((preference > TIE) & (delta < 0)) | ((preference < TIE) & (delta > 0))
+    if decided.any() and longer_won[decided].all():
+        return (f"not estimable: the longer output won each of the {int(decided.sum())} decided pairs, so length "
+                "alone explains the verdicts and the fit cannot tell quality from length (at equal length it "
+                "returns the ties' 50%)")
+    if abs(weights.get(MODEL_TERM) or 0.0) < 1e-9:
+        return ("not estimable: the cross-validated L1 penalty set the model's term to 0 (the length difference "
+                "explains the verdicts as well), so the fit gives 50% by construction")
+    return None
 
 
 def _minimal_glm(annotations) -> dict:

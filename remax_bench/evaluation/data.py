@@ -222,6 +222,30 @@ def mt_bench_reference_answers(source: str, questions: list[dict]) -> dict[Any, 
     return answers
 
 
+def reference_answers_note(source: str, questions: list[dict]) -> str | None:
+    """What the reference-guided questions of a local question file are graded against, when it is not
+    FastChat's own reference_answer/gpt-4.jsonl beside it; None otherwise."""
+    if source in ("synthetic", "default"):
+        return None
+    from remax_bench.evaluation.llm_judges import needs_reference
+
+    guided = [q for q in questions if needs_reference(q.get("category", ""))]
+    if not guided:
+        return None
+    folder = Path(source).expanduser().parent / "reference_answer"
+    files = sorted(folder.glob("*.jsonl")) if folder.is_dir() else []
+    if (folder / "gpt-4.jsonl").is_file():
+        return None
+    if files:
+        return (f"eval.mt_bench.questions: {folder} has no gpt-4.jsonl, so the {len(guided)} math, reasoning and "
+                f"coding questions are graded against {files[0].name} (FastChat grades them against GPT-4's answers)")
+    with_own = sum(1 for q in guided if any(q.get("reference") or []))
+    return (f"eval.mt_bench.questions: no {folder}/ beside the question file, so {with_own} of the {len(guided)} math, "
+            "reasoning and coding questions are graded against the question file's own short `reference` lists and "
+            f"{len(guided) - with_own} without a reference (FastChat grades them against GPT-4's answers in "
+            "reference_answer/gpt-4.jsonl)")
+
+
 def judge_prompts(source: str) -> dict[str, dict]:
     """FastChat's judge prompts by name (loaded with fastchat.llm_judge.common.load_judge_prompts)."""
     if source == "default":

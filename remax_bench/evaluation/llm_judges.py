@@ -117,6 +117,7 @@ def render_single(prompts: dict[str, dict], item: SingleItem) -> tuple[list[dict
 class OpenAIJudge(Judge):
     type = "openai"
     cacheable = True
+    reads_references = True
     max_tokens_pairwise = 16
     max_tokens_single = 2048  # FastChat judges with temperature 0 and max_tokens 2048
 
@@ -273,7 +274,7 @@ class OpenAIJudge(Judge):
             workdir.mkdir(parents=True, exist_ok=True)
             self._secret = self.api_key()  # scrubbed from any error text, as on the direct path
             annotator = alpaca_eval_annotator(self.alpaca_annotator, self.request_model, self.base_url,
-                                              self._secret, workdir, self.timeout_s)
+                                              self._secret, workdir, self.timeout_s, self.max_retries)
             self._annotators.annotator = annotator
         return annotator
 
@@ -283,15 +284,19 @@ class OpenAIJudge(Judge):
             row = {"instruction": item.instruction, "output_1": item.output_1, "output_2": item.output_2}
             with self._lock:
                 self.requests += 1
+            annotator = self._alpaca_eval()
+            annotator.parse_failures.clear()
             try:
-                annotated = self._alpaca_eval().annotate_pairs([row])[0]
+                annotated = annotator.annotate_pairs([row])[0]
             except Exception as err:  # noqa: BLE001 - counted as unjudged, the rest of the run goes on
                 return Verdict(None, error=self.scrub(f"{type(err).__name__}: {err}")[:300])
             preference = annotated.get("preference")
             raw = annotated.get("preference_raw_completion")
             raw = self.scrub(str(raw)) if raw is not None else None
             if preference is None or (isinstance(preference, float) and math.isnan(preference)):
-                return Verdict(None, raw=raw, error="alpaca_eval's annotator gave no preference")
+                # alpaca_eval logs why its parser failed and returns no preference; the cause goes with the verdict
+                why = annotator.parse_failures[-1] if annotator.parse_failures else "no reply to parse"
+                return Verdict(None, raw=raw, error=self.scrub(f"alpaca_eval's annotator gave no preference: {why}"))
             # 1: output_1 (the reference) preferred, 2: output_2 (the model); weighted preferences lie between
             return Verdict(float(preference), raw=raw, extra={"annotator": self.alpaca_annotator})
 
@@ -358,14 +363,15 @@ class VLLMLocalJudge(OpenAIJudge):
 
 
 def alpaca_eval_annotator(config_name: str, model: str, base_url: str | None, api_key: str, workdir: Path,
-                          timeout_s: float = 60.0):
+                          timeout_s: float = 60.0, max_retries: int = 3):
     """alpaca_eval's ``PairwiseAnnotator`` for one of its annotator configs (e.g. the leaderboard's
     ``weighted_alpaca_eval_gpt4_turbo``), unchanged except for the model name and the endpoint.
 
     alpaca_eval chooses its OpenAI client from a client-config YAML (its ``client_configs`` mechanism); ours
     holds this judge's base URL and key and lives in ``workdir``, inside a private temporary folder removed when
-    the judge closes (the key is never written next to results). Its JSON cache is not used: remax-bench's
-    per-verdict cache keeps each answer as it arrives."""
+    the judge closes (the key is never written next to results); the client retries as eval.judge.max_retries
+    says. Its JSON cache is not used: remax-bench's per-verdict cache keeps each answer as it arrives. Why its
+    parser rejected a reply (alpaca_eval only logs it) is kept in the annotator's ``parse_failures``."""
     import alpaca_eval
     import yaml
     from alpaca_eval.annotators import PairwiseAnnotator
@@ -383,11 +389,40 @@ def alpaca_eval_annotator(config_name: str, model: str, base_url: str | None, ap
     kwargs["client_config_path"] = str(workdir / "client_configs.yaml")
     kwargs["requires_chatml"] = True  # its prompts are chat prompts, whatever the judge model is called
     kwargs["n_retries"] = 3
-    client = {"api_key": api_key, "timeout": timeout_s, **({"base_url": base_url} if base_url else {})}
+    client = {"api_key": api_key, "timeout": timeout_s, "max_retries": max_retries,
+              **({"base_url": base_url} if base_url else {})}
     client_path = workdir / "client_configs.yaml"
     client_path.touch(mode=0o600)
     client_path.write_text(yaml.safe_dump({"default": [client]}))
     derived = workdir / "annotators" / name / "configs.yaml"
     derived.parent.mkdir(parents=True, exist_ok=True)
     derived.write_text(yaml.safe_dump({name: config}))
-    return PairwiseAnnotator(annotators_config=str(derived), caching_path=None, is_avoid_reannotations=False)
+    annotator = PairwiseAnnotator(annotators_config=str(derived), caching_path=None, is_avoid_reannotations=False)
+    annotator.parse_failures = []
+    for single in annotator.annotators.values():
+        single.fn_completion_parser = _recording(single.fn_completion_parser, annotator.parse_failures)
+    return annotator
+
+
+def _recording(parse: Callable, failures: list[str]) -> Callable:
+    """alpaca_eval's completion parser, noting why it failed before alpaca_eval swallows the error."""
+
+    def parse_and_record(completion, *args, **kwargs):
+        try:
+            return parse(completion, *args, **kwargs)
+        except Exception as err:
+            failures.append(parse_failure(completion, err))
+            raise
+
+    return parse_and_record
+
+
+def parse_failure(completion: Any, err: Exception) -> str:
+    """Why alpaca_eval could not read a preference from the judge's reply, in words."""
+    if isinstance(completion, dict) and "logprobs" in completion and not completion.get("logprobs"):
+        return (f"{NO_LOGPROBS}: the reply holds none, and this annotator reads its preference from them "
+                f"({type(err).__name__} in alpaca_eval's logprob parser)")
+    return f"its parser raised {type(err).__name__}: {str(err)[:200]}"
+
+
+NO_LOGPROBS = "the judge returned no log-probabilities"

@@ -41,7 +41,7 @@ def judge_mt_bench(questions: list[dict], answers: list[list[str]], model_id: st
     """(result, judgment rows) for one model's answers."""
     refs: dict = {}
     # Only the LLM judges read reference answers (FastChat's reference-guided prompts).
-    if judge.type in ("openai", "vllm_local") and any(needs_reference(q.get("category", "")) for q in questions):
+    if judge.reads_references and any(needs_reference(q.get("category", "")) for q in questions):
         refs = reference_answers() if callable(reference_answers) else (reference_answers or {})
     items, where = [], []
     for q, turns in zip(questions, answers):

@@ -39,6 +39,7 @@ from remax_bench.evaluation.data import (
     judge_prompts,
     mt_bench_questions,
     mt_bench_reference_answers,
+    reference_answers_note,
 )
 from remax_bench.evaluation.generation import (
     GenerationSettings,
@@ -50,7 +51,8 @@ from remax_bench.evaluation.generation import (
 )
 from remax_bench.evaluation.judges import build_judge
 from remax_bench.evaluation.llm_judges import OpenAIJudge, needs_reference
-from remax_bench.evaluation.mt_bench import judge_mt_bench
+from remax_bench.evaluation.mt_bench import UNJUDGED_SCORE, judge_mt_bench
+from remax_bench.evaluation.unjudged import JudgingFailed, failure_message, shortfalls
 from remax_bench.evaluation.verdicts import Judge, judge_label
 
 ALPACA_OUTPUTS = "alpaca_eval_outputs.json"
@@ -130,12 +132,17 @@ def generate_checkpoint(checkpoint_dir: str | Path, eval_cfg: Any, out_dir: str 
     with open_generator(str(checkpoint_dir), eval_cfg, seed=seed, precision=precision, device=device,
                         tensor_parallel_size=tensor_parallel_size, keep_engine=keep_engine) as gen:
         log(f"{generator_name}: generating with {gen.backend} ({gen.record['backend_reason']})")
+        trimmed = {}  # prompts longer than the context, kept by their end: per benchmark (prompts, trimmed)
         if data.instructions is not None:
+            before = gen.record["n_prompts_truncated"]
             write_json(out / ALPACA_OUTPUTS, alpaca_eval_outputs(gen, data.instructions, generator_name))
+            trimmed["alpaca_eval"] = [len(data.instructions), gen.record["n_prompts_truncated"] - before]
         if data.questions is not None:
+            before = gen.record["n_prompts_truncated"]
             turns = mt_bench_turns(gen, data.questions, eval_cfg.mt_bench.temperature)
             write_jsonl(out / MT_ANSWERS, mt_bench_answer_records(data.questions, turns, generator_name))
-        record = {k: v for k, v in gen.record.items()}
+            trimmed["mt_bench"] = [sum(map(len, turns)), gen.record["n_prompts_truncated"] - before]
+        record = {**gen.record, "prompts_trimmed": trimmed, "context_room": gen.context_room()}
     record.update(fingerprint=fingerprint, generator_name=generator_name, reused=False)
     write_json(out / GENERATION, record)
     return record
@@ -171,14 +178,24 @@ def _gold_reward_mean(outputs: list[dict]) -> float | None:
     return sum(scores) / len(scores) if scores else None
 
 
+# What a row keeps when its judging failed: the counts, no figure.
+COUNT_KEYS = ("name", "judge", "n", "n_judged", "n_unjudged", "mt_bench_n_judgments", "mt_bench_n_unjudged",
+              "generation_backend")
+
+
 def judge_checkpoint(out_dir: str | Path, eval_cfg: Any, judge: Judge, data: EvalData, *, generator_name: str,
                      reference_outputs: list[dict] | str | Path | None = None, cache: JudgmentCache | None = None,
                      seed: int = 0, reference_answers: Callable[[], dict] | dict | None = None,
                      generation: dict | None = None) -> dict:
-    """Judge the outputs in out_dir; writes the judgments, results and summary.json; returns the row."""
+    """Judge the outputs in out_dir; writes the judgments, results and summary.json; returns the row.
+
+    When more than eval.max_unjudged_fraction of a benchmark's items went unjudged, only the judgments are
+    written (with each item's error): the row says so under ``judging_failed`` and holds no figure."""
     out = Path(out_dir)
     samples = eval_cfg.bootstrap_samples
     row: dict[str, Any] = {"name": generator_name, "judge": judge_label(judge)}
+    files: dict[str, Any] = {}  # result files, written only when the figures count
+    errors: dict[str, list] = {"alpaca": [], "mt": []}
     if data.instructions is not None:
         outputs = read_outputs(out / ALPACA_OUTPUTS)
         if reference_outputs is None:
@@ -192,13 +209,15 @@ def judge_checkpoint(out_dir: str | Path, eval_cfg: Any, judge: Judge, data: Eva
         if data.alpaca_source == "synthetic":
             result["gold_reward_mean"] = _gold_reward_mean(outputs)
         write_jsonl(out / ALPACA_JUDGMENTS, judgments)
-        write_json(out / ALPACA_RESULT, result)
+        files[ALPACA_RESULT] = result
+        errors["alpaca"] = [j.get("error") for j in judgments if j.get("preference") is None]
         row.update({
             "reference": result.get("reference_generator"),
             "win_rate": result.get("win_rate"), "win_rate_se": result.get("standard_error"),
             "win_rate_ci": result.get("win_rate_ci"), "discrete_win_rate": result.get("discrete_win_rate"),
             "lc_win_rate": result.get("lc_win_rate"), "lc_win_rate_se": result.get("lc_standard_error"),
             "lc_method": result.get("lc_method"), "lc_error": result.get("lc_error"),
+            "lc_not_estimable": result.get("lc_not_estimable"),
             "n": result.get("n"), "n_judged": result.get("n_judged"), "n_unjudged": result.get("n_unjudged"),
             "n_wins": result.get("n_wins"), "n_losses": result.get("n_wins_base"), "n_draws": result.get("n_draws"),
             "avg_output_length": result.get("avg_length"), "gold_reward_mean": result.get("gold_reward_mean"),
@@ -211,7 +230,8 @@ def judge_checkpoint(out_dir: str | Path, eval_cfg: Any, judge: Judge, data: Eva
         result, judgments = judge_mt_bench(data.questions, answers, generator_name, judge, cache,
                                            reference_answers=reference_answers, bootstrap_samples=samples, seed=seed)
         write_jsonl(out / MT_JUDGMENTS, judgments)
-        write_json(out / MT_RESULT, result)
+        files[MT_RESULT] = result
+        errors["mt"] = [j.get("error") for j in judgments if j["score"] == UNJUDGED_SCORE]
         row.update({
             "mt_bench_score": result["score"], "mt_bench_ci": result["ci"], "mt_bench_turn1": result["turn1"],
             "mt_bench_turn2": result["turn2"], "mt_bench_by_category": result["by_category"],
@@ -221,8 +241,26 @@ def judge_checkpoint(out_dir: str | Path, eval_cfg: Any, judge: Judge, data: Eva
     if generation:
         row["generation_backend"] = generation.get("backend")
         row["generate_time_s"] = generation.get("generate_time_s")
+    failing = shortfalls(row, errors["alpaca"], errors["mt"], eval_cfg.max_unjudged_fraction)
+    if failing:
+        for name in (*files, SUMMARY):  # an earlier run's figures must not pass for this run's
+            (out / name).unlink(missing_ok=True)
+        counts = {k: row.get(k) for k in COUNT_KEYS if k in row}
+        return {**counts, "judging_failed": failing, "unjudged_errors": errors["alpaca"] + errors["mt"]}
+    for name, result in files.items():
+        write_json(out / name, result)
     write_json(out / SUMMARY, row)
     return row
+
+
+def raise_if_judging_failed(rows: list[dict], judge: Judge, max_fraction: float) -> None:
+    """JudgingFailed, in one line, when any checkpoint's figures do not count (see unjudged.py)."""
+    failed = {r["name"]: r["judging_failed"] for r in rows if r.get("judging_failed")}
+    if failed:
+        errors = [e for r in rows if r.get("judging_failed") for e in r["unjudged_errors"]]
+        url = judge.identity().get("base_url")
+        raise JudgingFailed(failure_message(failed, errors, judge_label(judge) + (f" at {url}" if url else ""),
+                                            max_fraction))
 
 
 def _judge_for(eval_cfg, judge, reward_model, log_dir, device):
@@ -274,8 +312,10 @@ def evaluate_checkpoint(checkpoint_dir: str | Path, eval_cfg: Any, out_dir: str 
         reference_outputs = out / "reference" / ALPACA_OUTPUTS
     cache = JudgmentCache(cache_path or default_cache_path())
     with context:
-        return judge_checkpoint(out, ev, judge, data, generator_name=name, reference_outputs=reference_outputs,
-                                cache=cache, seed=seed, generation=generation, reference_answers=references)
+        row = judge_checkpoint(out, ev, judge, data, generator_name=name, reference_outputs=reference_outputs,
+                               cache=cache, seed=seed, generation=generation, reference_answers=references)
+    raise_if_judging_failed([row], judge, ev.max_unjudged_fraction)
+    return row
 
 
 # -- the eval stage --------------------------------------------------------------------------------
@@ -305,6 +345,29 @@ def _warnings(row: dict) -> list[str]:
                      "were graded without a reference answer")
     if row.get("win_rate") is not None and row.get("lc_win_rate") is None and row.get("lc_error"):
         notes.append(f"{name}: no length-controlled win rate: {row['lc_error']}")
+    return notes
+
+
+def generation_warnings(generation: dict[str, dict], ev: Any) -> list[str]:
+    """What a reader of the figures must know about the answers: prompts trimmed to fit the context, and the
+    temperatures the answers were sampled at."""
+    notes = []
+    for name, record in generation.items():
+        for bench, (n, trimmed) in (record.get("prompts_trimmed") or {}).items():
+            if trimmed:
+                what = "AlpacaEval prompts" if bench == "alpaca_eval" else "MT-bench prompts (turns)"
+                notes.append(f"{name}: {trimmed} of {n} {what} were longer than the context leaves room for "
+                             f"({record.get('context_room')} tokens besides eval.generation.max_new_tokens) and kept "
+                             "only their end")
+    used = next((r for r in generation.values() if r.get("mt_bench_temperatures")), None)
+    if used:
+        by_temperature: dict[float, list[str]] = {}
+        for category, t in used["mt_bench_temperatures"].items():
+            by_temperature.setdefault(t, []).append(category or "(no category)")
+        groups = "; ".join(f"{t:g} ({', '.join(c)})" for t, c in sorted(by_temperature.items(), reverse=True))
+        notes.append(f"MT-bench answers sampled at temperature {groups} (eval.mt_bench.temperature: "
+                     f"{ev.mt_bench.temperature}); AlpacaEval answers at {ev.generation.temperature:g} "
+                     "(eval.generation.temperature)")
     return notes
 
 
@@ -349,8 +412,14 @@ def run_eval_stage(stage_config: dict, out_dir: str | Path, log: Callable[[str],
                                    cache=cache, seed=seed, reference_answers=references, generation=generation[name])
             row.update(checkpoint=checkpoints[name], is_reference=name == ref_name)
             rows.append(row)
+            if row.get("judging_failed"):
+                log(f"{name}: unjudged {', '.join(row['judging_failed'])}: no figure")
+                continue
             shown = {k: row.get(k) for k in ("win_rate", "lc_win_rate", "mt_bench_score") if row.get(k) is not None}
             log(f"{name}: " + ", ".join(f"{k}={v:.2f}" for k, v in shown.items()))
+    raise_if_judging_failed(rows, judge, ev.max_unjudged_fraction)  # after every checkpoint: each verdict cached
+    note = reference_answers_note(data.mt_source, data.questions) if data.questions and judge.reads_references else None
+    references_note = [note] if note else []
     summary = {
         "reference": ref_name or ref_file,
         "judge": judge.identity(),
@@ -362,7 +431,7 @@ def run_eval_stage(stage_config: dict, out_dir: str | Path, log: Callable[[str],
         "n_questions": len(data.questions) if data.questions is not None else 0,
         "rows": rows,
         "generation": generation,
-        "warnings": [w for row in rows for w in _warnings(row)],
+        "warnings": generation_warnings(generation, ev) + references_note + [w for row in rows for w in _warnings(row)],
     }
     if data.questions is not None:
         summary["fastchat_dir"] = str(fastchat_layout(out, order, judge).relative_to(out))

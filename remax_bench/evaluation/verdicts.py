@@ -55,6 +55,7 @@ def preference_from_scores(reference_score: float, model_score: float) -> float:
 class Judge:
     type = "base"
     cacheable = False  # worth caching: costs money or GPU time
+    reads_references = False  # grades MT-bench's math, reasoning and coding against reference answers (FastChat)
 
     def identity(self) -> dict:
         """What makes this judge's verdicts what they are (cache key, records); never a secret."""

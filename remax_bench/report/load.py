@@ -44,6 +44,8 @@ class ReportError(RuntimeError):
 # -- reading -------------------------------------------------------------------------------------
 @dataclass
 class SuiteResults:
+    """One suite's results, or one value of its sweep (its own stages and the preparation stages it shares)."""
+
     name: str
     path: Path
     stages: pd.DataFrame  # one row per complete stage and seed
@@ -52,6 +54,7 @@ class SuiteResults:
     manifests: dict[tuple[str, int], dict] = field(default_factory=dict)
     summaries: dict[tuple[str, int], dict] = field(default_factory=dict)
     problems: list[dict] = field(default_factory=list)  # failed, partial, incomplete or missing stages
+    variant: str = ""  # the sweep value ("kl_coef=0.1"); "" outside a sweep
 
     def has(self, stage: str) -> bool:
         return any(key[0] == stage for key in self.summaries)
@@ -135,8 +138,13 @@ def eval_rows(summary: dict, seed: int, reference: str) -> list[dict]:
             "win_rate_ci_lo_pct": wr_lo,
             "win_rate_ci_hi_pct": wr_hi,
             "lc_win_rate_pct": _num_or_nan(r.get("lc_win_rate")),
+            # Why there is no length-controlled win rate: a degenerate fit, or one that could not be made.
+            "lc_not_estimable": r.get("lc_not_estimable") or (f"not estimable: {r['lc_error']}"
+                                                              if r.get("lc_error") and r.get("lc_win_rate") is None
+                                                              else None),
             "n": _num_or_nan(r.get("n")),
             "n_unjudged": _num_or_nan(r.get("n_unjudged")),
+            "mt_bench_n_judgments": _num_or_nan(r.get("mt_bench_n_judgments")),
             "mt_bench_n_unjudged": _num_or_nan(r.get("mt_bench_n_unjudged")),
             "leaderboard_comparable": r.get("leaderboard_comparable"),
             "mt_bench_score": _num_or_nan(r.get("mt_bench_score")),
@@ -163,8 +171,27 @@ def _planned_keys(manifests: dict[tuple[str, int], dict]) -> list[str]:
         return []
 
 
-def load_results(results_dir: str | Path, suite_name: str) -> SuiteResults:
-    """Every complete stage of one suite, as tidy frames; raises ReportError when there is none."""
+def load_sweep(results_dir: str | Path, suite_name: str) -> list[SuiteResults]:
+    """One SuiteResults per value of the suite's sweep, in the order of the values ([the suite] without a sweep);
+    a value without any complete stage of its own is left out."""
+    suite_dir = Path(results_dir) / suite_name
+    labels = results.variants_in(suite_dir)
+    if labels == [""]:
+        return [load_results(results_dir, suite_name)]
+    views = []
+    for label in labels:
+        try:
+            views.append(load_results(results_dir, suite_name, label))
+        except ReportError:
+            continue
+    if not views:
+        raise ReportError(f"no complete stage under {suite_dir}/ for any value of its sweep ({', '.join(labels)})")
+    return views
+
+
+def load_results(results_dir: str | Path, suite_name: str, variant: str = "") -> SuiteResults:
+    """Every complete stage of one suite (of one value of its sweep), as tidy frames; raises ReportError when there
+    is none."""
     suite_dir = Path(results_dir) / suite_name
     if not suite_dir.is_dir():
         found = sorted(p.name for p in Path(results_dir).iterdir() if p.is_dir()) if Path(results_dir).is_dir() else []
@@ -174,8 +201,8 @@ def load_results(results_dir: str | Path, suite_name: str) -> SuiteResults:
         )
     stage_rows, metric_frames, eval_records = [], [], []
     manifests, summaries, problems = {}, {}, []
-    for stage_root in sorted(p for p in suite_dir.iterdir() if p.is_dir()):
-        stage = stage_root.name
+    for stage, stage_root in sorted(results.stage_dirs_of(suite_dir, variant).items()):
+        shown = stage_root.name  # the folder's name in problem lines: ppo@kl_coef=0.1 in a sweep
         for seed_dir in sorted(stage_root.iterdir()):
             match = SEED_DIR.match(seed_dir.name)
             if not seed_dir.is_dir() or not match:
@@ -183,23 +210,23 @@ def load_results(results_dir: str | Path, suite_name: str) -> SuiteResults:
             seed = int(match["seed"])
             manifest = _read_manifest(seed_dir)
             if match["suffix"] == ".partial" or match["hidden"]:
-                problems.append({"stage": stage, "seed": seed, "status": "partial",
+                problems.append({"stage": shown, "seed": seed, "status": "partial",
                                  "detail": f"{seed_dir.name}: in progress or killed", "path": str(seed_dir)})
                 continue
             if match["suffix"] == ".failed":
                 status = manifest.get("status", "failed")
-                problems.append({"stage": stage, "seed": seed, "status": status,
+                problems.append({"stage": shown, "seed": seed, "status": status,
                                  "detail": _first_line(manifest.get("error")) or "no error recorded",
                                  "path": str(seed_dir)})
                 continue
             if not results.is_complete(seed_dir) or not (seed_dir / "summary.json").is_file():
-                problems.append({"stage": stage, "seed": seed, "status": manifest.get("status", "incomplete"),
+                problems.append({"stage": shown, "seed": seed, "status": manifest.get("status", "incomplete"),
                                  "detail": "no completed manifest and summary", "path": str(seed_dir)})
                 continue
             try:
                 summary = results.read_json(seed_dir / "summary.json")
             except json.JSONDecodeError as err:
-                problems.append({"stage": stage, "seed": seed, "status": "unreadable",
+                problems.append({"stage": shown, "seed": seed, "status": "unreadable",
                                  "detail": f"summary.json: {err}", "path": str(seed_dir)})
                 continue
             manifests[(stage, seed)] = manifest
@@ -222,20 +249,22 @@ def load_results(results_dir: str | Path, suite_name: str) -> SuiteResults:
             if stage == "eval":
                 reference = (manifest.get("config", {}).get("suite", {}) or {}).get("eval", {}).get("reference", "sft")
                 eval_records.extend(eval_rows(summary, seed, reference))
-    if not summaries:
+    if not summaries or (variant and all(stage in algorithms.PREPARATION_STAGES for stage, _ in summaries)):
         found = ", ".join(f"{p['stage']}/seed{p['seed']} ({p['status']})" for p in problems) or "nothing"
         raise ReportError(
-            f"no complete stage under {suite_dir}/ (found: {found}); run `remax-bench run {suite_name}` "
-            "and let at least one stage finish"
+            f"no complete stage under {suite_dir}/{' for ' + variant if variant else ''} (found: {found}); run "
+            f"`remax-bench run {suite_name}` and let at least one stage finish"
         )
-    seen = {f"{s}/seed{k}" for s, k in summaries} | {f"{p['stage']}/seed{p['seed']}" for p in problems}
+    seen = {f"{s}/seed{k}" for s, k in summaries} | \
+        {f"{results.split_stage_dirname(p['stage'])[0]}/seed{p['seed']}" for p in problems}
     for key in _planned_keys(manifests):
         if key not in seen:
             stage, seed = key.split("/seed")
-            problems.append({"stage": stage, "seed": int(seed), "status": "missing",
+            shown = results.stage_dirname(stage, variant if stage not in algorithms.PREPARATION_STAGES else "")
+            problems.append({"stage": shown, "seed": int(seed), "status": "missing",
                              "detail": "planned by the suite, no result directory", "path": ""})
     stages = pd.DataFrame(stage_rows)
     metrics = (pd.concat(metric_frames, ignore_index=True) if metric_frames
                else pd.DataFrame(columns=["stage", "seed", "step"]))
     evals = pd.DataFrame(eval_records)
-    return SuiteResults(suite_name, suite_dir, stages, metrics, evals, manifests, summaries, problems)
+    return SuiteResults(suite_name, suite_dir, stages, metrics, evals, manifests, summaries, problems, variant)

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from remax_bench import uncertainty
 from remax_bench.report.load import (
     ALGORITHMS,
     COLORS,
@@ -290,7 +291,7 @@ PLOT_FILES = (
     "reward_vs_step.png", "reward_vs_time.png", "reward_vs_tokens.png", "kl_vs_step.png", "kl_vs_time.png",
     "gold_vs_step.png", "gold_vs_tokens.png", "memory_by_component.png",
     "time_by_phase.png", "win_rate.png", "mt_bench.png", "heldout_gold_reward.png",
-)
+)  # and frontier.png (report/frontier.py), drawn over every value of a sweep
 
 
 def make_plots(res: SuiteResults, table: pd.DataFrame, out: Path, dpi: int = 110) -> tuple[list[Plot], list[str]]:
@@ -381,11 +382,17 @@ def make_plots(res: SuiteResults, table: pd.DataFrame, out: Path, dpi: int = 110
     if gold:
         values = pd.concat([g["heldout_gold_reward"] for _, g in gold]).dropna()
         ylim = (0, 1.05) if values.between(0, 1).all() else None
-        _bar_plot(gold, "heldout_gold_reward", None, None, out / "heldout_gold_reward.png", dpi,
-                  "held-out gold reward (0–1)", "Held-out gold reward (greedy answers)", ylim=ylim)
+        with_ci = []
+        for algo, rows in gold:  # the 95% interval over seeds of the mean (rliable's bootstrap), as in the tables
+            interval = uncertainty.mean_interval(rows["heldout_gold_reward"].dropna().to_numpy(float))
+            with_ci.append((algo, rows.assign(gold_ci_lo=interval.lo, gold_ci_hi=interval.hi)))
+        _bar_plot(with_ci, "heldout_gold_reward", "gold_ci_lo", "gold_ci_hi", out / "heldout_gold_reward.png", dpi,
+                  "held-out gold reward (0–1)", "Held-out gold reward (greedy answers)", ylim=ylim,
+                  spread_label="95% interval over seeds")
         plots.append(Plot("heldout_gold_reward.png", "Held-out gold reward",
                           "Mean gold-scorer reward of greedy answers to held-out prompts (the synthetic task's "
-                          "true answer to 'did RL help?'); bars are the mean over seeds, the error bar ± std, dots "
+                          "true answer to 'did RL help?'); bars are the mean over seeds, the error bar its 95% "
+                          "interval over seeds (rliable's stratified bootstrap; two seeds: their range), dots "
                           f"single seeds ({', '.join(f'{LABELS[a]}: {n_seeds.get(a, 0)}' for a, _ in gold)} seeds)."))
     else:
         omitted.append("Held-out gold reward: no stage reported `heldout_gold_reward` (data not synthetic).")

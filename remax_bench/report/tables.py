@@ -8,10 +8,11 @@ import math
 
 import pandas as pd
 
-from remax_bench import comparison
+from remax_bench import comparison, uncertainty
 from remax_bench.comparison import PAPER
 from remax_bench.core import algorithms as registry
 from remax_bench.core.config import without_watch_fields
+from remax_bench.evaluation.unjudged import unjudged_note
 from remax_bench.report.load import (
     ALGORITHMS,
     COMPARED_BLOCKS,
@@ -207,22 +208,25 @@ def _num(x: float, decimals: int | None = None) -> str:
     return f"{x:,.{_decimals(x) if decimals is None else decimals}f}"
 
 
-def _mean_std(values: pd.Series) -> str:
-    """'mean ± std' over seeds (the std with the mean's decimals); the value alone for one seed."""
-    values = values.dropna()
-    if values.empty:
+def interval_text(estimate: uncertainty.Interval) -> str:
+    """'point [lo, hi]' (the bounds with the point's decimals); the value alone for one seed; '–' for none."""
+    if estimate.n == 0 or math.isnan(estimate.point):
         return "–"
-    mean = float(values.mean())
-    if len(values) == 1:
-        return _num(mean)
-    decimals = _decimals(mean)
-    return f"{_num(mean, decimals)} ± {_num(float(values.std(ddof=1)), decimals)}"
+    if not estimate.has_interval:
+        return _num(estimate.point)
+    decimals = _decimals(estimate.point)
+    return f"{_num(estimate.point, decimals)} [{_num(estimate.lo, decimals)}, {_num(estimate.hi, decimals)}]"
+
+
+def _mean_ci(values: pd.Series) -> str:
+    """'mean [95% CI]' over seeds (rliable's stratified bootstrap); the value alone for one seed."""
+    return interval_text(uncertainty.mean_interval(values.dropna().to_numpy(float)))
 
 
 AGG_COLUMNS = [
     ("held-out gold reward", "heldout_gold_reward"),
+    ("KL to the reference at the end", "final_kl"),
     ("final reward", "final_reward_mean"),
-    ("final KL", "final_kl"),
     ("peak memory (MiB)", "peak_memory_mib"),
     ("model states (MiB)", "model_state_mib"),
     ("time / iteration (s)", "time_per_iteration_s"),
@@ -232,20 +236,63 @@ AGG_COLUMNS = [
     ("generation ms / token", "generate_ms_per_token"),
     ("held-out gold gain / 10k generated tokens", "gold_gain_per_10k_tokens"),
     ("win rate vs {ref} (%)", "win_rate_pct"),
+    ("length-controlled win rate vs {ref} (%)", "lc_win_rate_pct"),
     ("MT-bench (1–10)", "mt_bench_score"),
     ("unjudged AlpacaEval pairs", "n_unjudged"),
     ("unjudged MT-bench turns", "mt_bench_n_unjudged"),
 ]
 
 
+# A figure that rests on a judge's verdicts -> (its unjudged count, its item count, what an item is)
+JUDGED = {"win_rate_pct": ("n_unjudged", "n", "pairs"), "lc_win_rate_pct": ("n_unjudged", "n", "pairs"),
+          "mt_bench_score": ("mt_bench_n_unjudged", "mt_bench_n_judgments", "turns")}
+NOT_ESTIMABLE = "not estimable (see the notes)"
+
+
+def judged_figure(rows: pd.DataFrame, col: str, text: str | None = None) -> str:
+    """A judged figure (``text``: its mean [95% CI] over seeds), with the unjudged items it leaves out beside it,
+    and 'not estimable' for a length-controlled win rate whose fit measures nothing."""
+    if text is None:
+        text = _mean_ci(rows[col]) if col in rows else "–"
+    if col == "lc_win_rate_pct" and text == "–" and "lc_not_estimable" in rows and rows["lc_not_estimable"].notna().any():
+        return NOT_ESTIMABLE
+    unjudged, total, noun = JUDGED[col]
+    if text == "–" or unjudged not in rows or total not in rows:
+        return text
+    note = unjudged_note(rows[unjudged].sum(), rows[total].sum(), noun)
+    return f"{text} {note}" if note else text
+
+
+def judging_notes(table: pd.DataFrame) -> list[str]:
+    """The reasons behind every 'not estimable' of the summary table, one line per algorithm."""
+    if table.empty or "lc_not_estimable" not in table:
+        return []
+    lines = []
+    for algo in [a for a in POLICY_STAGES if a in set(table["algorithm"])]:
+        rows = table[(table["algorithm"] == algo) & table["lc_not_estimable"].notna()]
+        if not rows.empty and rows["lc_win_rate_pct"].isna().all():
+            seeds = ", ".join(str(int(s)) for s in rows["seed"])
+            why = rows["lc_not_estimable"].iloc[0]
+            lines.append(f"{LABELS.get(algo, algo)} length-controlled win rate (seed {seeds}): {why}")
+    return lines
+
+
 def aggregate_table(table: pd.DataFrame, reference: str = "sft") -> pd.DataFrame:
-    """Mean ± std over seeds per algorithm, as display strings (the table of summary.md and index.html)."""
+    """The mean over seeds per algorithm with its 95% interval (rliable's stratified bootstrap over the seeds), as
+    display strings (the table of summary.md and index.html). A judged figure carries its unjudged count beside
+    it."""
     out = []
     for algo in [a for a in POLICY_STAGES if not table.empty and a in set(table["algorithm"])]:
         rows = table[table["algorithm"] == algo]
         line = {"algorithm": LABELS.get(algo, algo), "seeds": int(rows["trained"].sum())}
+        columns = [col for _, col in AGG_COLUMNS if col in rows]
+        means, _ = uncertainty.summarise(rows[columns].to_numpy(float)) if columns else ([], [])
+        estimates = dict(zip(columns, means))
         for title, col in AGG_COLUMNS:
-            line[title.format(ref=LABELS.get(reference, reference))] = _mean_std(rows[col]) if col in rows else "–"
+            cell = interval_text(estimates[col]) if col in estimates else "–"
+            if col in JUDGED:
+                cell = judged_figure(rows, col, cell)
+            line[title.format(ref=LABELS.get(reference, reference))] = cell
         out.append(line)
     return pd.DataFrame(out)
 
@@ -268,18 +315,29 @@ def paper_table(table: pd.DataFrame, judge: str | None, reference: str = "sft") 
         return f"{r['speedup_x']:.2f}x" if not math.isnan(r["speedup_x"]) else "–"
 
     def per_seed(algo, col, fmt):
-        if algo != registry.FOCUS or table.empty or col not in table:
-            return ""  # the paper's algorithm gets its per-seed figures
+        """The per-seed ratios' 95% interval over seeds (the paper's algorithm: also each seed's ratio)."""
+        if table.empty or col not in table:
+            return ""
         vals = table[(table["algorithm"] == algo)][col].dropna()
-        return " (per seed: " + ", ".join(fmt.format(v) for v in vals) + ")" if len(vals) > 1 else ""
+        if len(vals) < 2:
+            return ""
+        interval = uncertainty.mean_interval(vals.to_numpy(float))
+        bounds = f"95% interval over seeds [{fmt.format(interval.lo)}, {fmt.format(interval.hi)}]"
+        if algo != registry.FOCUS:
+            return f" ({bounds})"
+        return " (per seed: " + ", ".join(fmt.format(v) for v in vals) + f"; {bounds})"
 
     judged = f" (judge: {judge})" if judge else ""
     ref = LABELS.get(reference, reference)
 
     def quality(algo, col, text):
         rows_ = table[table["algorithm"] == algo] if not table.empty and col in table else None
-        value = _mean_std(rows_[col]) if rows_ is not None else "–"
-        return f"{LABELS[algo]} {value}{text}{judged}" if value != "–" else f"– (no eval result for {LABELS[algo]})"
+        value = _mean_ci(rows_[col]) if rows_ is not None else "–"
+        if value == "–":
+            return f"– (no eval result for {LABELS[algo]})"
+        unjudged, total, noun = JUDGED[col]
+        note = unjudged_note(rows_[unjudged].sum(), rows_[total].sum(), noun) if unjudged in rows_ else ""
+        return f"{LABELS[algo]} {value}{text}{judged}" + (f" {note}" if note else "")
 
     paper_col = f"paper ({PAPER['citation']}): ReMax"
     figures = [
@@ -400,10 +458,10 @@ def preparation_lines(res: SuiteResults) -> list[str]:
     return lines
 
 
-def _suite_hashes(res: SuiteResults) -> str:
+def _suite_hashes(res: SuiteResults, skip=()) -> str:
     hashes: dict[str, list[str]] = {}
     for (stage, seed), m in sorted(res.manifests.items()):
-        if m.get("suite_hash"):
+        if m.get("suite_hash") and stage not in skip:
             hashes.setdefault(m["suite_hash"], []).append(f"{stage}/seed{seed}")
     if not hashes:
         return "unknown"
@@ -425,3 +483,45 @@ def _reference(res: SuiteResults) -> str:
     if not res.evals.empty and res.evals["reference"].notna().any():
         return str(res.evals["reference"].dropna().iloc[0])
     return "sft"
+
+
+# -- the KL treatment ----------------------------------------------------------------------------
+def _kl_of(record) -> registry.KL | None:
+    try:
+        return registry.KL.model_validate(record) if isinstance(record, dict) else None
+    except ValueError:
+        return None
+
+
+def kl_treatments(res: SuiteResults) -> tuple[str, dict[str, str]]:
+    """(shared.kl in words, {algorithm label: how its KL treatment differs}) over the online algorithms' runs: each
+    run's treatment as its summary records it (else as its manifest's suite resolves it), against shared.kl."""
+    shared, departures = None, {}
+    for (stage, seed), summary in sorted(res.summaries.items()):
+        if stage not in registry.online():
+            continue
+        suite = (res.manifests.get((stage, seed), {}).get("config") or {}).get("suite") or {}
+        shared_kl = _kl_of((suite.get("shared") or {}).get("kl", {}))
+        shared = shared or shared_kl
+        treatment = _kl_of(summary.get("kl_treatment"))
+        if treatment is None and suite:
+            try:
+                from remax_bench.core.config import Suite
+
+                treatment = Suite.model_validate(suite).kl_treatment(stage)
+            except ValueError:  # an older suite schema: the treatment is unknown, not a departure
+                treatment = None
+        if treatment is not None and shared_kl is not None and treatment != shared_kl:
+            departures[LABELS[stage]] = f"{treatment.describe()} (shared.kl: {shared_kl.describe()})"
+    return (shared.describe() if shared else "unknown"), departures
+
+
+def kl_lines(res: SuiteResults) -> list[str]:
+    """The KL regularisation every online algorithm trained with, and each comparison that is not matched."""
+    shared, departures = kl_treatments(res)
+    if not any(stage in registry.online() for stage, _ in res.summaries):
+        return []
+    if not departures:
+        return [f"KL regularisation: matched, every online algorithm trained with shared.kl ({shared})"]
+    return [f"NOT MATCHED: {label} regularised with its own KL, {how}; its comparison with the others is not on "
+            "equal terms" for label, how in departures.items()]

@@ -181,6 +181,8 @@ class StageJob:
         if code == EXIT_RESUMABLE:
             if signal.SIGUSR1 in received and rank == 0:
                 # The time limit is near: the checkpoint is written; the job goes back to the queue and goes on.
+                with open(log_path, "a") as log:
+                    log.write(f"[slurm] job {job}: warned of its time limit, the stage checkpointed; requeued\n")
                 subprocess.run(["scontrol", "requeue", job], check=True, timeout=60)
             sys.exit(EXIT_RESUMABLE)
         raise RuntimeError(f"stage exited with code {code}; its log: {log_path}")

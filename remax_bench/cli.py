@@ -112,7 +112,8 @@ class LiveBoard:
 
     def _erase(self) -> None:
         if self.drawn:
-            click.echo(f"\x1b[{self.drawn}F\x1b[J", nl=False)  # up to the block's first line, clear to the end
+            # Up to the block's first line, clear to the end (kept as written: click strips escapes it deems colour).
+            click.echo(f"\x1b[{self.drawn}F\x1b[J", nl=False, color=True)
             self.drawn = 0
 
     def _draw(self) -> None:

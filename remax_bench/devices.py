@@ -160,25 +160,26 @@ class DevicePool:
                    runtime.master_port)
 
     def take(self, gpus_needed: int) -> Share | str:
-        """A share for one stage, or why it has to wait (its GPUs are held by another run)."""
+        """A share for one stage, or why it has to wait (its GPUs are busy: this run's or another's)."""
         if not self.free_slots:
             return "all slots in use"
-        locks, taken, held = [], [], []
+        locks, taken, busy = [], [], []
         for gpu in self.gpus:
             if len(taken) == gpus_needed:
                 break
             if gpu in self.used_gpus:
+                busy.append(f"GPU {gpu} (a stage of this run)")
                 continue
             lock = Lock.take(f"gpu-{gpu}")
             if lock is None:
-                held.append(f"GPU {gpu} ({Lock.holder(f'gpu-{gpu}')})")
+                busy.append(f"GPU {gpu} ({Lock.holder(f'gpu-{gpu}')})")
                 continue
             locks.append(lock)
             taken.append(gpu)
         if len(taken) < gpus_needed:
             for lock in locks:
                 lock.release()
-            return f"waiting for {gpus_needed} GPU(s); held by another run: {', '.join(held) or 'none free'}"
+            return f"waiting for {gpus_needed} GPU(s); busy: {', '.join(busy)}"
         port, port_lock = take_port(self.first_port)
         slot = self.free_slots.pop(0)
         self.used_gpus.update(taken)

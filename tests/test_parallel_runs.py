@@ -55,9 +55,10 @@ def _nano(seeds=(0, 1)):
 def test_jobs_run_ready_stages_at_once_each_on_its_own_cores_and_port(tmp_path, probe, monkeypatch):
     """Two seeds of nano: after SFT, the reward model and both DPO seeds are ready; after the reward model,
     PPO and ReMax of both seeds. With --jobs 2 two run at once, never three, each pinned to its own core with one
-    thread and its own locked master port; the reward model waits to see DPO start beside it (and would wait in
-    vain if they ran one after the other)."""
+    thread and its own locked master port; the reward model and DPO each wait to see the other start (and would
+    wait in vain if they ran one after the other)."""
     monkeypatch.setenv("PROBE_WAIT_reward_model", "dpo")
+    monkeypatch.setenv("PROBE_WAIT_dpo", "reward_model")
     suite = _nano()
     lines = []
     outcomes = ProbeRunner(suite, tmp_path / "res", echo=lines.append).run(plan(suite), jobs=2)
@@ -102,8 +103,9 @@ def test_gpus_are_locked_per_device_across_runs(tmp_path, monkeypatch):
     second = devices.DevicePool([0, 1, 2, 3], [0, 1], jobs=2, first_port=29500)
     a = first.take(2)
     assert a.gpus == [0, 1]
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, fcntl; f = open(sys.argv[1], 'a'); "
-                               "fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); sys.stdin.read()",
+    holder = subprocess.Popen([sys.executable, "-c", "import os, sys, fcntl; f = open(sys.argv[1], 'a'); "
+                               "fcntl.flock(f, fcntl.LOCK_EX); f.write(f'{os.getpid()}'); f.flush(); "
+                               "print('held', flush=True); sys.stdin.read()",
                                str(devices.lock_dir() / "gpu-2.lock")], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                               text=True)
     try:
@@ -111,7 +113,8 @@ def test_gpus_are_locked_per_device_across_runs(tmp_path, monkeypatch):
         b = second.take(1)
         assert b.gpus == [3] and b.port != a.port
         wait = second.take(1)
-        assert isinstance(wait, str) and "GPU 0 (pid" in wait and "GPU 2" in wait, wait
+        assert wait == (f"waiting for 1 GPU(s); busy: GPU 0 (pid {os.getpid()}), GPU 1 (pid {os.getpid()}), "
+                        f"GPU 2 (pid {holder.pid}), GPU 3 (a stage of this run)"), wait
     finally:
         holder.stdin.close()
         holder.wait()
@@ -190,3 +193,39 @@ def test_two_jobs_give_the_sequential_runs_results(tmp_path):
     start = {s: json.loads((parallel / s / "seed0" / "manifest.json").read_text())["start"] for s in ("ppo", "remax")}
     end = {s: json.loads((parallel / s / "seed0" / "manifest.json").read_text())["end"] for s in ("ppo", "remax")}
     assert start["ppo"] < end["remax"] and start["remax"] < end["ppo"]  # they ran side by side
+
+
+def _screen(output: str) -> list[str]:
+    """What a terminal shows after ``output``: lines, with the cursor moves the live display uses (ESC[nF: n lines
+    up, to the start; ESC[J: clear to the end)."""
+    import re
+
+    lines, row = [""], 0
+    for token in re.split(r"(\x1b\[\d+F|\x1b\[J|\n)", output):
+        if token == "\n":
+            row += 1
+            lines = lines[:row] + [""] if row >= len(lines) else lines
+        elif token == "\x1b[J":
+            lines = lines[:row] + [""]
+        elif token.startswith("\x1b["):
+            row -= int(token[2:-1])
+        elif token:
+            lines[row] = token
+    return [line for line in lines if line]
+
+
+def test_the_live_display_keeps_one_line_per_running_stage(capsys):
+    from remax_bench.cli import LiveBoard
+
+    board = LiveBoard()
+    board.tty = True
+    board("[1/3] ppo/seed0: running")
+    board.progress("    ppo step 1", key="ppo")
+    board.progress("    remax step 1", key="remax")
+    board.progress("    ppo step 2", key="ppo")
+    shown = capsys.readouterr().out
+    assert _screen(shown) == ["[1/3] ppo/seed0: running", "    ppo step 2", "    remax step 1"]
+    board("[2/3] remax/seed0: completed")
+    board.forget("remax")
+    shown += capsys.readouterr().out
+    assert _screen(shown) == ["[1/3] ppo/seed0: running", "[2/3] remax/seed0: completed", "    ppo step 2"]

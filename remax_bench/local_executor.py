@@ -22,7 +22,6 @@ from remax_bench.core.stage import EXIT_RESUMABLE
 from remax_bench.outcome import Outcome
 
 RUNNER_PID_ENV = "REMAX_BENCH_RUNNER_PID"
-SHOWN_LINES = ("[error]", "[warning]", "[resume]", "[interrupt]")
 INTERRUPT_GRACE_S = 30
 
 

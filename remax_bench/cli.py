@@ -68,9 +68,9 @@ def _int_list(text: str | None) -> list[int] | None:
     return seeds
 
 
-def _preflight(suite, stages: list[str] | None = None) -> None:
+def _preflight(suite, stages: list[str] | None = None, results_dir: str | None = None) -> None:
     """Everything that can be checked before a stage starts; one line per problem, exit 2."""
-    _refuse(suite, _run_problems(suite, stages, jobs=1))
+    _refuse(suite, _run_problems(suite, stages, jobs=1, results_dir=results_dir))
 
 
 def _refuse(suite, found: list[str]) -> None:
@@ -194,14 +194,14 @@ def _plan(loaded, only, seeds):
 def run(suite, only, seeds, results_dir, jobs, dry_run, overrides, tracker_names):
     """Run SUITE end to end: train, evaluate, and record every stage under RESULTS_DIR."""
     from remax_bench.core.trackers import describe
-    from remax_bench.runner import Runner, failed, outcome_table
+    from remax_bench.runner import Runner, exit_code, outcome_table
 
     overrides = _with_trackers(overrides, tracker_names)
     loaded = _load(suite, overrides)
     stages = _plan(loaded, only, seeds)
     planned = sorted({s.stage for s in stages})
     if not dry_run:
-        _refuse(loaded, _run_problems(loaded, planned, jobs))
+        _refuse(loaded, _run_problems(loaded, planned, jobs, results_dir))
     runner = Runner(loaded, results_dir, echo=LiveBoard(), overrides=overrides)
     where = " as Slurm jobs" if loaded.runtime.executor == "slurm" else f", {jobs} at once" if jobs > 1 else ""
     click.echo(f"suite {loaded.name!r}: {len(stages)} stages{where}, results in {runner.root}")
@@ -220,17 +220,16 @@ def run(suite, only, seeds, results_dir, jobs, dry_run, overrides, tracker_names
     if any(o.status == "submitted" for o in outcomes):
         click.echo(f"\nthe submitted jobs go on in Slurm: `remax-bench status {suite}` shows them, `run` again "
                    "follows them, scancel stops them")
-    if failed(outcomes):
-        sys.exit(1)
+    sys.exit(exit_code(runner, outcomes))
 
 
-def _run_problems(suite, planned: list[str] | None, jobs: int) -> list[str]:
+def _run_problems(suite, planned: list[str] | None, jobs: int, results_dir: str | None = None) -> list[str]:
     """Everything that can be checked before a stage starts: the suite's inputs, this machine's devices for
     --jobs, and the Slurm cluster with runtime.executor slurm."""
     from remax_bench import devices
     from remax_bench.preflight import problems
 
-    found = problems(suite, planned) + devices.problems(suite.runtime, planned or list(PREPARATION_STAGES), jobs)
+    found = problems(suite, planned, results_dir) + devices.problems(suite.runtime, planned or list(PREPARATION_STAGES), jobs)
     if suite.runtime.executor == "slurm":
         from remax_bench.slurm import problems as slurm_problems
 

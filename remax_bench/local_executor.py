@@ -3,6 +3,10 @@
 Each stage is a subprocess (``python -m trainers.<stage>``, or the ``deepspeed`` launcher when it has several
 ranks) whose output goes to ``logs/<stage>-seed<k>.log``; a thread per stage reads that output and hands the
 runner's loop one event per line and one when the stage ends, so the loop waits on events, never on a timer.
+
+Every stage runs in its own session (its own process group), so a stop reaches the launcher and every rank it
+started, and only them: SIGUSR1 on a stop signal to the runner (each rank checkpoints and exits resumable,
+EXIT_RESUMABLE in remax_bench/core/stage.py), SIGINT on Ctrl-C (a terminal's Ctrl-C no longer reaches them itself).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from dataclasses import dataclass
 
 from remax_bench import devices
 from remax_bench.core import results
-from remax_bench.core.stage import EXIT_RESUMABLE
+from remax_bench.core.stage import EXIT_COMPLETED, EXIT_RESUMABLE, EXIT_SIGINT
 from remax_bench.outcome import Outcome
 
 RUNNER_PID_ENV = "REMAX_BENCH_RUNNER_PID"
@@ -28,6 +32,7 @@ INTERRUPT_GRACE_S = 30
 @dataclass
 class Running:
     item: object  # runner.StagePlan
+    config: dict
     label: str
     process: subprocess.Popen
     share: devices.Share
@@ -35,9 +40,11 @@ class Running:
 
 
 class LocalExecutor:
-    """``run``'s stages on this machine. A stage starts once its inputs are complete (waits_for_inputs)."""
+    """``run``'s stages on this machine. A stage starts once its inputs are complete (waits_for_inputs); they
+    end with the run (owns_stages)."""
 
     waits_for_inputs = True
+    owns_stages = True
 
     def __init__(self, runner, jobs: int = 1):
         self.runner, self.jobs = runner, jobs
@@ -45,13 +52,14 @@ class LocalExecutor:
         self.events: queue.Queue = queue.Queue()
         self.running: dict[str, Running] = {}
         self.poll_s = 5.0  # only while a stage waits for GPUs held by another run
+        self.interrupted = False  # Ctrl-C: whatever a stage's exit code, it did not end well
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc) -> None:
         for run in self.running.values():  # only after an error in the loop itself: no stage outlives it
-            run.process.kill()
+            _signal_group(run.process, signal.SIGKILL)
             self.pool.give_back(run.share)
 
     def has_room(self) -> bool:
@@ -78,8 +86,11 @@ class LocalExecutor:
         self.runner.echo(f"{label}: will run ({reason})")
         self.runner.echo(f"{label}: running{describe(share)} (log: {log_path})")
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                                   bufsize=1, pass_fds=share.fds, preexec_fn=_stage_preexec(share.cores))
-        self.running[item.key] = Running(item, label, process, share, time.time())
+                                   bufsize=1, pass_fds=share.fds, preexec_fn=_stage_preexec(share.cores),
+                                   start_new_session=True)
+        self.running[item.key] = Running(item, config, label, process, share, time.time())
+        if self.runner.stopped_by:  # the stop came while it was being started
+            _signal_group(process, signal.SIGUSR1)
         threading.Thread(target=self._pump, args=(item.key, process, log_path), daemon=True,
                          name=f"stage-{item.key}").start()
         return None
@@ -108,35 +119,44 @@ class LocalExecutor:
         seconds = time.time() - run.start
         final = self.runner.final_dir(key)
         log_path = self.runner.log_path(run.item)
-        if code == 0 and results.is_complete(final):
+        if code == EXIT_COMPLETED and results.is_complete(final):
             (final / "stage.log").write_text(log_path.read_text())
             results.discard(results.failed_dir(final))  # an earlier failure is no longer this stage's state
             self.runner.echo(f"{run.label}: completed in {seconds:.1f}s")
             return Outcome(key, "completed", seconds)
-        if code in (EXIT_RESUMABLE, 130, -signal.SIGINT):
-            return Outcome(key, "interrupted", seconds, "stopped by a signal; run the same command again")
+        resumes = self.runner.resumes_from(run.item, run.config)
+        if self.interrupted:
+            return Outcome(key, "interrupted", seconds, f"Ctrl-C: {resumes}")
+        if code == EXIT_RESUMABLE:
+            return Outcome(key, "interrupted", seconds, f"stopped by {self.runner.stopped_by or 'a signal'}: {resumes}")
+        if code in (EXIT_SIGINT, -signal.SIGINT):
+            return Outcome(key, "interrupted", seconds, f"SIGINT: {resumes}")
         detail = failure_reason(log_path, code)
         self.runner.echo(f"{run.label}: FAILED after {seconds:.1f}s: {detail} (log: {log_path})")
         return Outcome(key, "failed", seconds, detail)
 
+    def forward_stop(self) -> None:
+        """A stop signal to the runner: SIGUSR1 to every running stage's process group (every rank checkpoints
+        at the end of its iteration and exits resumable; the deepspeed launcher ignores it)."""
+        for run in list(self.running.values()):
+            _signal_group(run.process, signal.SIGUSR1)
+
     def interrupt(self) -> list:
-        """Ctrl-C or SIGTERM: every running stage records itself as interrupted and stops; their outcomes."""
+        """Ctrl-C: every running stage records itself as interrupted and stops at once; their outcomes."""
+        self.interrupted = True
         for run in self.running.values():
-            _signal(run.process, signal.SIGINT)
+            _signal_group(run.process, signal.SIGINT)
         outcomes = []
         deadline = time.time() + INTERRUPT_GRACE_S
         while self.running:
             event = self.next_event(timeout=max(0.1, deadline - time.time()))
             if event is None:  # past the grace period
                 for run in self.running.values():
-                    run.process.kill()
+                    _signal_group(run.process, signal.SIGKILL)
                 deadline = time.time() + INTERRUPT_GRACE_S
                 continue
             if event[0] == "done":
-                outcome = event[2]
-                if outcome.status != "completed":
-                    outcome.status, outcome.detail = "interrupted", "Ctrl-C / SIGTERM"
-                outcomes.append(outcome)
+                outcomes.append(event[2])
         return outcomes
 
 
@@ -149,11 +169,12 @@ def describe(share: devices.Share) -> str:
     return f" on {', '.join(parts)}" if parts else ""
 
 
-def _signal(process: subprocess.Popen, signum: int) -> None:
+def _signal_group(process: subprocess.Popen, signum: int) -> None:
+    """A signal to the stage and every process it started (its own process group)."""
     try:
-        process.send_signal(signum)
+        os.killpg(process.pid, signum)
     except ProcessLookupError:
-        pass
+        pass  # already gone
 
 
 def _stage_preexec(cores: list[int] | None):
@@ -166,7 +187,10 @@ def _stage_preexec(cores: list[int] | None):
 
 def _die_with_parent() -> None:
     """In the stage process before exec: the kernel kills it when the runner dies, even by SIGKILL, so a
-    stage never keeps a GPU busy and races a re-run. (Stages also watch the runner's pid as a fallback.)"""
+    stage never keeps a GPU busy and races a re-run. (Stages also watch the runner's pid as a fallback.)
+    SIGUSR1 is ignored until a stage takes it (ignoring survives exec): the deepspeed launcher, which has no
+    handler of its own for it, keeps running while its ranks checkpoint."""
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     if sys.platform.startswith("linux"):
         import ctypes
 

@@ -15,15 +15,25 @@ same policy and optimises the very same reward, which is what makes the comparis
 and eval run once per seed, and once per value of a sweep (core/sweep.py: ``<stage>@kl_coef=0.1/seed0``); the
 preparation stages are shared by every value of a sweep over a field they do not read.
 
+A stage's identity is the suite fields it reads and its inputs' identities (remax_bench.core.identity): a
+re-run after editing an algorithm's field keeps SFT and the reward model, and one after editing an SFT field
+redoes everything downstream of it.
+
 Each stage is a subprocess (``python -m trainers.<stage>``, or the ``deepspeed`` launcher when the suite asks
 for several GPUs), so its peak memory is its own and a crash takes down one stage only. A stage writes into
-a partial directory and renames it when done; a re-run skips complete stages whose config is unchanged and
-redoes everything else.
+a partial directory and renames it when done; a re-run skips complete stages whose config is unchanged, resumes
+an interrupted or failed one from its newest checkpoint of the same config, and redoes everything else.
 
 One loop runs the graph: start what is ready, up to N at once, and wait for the next event. Where the stages
 run is the executor's: processes on this machine (remax_bench/local_executor.py; ``run --jobs N`` runs N at
 once, each on its own share of the devices), or one Slurm job per stage (remax_bench/slurm.py), which Slurm
 starts once its inputs' jobs end well (``afterok``). A failed stage stops only the stages that read it.
+
+SIGTERM and SIGUSR1 sent to the runner reach every process of every running stage as SIGUSR1 (each stage's own
+process group; the deepspeed launcher ignores it, every rank takes it): each stage writes a checkpoint at the end
+of its iteration and exits resumable, no further stage starts, and the runner stops with the same exit code (the
+contract is in remax_bench/core/stage.py). A stage that exits resumable on its own stops the run the same way.
+Ctrl-C stops the running stages at once. On Slurm a stop ends only the watching: the jobs go on in Slurm.
 """
 
 from __future__ import annotations
@@ -36,8 +46,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from remax_bench.core import algorithms, results, sweep
+from remax_bench.core import algorithms, checkpoint, results, sweep
 from remax_bench.core.config import Suite
+from remax_bench.core.identity import identity_view, stage_identity
+from remax_bench.core.stage import EXIT_COMPLETED, EXIT_FAILED, EXIT_RESUMABLE, STOP_SIGNALS
 from remax_bench.outcome import OK, Outcome
 
 # The module each stage runs as (``python -m <module>``); every one ends in remax_bench.core.stage.stage_main.
@@ -136,6 +148,9 @@ class Runner:
         self.waits: dict[str, str | None] = {}  # why a ready stage waits (devices held by another run)
         self.first_progress: dict[str, tuple[float, int]] = {}  # key -> (time, step) of its first progress line
         self.plans: dict[str, StagePlan] = {}  # the running plan's stages by key
+        self.stopped_by: str | None = None  # the stop signal this runner was sent, once it was
+        self.interrupted = False  # a stage ended resumable: no further stage starts
+        self.held: set[str] = set()  # stages a stop kept from starting
 
     # -- paths and configs ----------------------------------------------------------------------
     def final_dir(self, key: str) -> Path:
@@ -151,20 +166,21 @@ class Runner:
         return str(self.final_dir(key).relative_to(self.root) / "checkpoint")
 
     def identity_of(self, key: str, plans: dict[str, StagePlan]) -> str | None:
-        """What an input is, not where it is: the config hash of the stage that trains it. For a stage of this
-        plan that is the config it runs with (known before it ends, so a stage can be handed to Slurm before its
-        inputs finish); for one outside the plan, its complete result's (None while it has none)."""
+        """What an input is, not where it is: the hash its result is recorded under, as the stages built on it
+        record it. A complete result that is kept (its stage identity unchanged) keeps the hash it was recorded
+        under; a stage of this plan that will run records its stage identity, known before it ends, so a stage
+        can be handed to Slurm before its inputs finish. None for an input outside the plan without a result."""
         plan_ = plans.get(key)
         if plan_ is not None and plan_.given:
             return f"given:{plan_.given}"
-        from remax_bench.core.stage import config_hash
-
-        if plan_ is not None:
-            return config_hash(self.stage_config(plan_, plans))
         final = self.final_dir(key)
-        if not results.is_complete(final):
-            return None
-        return results.read_json(final / "manifest.json").get("config_hash")
+        recorded = results.read_json(final / "manifest.json") if results.is_complete(final) else None
+        if plan_ is None:
+            return recorded.get("config_hash") if recorded else None
+        identity = stage_identity(self.stage_config(plan_, plans))
+        if recorded and stage_identity(recorded.get("config") or {"stage": plan_.stage}) == identity:
+            return recorded.get("config_hash")
+        return identity
 
     def suite_of(self, item: StagePlan) -> Suite:
         """The concrete suite a stage runs: its sweep value's, else the runner's."""
@@ -204,28 +220,40 @@ class Runner:
 
     # -- deciding ----------------------------------------------------------------------------------
     def why_run(self, item: StagePlan, config: dict, rerun: set[str] = frozenset()) -> str | None:
-        """None when the stage's complete result matches its config and inputs; else why it must run."""
+        """None when the stage's complete result matches its config and inputs; else why it must run (and from
+        which iteration, where a checkpoint of this config lets it resume)."""
         final = self.final_dir(item.key)
-        from remax_bench.core.stage import config_hash
-
+        resume = self.resume_point(item, config) if not rerun & set(item.needs) else None
+        resuming = f"will resume from iteration {resume}" if resume is not None else None
         if results.is_complete(final):
-            manifest = results.read_json(final / "manifest.json")
-            if manifest.get("config_hash") == config_hash(config):
+            # Both identities computed here from the configs themselves (not the hash the manifest recorded), so
+            # a result is kept when no field its stage reads changed, whichever version wrote its manifest.
+            old = results.read_json(final / "manifest.json").get("config") or {}
+            if old and not rerun & set(item.needs) and stage_identity(old) == stage_identity(config):
                 return None
-            old = manifest.get("config") or {}
             changed_inputs = [n for n in item.needs
                               if n in rerun or (old.get("input_ids") or {}).get(n) != config["input_ids"].get(n)]
             if changed_inputs:
-                return f"input changed: {', '.join(changed_inputs)}"
-            fields = _changed_fields(old.get("suite"), config["suite"], "")
-            if fields:
-                return f"config changed: {', '.join(fields[:5])}{' ...' if len(fields) > 5 else ''}"
-            return "config changed: " + (", ".join(_changed_fields(old, config, "")[:5]) or "stage identity")
+                reason = f"input changed: {', '.join(changed_inputs)}"
+            else:
+                fields = _changed_fields(identity_view(old) if old else {}, identity_view(config), "")
+                fields = [f.removeprefix("suite.") for f in fields] or ["stage identity"]
+                reason = f"config changed: {', '.join(fields[:5])}{' ...' if len(fields) > 5 else ''}"
+            return f"{reason}; {resuming}" if resuming else reason
         if results.partial_dir(final).exists():
-            return "partial: an interrupted attempt, redone from the start"
+            return f"partial: an interrupted attempt, {resuming or 'redone from the start'}"
         if results.failed_dir(final).exists():
-            return "failed: the last attempt failed"
-        return "missing"
+            return f"failed: the last attempt failed{'; ' + resuming if resuming else ''}"
+        return f"interrupted: {resuming}" if resuming else "missing"
+
+    def resume_point(self, item: StagePlan, config: dict) -> int | None:
+        """The iteration the stage's newest checkpoint of this config holds (None: none, it starts over)."""
+        return checkpoint.newest_of_config(results.checkpoints_dir(self.final_dir(item.key)),
+                                           checkpoint.config_identity(config))
+
+    def resumes_from(self, item: StagePlan, config: dict) -> str:
+        resume = self.resume_point(item, config)
+        return f"a re-run resumes from iteration {resume}" if resume is not None else "no checkpoint, a re-run starts over"
 
     def preview(self, stages: list[StagePlan]) -> list[Outcome]:
         """--dry-run: what each stage would do and its command; nothing is written."""
@@ -268,40 +296,84 @@ class Runner:
 
     def run(self, stages: list[StagePlan], dry_run: bool = False, jobs: int = 1) -> list[Outcome]:
         """The plan's stages, dependencies first: whatever is ready starts, up to ``jobs`` at once; a stage
-        whose input failed is blocked, and every other goes on."""
+        whose input failed is blocked, and every other goes on. After a stop (a signal to the runner, or a stage
+        that ended resumable) no stage starts and the running ones end as the stop tells them."""
         if dry_run:
             return self.preview(stages)
         plans = self.plans = {s.key: s for s in stages}
         labels = {s.key: f"[{i}/{len(stages)}] {s.key}" for i, s in enumerate(stages, 1)}
         outcomes: dict[str, Outcome] = {}
         waiting = list(stages)
-        with self.executor(jobs) as executor, _sigterm_as_interrupt():
+        with self.executor(jobs) as executor, self._taking_stop_signals(executor):
             try:
                 while waiting or executor.running:
                     waiting = [item for item in waiting
                                if not self.try_start(item, plans, outcomes, executor, labels[item.key])]
-                    if not executor.running and not waiting:
+                    if not executor.running and (not waiting or self.stopping):
                         break
-                    # Without a running stage only a device held by another run can be awaited: look again soon.
-                    event = executor.next_event(timeout=None if executor.running else executor.poll_s)
+                    if self.stopped_by and not executor.owns_stages:
+                        for outcome in executor.interrupt():  # Slurm's jobs go on; only the watching stops
+                            outcomes[outcome.key] = outcome
+                        break
+                    event = executor.next_event(timeout=self._wait_s(executor))
+                    if self.stopped_by:  # again: a stage still importing ignores SIGUSR1 until it takes it
+                        executor.forward_stop()
                     if event is None:
                         continue
                     kind, key, payload = event
                     if kind == "done":
                         outcomes[key] = payload
+                        self.interrupted |= payload.status == "interrupted"
                         getattr(self.echo, "forget", lambda key: None)(key)
                     elif kind == "line":
                         self.show_line(labels[key], key, payload)
                     else:
                         self.echo(f"{labels[key]}: {payload}")
             except KeyboardInterrupt:
+                self.stopped_by = "SIGINT"
                 for outcome in executor.interrupt():
                     outcomes[outcome.key] = outcome
-                self.echo("interrupted: stopping here; run the same command again to resume")
+        if self.stopping:
+            self.echo("interrupted: stopping here; run the same command again to resume")
         return [outcomes.get(s.key, Outcome(s.key, "not run")) for s in stages]
+
+    @property
+    def stopping(self) -> bool:
+        return bool(self.stopped_by) or self.interrupted
+
+    def _wait_s(self, executor) -> float | None:
+        """How long the loop waits for an event: for ever while a stage runs; without one only a device held by
+        another run can be awaited, so it looks again soon; after a stop it re-sends the stop every few seconds."""
+        wait = None if executor.running else executor.poll_s
+        return min(wait or STOP_RESEND_S, STOP_RESEND_S) if self.stopped_by else wait
+
+    @contextmanager
+    def _taking_stop_signals(self, executor):
+        """SIGTERM and SIGUSR1 to the runner stop the run: no stage starts after them, and every running stage
+        gets SIGUSR1 in its whole process group, so every rank checkpoints at the end of its iteration and exits
+        resumable (the deepspeed launcher, which would end its ranks on SIGTERM, ignores SIGUSR1). Only the main
+        thread can take signals; elsewhere they keep their default action."""
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def forward(signum, frame):
+            self.stopped_by = signal.Signals(signum).name
+            executor.forward_stop()
+
+        previous = {signum: signal.signal(signum, forward) for signum in STOP_SIGNALS}
+        try:
+            yield
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
     def try_start(self, item: StagePlan, plans: dict, outcomes: dict, executor, label: str) -> bool:
         """Start the stage or settle its outcome (given, skipped, blocked): True; False while it must wait."""
+        if item.key in self.held:
+            return False
         if item.given:
             outcomes[item.key] = Outcome(item.key, "given", detail=item.given)
             self.echo(f"{label}: using the given checkpoint {item.given}")
@@ -325,6 +397,11 @@ class Runner:
             outcomes[item.key] = Outcome(item.key, "skipped", detail="already complete")
             self.echo(f"{label}: already complete, skipped")
             return True
+        if self.stopping:
+            self.held.add(item.key)
+            self.echo(f"{self.stopped_by or 'interrupted'}: stopping before {item.key}; run the same command again "
+                      "to go on")
+            return False
         wait = executor.start(item, config, label, pending, reason)
         if wait is not None and self.waits.get(item.key) != wait:
             self.echo(f"{label}: {wait}")  # once per change: another run holds the GPUs it needs
@@ -364,25 +441,7 @@ class Runner:
 
 
 SHOWN_LINES = ("[error]", "[warning]", "[resume]", "[interrupt]")
-
-
-@contextmanager
-def _sigterm_as_interrupt():
-    """SIGTERM (a scheduler stopping the job) takes the same path as Ctrl-C while a stage runs."""
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+STOP_RESEND_S = 5.0  # after a stop, SIGUSR1 again this often to a stage that has not taken it yet
 
 
 def _changed_fields(old, new, prefix: str) -> list[str]:
@@ -406,3 +465,10 @@ def outcome_table(outcomes: list[Outcome]) -> str:
 
 def failed(outcomes: list[Outcome]) -> bool:
     return any(o.status in ("failed", "blocked", "interrupted") for o in outcomes)
+
+
+def exit_code(runner: Runner, outcomes: list[Outcome]) -> int:
+    """``remax-bench run``'s exit code: the stage contract's (0 done, 1 failed, 75 interrupted and resumable)."""
+    if runner.stopped_by or any(o.status == "interrupted" for o in outcomes):
+        return EXIT_RESUMABLE
+    return EXIT_FAILED if failed(outcomes) else EXIT_COMPLETED

@@ -140,7 +140,7 @@ class StageJob:
 
     def __call__(self) -> str:
         from remax_bench.core.stage import EXIT_RESUMABLE
-        from remax_bench.local_executor import RUNNER_PID_ENV
+        from remax_bench.local_executor import RUNNER_PID_ENV, _die_with_parent
 
         ranks = rank_environment()
         rank, world = int(ranks.get("RANK", "0")), ranks.get("WORLD_SIZE", "1")
@@ -164,7 +164,7 @@ class StageJob:
             env = {**os.environ, **ranks, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false",
                    RUNNER_PID_ENV: str(os.getpid())}
             child.append(subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                          preexec_fn=_ignore_usr1_and_die_with_parent))
+                                          preexec_fn=_die_with_parent))
             while True:
                 try:
                     code = child[0].wait(timeout=5)
@@ -194,15 +194,6 @@ def _send(child: list[subprocess.Popen], signum: int) -> None:
             process.send_signal(signum)
         except ProcessLookupError:
             pass
-
-
-def _ignore_usr1_and_die_with_parent() -> None:
-    """In the stage process before exec: SIGUSR1 is ignored until the stage takes it (an early warning must not
-    kill a stage that is still importing), and the stage dies with its task."""
-    from remax_bench.local_executor import _die_with_parent
-
-    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
-    _die_with_parent()
 
 
 # -- asking Slurm ------------------------------------------------------------------------------------------
@@ -280,6 +271,7 @@ class SlurmExecutor:
     """``run``'s stages as Slurm jobs. A stage is handed over once its inputs' jobs are submitted (afterok)."""
 
     waits_for_inputs = False
+    owns_stages = False  # a submitted job goes on in Slurm when `run` stops watching it
 
     def __init__(self, runner):
         self.runner = runner
@@ -407,8 +399,11 @@ class SlurmExecutor:
         self.runner.echo(f"{job.label}: FAILED: {detail} (log: {log})")
         return Outcome(key, "failed", detail=detail)
 
+    def forward_stop(self) -> None:
+        """A stop signal to `run` is not the jobs': Slurm signals them itself (time limits, pre-emption)."""
+
     def interrupt(self) -> list:
-        """Ctrl-C or SIGTERM to `run`: the watching stops, the jobs go on in Slurm."""
+        """Ctrl-C, SIGTERM or SIGUSR1 to `run`: the watching stops, the jobs go on in Slurm."""
         ended = [payload for kind, key, payload in self.events if kind == "done"]
         return ended + [Outcome(key, "submitted", detail=f"Slurm job {job.job_id} {job.state}")
                         for key, job in self.running.items() if not job.ended]

@@ -142,13 +142,24 @@ def test_errors_name_the_field_and_the_problem(tmp_path):
         r"found columns: \['prompt', 'response'\]",
     ):
         load_preferences(jsonl(tmp_path / "a.jsonl", [{"prompt": "p", "response": "r"}]), SYN)
-    with pytest.raises(DataError, match=r"data\.sft\.source .*: row 1 has an empty or missing 'response'"):
+    # Rows are named by the line of the file they start on (blank lines and multi-line JSON counted).
+    with pytest.raises(DataError, match=r"data\.sft\.source .*b\.jsonl', line 2: an empty or missing 'response'"):
         load_sft(jsonl(tmp_path / "b.jsonl", [{"prompt": "p", "response": "r"}, {"prompt": "q", "response": " "}]), SYN)
-    with pytest.raises(DataError, match=r"row 2 has an empty or missing 'prompt'"):
-        load_prompts(jsonl(tmp_path / "c.jsonl", [{"prompt": "p"}, {"prompt": "q"}, {"prompt": ""}]), SYN)
+    (tmp_path / "c.jsonl").write_text('{"prompt": "p"}\n\n{"prompt": "q"}\n{"prompt": ""}\n')
+    with pytest.raises(DataError, match=r"c\.jsonl', line 4: an empty or missing 'prompt'"):
+        load_prompts(src(tmp_path / "c.jsonl"), SYN)
+    (tmp_path / "c.json").write_text('[\n  {"prompt": "p"},\n  {\n    "prompt": ""\n  }\n]\n')
+    with pytest.raises(DataError, match=r"c\.json', line 3: an empty or missing 'prompt'"):
+        load_prompts(src(tmp_path / "c.json"), SYN)
+    (tmp_path / "c.csv").write_text('prompt,response\n"two\nlines",r\nq,\n')
+    with pytest.raises(DataError, match=r"c\.csv', line 4: an empty or missing 'response'"):
+        load_sft(src(tmp_path / "c.csv"), SYN)
+    pd.DataFrame({"prompt": ["p", ""]}).to_parquet(tmp_path / "c.parquet")
+    with pytest.raises(DataError, match=r"c\.parquet', row 1: an empty or missing 'prompt'"):
+        load_prompts(src(tmp_path / "c.parquet"), SYN)
     with pytest.raises(DataError, match=r"expected a prompt column .* found columns: \['text'\]"):
         load_prompts(jsonl(tmp_path / "d.jsonl", [{"text": "x"}]), SYN)
-    with pytest.raises(DataError, match=r"row 0: a message list has no assistant message"):
+    with pytest.raises(DataError, match=r"e\.jsonl', line 1: a message list has no assistant message"):
         bad = _uf("q", "a", "b") | {"rejected": [{"role": "user", "content": "q"}]}
         load_preferences(jsonl(tmp_path / "e.jsonl", [bad]), SYN)
     (tmp_path / "empty.jsonl").write_text("")
@@ -167,7 +178,7 @@ def test_errors_name_the_field_and_the_problem(tmp_path):
     with pytest.raises(DataError, match=r"torn\.jsonl, line 2: not valid JSON"):
         load_sft(src(tmp_path / "torn.jsonl"), SYN)
     (tmp_path / "latin1.jsonl").write_bytes(b'{"prompt": "a", "response": "b"}\n{"prompt": "caf\xe9", "response": "b"}\n')
-    with pytest.raises(DataError, match=r"latin1\.jsonl, line 2: not UTF-8 text \(byte 0xe9\)"):
+    with pytest.raises(DataError, match=r"latin1\.jsonl, line 2: not UTF-8 text \(byte 0xe9 at column 16\)"):
         load_sft(src(tmp_path / "latin1.jsonl"), SYN)
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(DataError, match=r"notes\.txt is not a \.jsonl / \.json / \.parquet / \.csv file"):

@@ -48,7 +48,7 @@ def test_local_files(tmp_path):
     assert [r["instruction"] for r in alpaca_eval_instructions(str(jsonl))] == ["One?", "Two?"]
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps([{"text": "x"}]))
-    with pytest.raises(EvalDataError, match="row 0 .* has no 'instruction'"):
+    with pytest.raises(EvalDataError, match=r"bad\.json, line 1: no .instruction."):
         alpaca_eval_instructions(str(bad))
     prompts = judge_prompts(str(FIXTURES / "judge_prompts.jsonl"))
     assert set(prompts) == {"single-v1", "single-math-v1", "single-v1-multi-turn", "single-math-v1-multi-turn"}
@@ -56,6 +56,26 @@ def test_local_files(tmp_path):
     partial.write_text((FIXTURES / "judge_prompts.jsonl").read_text().splitlines()[0] + "\n")
     with pytest.raises(EvalDataError, match="lacks the prompts"):
         judge_prompts(str(partial))
+
+
+def test_faults_in_local_eval_files_name_the_file_and_its_line(tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"instruction": "One?"}\n\n{"instruction": "Two?"}\n{"instruction": "Three?", oops}\n')
+    with pytest.raises(EvalDataError, match=r"eval\.alpaca_eval\.prompts: .*prompts\.jsonl, line 4: not valid JSON "
+                       r"\(Expecting property name enclosed in double quotes, column 27\)"):
+        alpaca_eval_instructions(str(prompts))
+    questions = tmp_path / "question.jsonl"
+    good = {"question_id": 1, "category": "writing", "turns": ["Hi?", "And?"]}
+    questions.write_bytes(json.dumps(good).encode() + b"\n" + b'{"question_id": 2, "turns": ["caf\xe9?"]}\n')
+    with pytest.raises(EvalDataError, match=r"eval\.mt_bench\.questions: .*question\.jsonl, line 2: not UTF-8 text"):
+        mt_bench_questions(str(questions))
+    questions.write_text(json.dumps(good) + "\n" + json.dumps({"question_id": 2, "turns": []}) + "\n")
+    with pytest.raises(EvalDataError, match=r"question\.jsonl, line 2: question 2 needs question_id and a list"):
+        mt_bench_questions(str(questions))
+    judge = tmp_path / "judge_prompts.jsonl"
+    judge.write_text((FIXTURES / "judge_prompts.jsonl").read_text() + '["not", "a", "prompt"]\n')
+    with pytest.raises(EvalDataError, match=r"judge_prompts\.jsonl, line 5: expected a JSON object with a 'name'"):
+        judge_prompts(str(judge))
 
 
 def test_offline_without_data_names_what_is_missing_and_the_field_to_set(empty_cache, monkeypatch):

@@ -217,3 +217,51 @@ def test_a_stuck_rank_fails_the_stage_at_the_collective_timeout(tmp_path, monkey
     outcome, = FailingRunner(suite, tmp_path / "results", echo=lambda line: None).run(plan(suite, only=["sft"]))
     assert outcome.status == "failed" and outcome.seconds < 200, outcome
     assert outcome.detail.startswith("stage sft failed on rank 0 of 2:"), outcome
+
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+class KillingRunner(Runner):
+    """Each stage started through tests/fixtures/killed_stage.py: every rank SIGKILLs itself after iteration 4."""
+
+    def command(self, item, **share):
+        command = []
+        for part in super().command(item, **share):
+            command += ["killed_stage", part] if part == item.module else [part]
+        return command
+
+
+@pytest.mark.timeout(1800)  # six launches of two ranks: 10-14 minutes on 2 loaded cores
+@pytest.mark.parametrize("zero_stage", [2, 3])
+def test_sft_and_remax_killed_on_two_ranks_resume_to_the_uninterrupted_weights(tmp_path, monkeypatch, zero_stage):
+    """SFT, then ReMax (scored by the gold function), on 2 ranks: each killed with SIGKILL on both ranks after
+    iteration 4, with a checkpoint (every rank's ZeRO partition, through DeepSpeed's save_checkpoint) after 3; run
+    again, each resumes from 3 and ends with the very weights of an uninterrupted 2-rank run."""
+    path = _suite(tmp_path, f"resume{zero_stage}", 2, zero_stage, sft={"batch_size": 16, "epochs": 2},
+                  shared={"iterations": 6, "rollout_batch_size": 4, "train_batch_size": 4, "reward_function": "gold"})
+    data = yaml.safe_load(path.read_text())
+    data["runtime"]["checkpoint_every"] = 3
+    path.write_text(yaml.safe_dump(data))
+    reference = _run(path, tmp_path / "reference", "--only", "sft,remax")
+    assert reference.returncode == 0, reference.stdout[-3000:] + reference.stderr[-3000:]
+
+    suite = load_suite(str(path))
+    for key, value in {**_env(FIXTURES), "REMAX_BENCH_KILL_AT": "4"}.items():
+        monkeypatch.setenv(key, value)
+    console, attempts = [], []
+    for _ in range(3):  # SFT killed; SFT resumed and ReMax killed; ReMax resumed
+        attempts.append(KillingRunner(suite, tmp_path / "resumed", echo=console.append).run(plan(suite, only=["sft", "remax"])))
+        if all(o.status in ("completed", "skipped") for o in attempts[-1]):
+            break
+    assert [[o.status for o in outcomes] for outcomes in attempts] == [
+        ["failed", "blocked"], ["completed", "failed"], ["skipped", "completed"]], "\n".join(console)
+    for stage in ("sft", "remax"):
+        final, uninterrupted = (root / suite.name / stage / "seed0" for root in (tmp_path / "resumed", tmp_path / "reference"))
+        assert (final / "checkpoint" / "model.safetensors").read_bytes() == \
+            (uninterrupted / "checkpoint" / "model.safetensors").read_bytes(), stage
+        assert f"[resume] {stage}: resumed from iteration 3" in "\n".join(console), stage
+        assert "resumed from iteration 3" in (final / "stage.log").read_text()
+        summary = json.loads((final / "summary.json").read_text())
+        digests = summary["data_parallel"]["weights_sha256_by_rank"]
+        assert summary["resumed_from"] == [3] and digests[0] == digests[1], (stage, digests)

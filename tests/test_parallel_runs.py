@@ -95,6 +95,48 @@ def test_a_failed_stage_stops_only_what_reads_it(tmp_path, probe, monkeypatch):
         assert outcomes[key].status == "blocked" and "reward_model/seed0" in outcomes[key].detail
 
 
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPU cores to split")
+def test_a_stop_signal_reaches_every_running_stage_and_starts_no_other(tmp_path, probe, monkeypatch):
+    """SIGTERM to the runner with two stages running (the reward model and the first DPO, each in its own session
+    with a child standing for a rank): both process groups get SIGUSR1 and end resumable, the second DPO, ready
+    and waiting for room, never starts, and the run ends with the stage contract's exit 75."""
+    import signal
+    import threading
+    import time
+
+    from remax_bench.core.stage import EXIT_RESUMABLE
+    from remax_bench.runner import exit_code
+
+    monkeypatch.setenv("PROBE_WAIT_reward_model", "dpo")
+    monkeypatch.setenv("PROBE_WAIT_dpo", "reward_model")
+    monkeypatch.setenv("PROBE_HOLD", "reward_model,dpo")
+    held = [probe / "reward_model-seed0.held", probe / "dpo-seed0.held"]
+
+    def stop_when_both_hold():
+        deadline = time.time() + 300
+        while not all(p.exists() for p in held) and time.time() < deadline:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    suite = _nano()
+    lines = []
+    runner = ProbeRunner(suite, tmp_path / "res", echo=lines.append)
+    threading.Thread(target=stop_when_both_hold, daemon=True).start()
+    outcomes = {o.key: o for o in runner.run(plan(suite), jobs=2)}
+    text = "\n".join(lines)
+    assert all(p.exists() for p in held), text
+    for key in ("reward_model-seed0", "dpo-seed0"):
+        assert (probe / f"{key}.usr1").exists() and (probe / f"{key}.child-usr1").exists(), key
+        assert _records(probe)[key]["own_session"]
+    for key in ("reward_model/seed0", "dpo/seed0"):
+        assert outcomes[key].status == "interrupted", text
+        assert outcomes[key].detail.startswith("stopped by SIGTERM: "), outcomes[key].detail
+    assert not (probe / "dpo-seed1.start").exists() and outcomes["dpo/seed1"].status == "not run"
+    assert "SIGTERM: stopping before dpo/seed1" in text
+    assert runner.stopped_by == "SIGTERM" and exit_code(runner, list(outcomes.values())) == EXIT_RESUMABLE
+    assert "[interrupt] stage dpo stopped" in text
+
+
 def test_gpus_are_locked_per_device_across_runs(tmp_path, monkeypatch):
     """Two runs on a machine with GPUs 0-3: a stage of the second gets only GPUs that no stage of the first holds,
     and waits (naming the holder) while none is free; a GPU held by another process is skipped."""

@@ -2,6 +2,7 @@ import copy
 import json
 import math
 import re
+from html.parser import HTMLParser
 
 import pandas as pd
 import pytest
@@ -356,3 +357,103 @@ def test_warnings_of_the_stages_are_in_the_report(tmp_path):
     md = (index.parent / "summary.md").read_text()
     assert "- eval/seed0: remax: 46 of 160 MT-bench prompts (turns) were longer" in md.split("## Warnings")[1]
     assert "46 of 160 MT-bench prompts" in index.read_text()
+
+
+class _Tables(HTMLParser):
+    """Each <table> of a page: its header cells, its widest row's cell count, and whether a scroll box holds it."""
+
+    def __init__(self):
+        super().__init__()
+        self.tables, self.boxes, self.row = [], [], None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "div":
+            self.boxes.append(dict(attrs).get("class") == "scroll")
+        elif tag == "table":
+            self.tables.append({"header": [], "columns": 0, "in_scroll_box": any(self.boxes)})
+        elif tag == "tr":
+            self.row = []
+        elif tag in ("td", "th") and self.row is not None:
+            self.row.append("")
+
+    def handle_endtag(self, tag):
+        if tag == "div":
+            self.boxes.pop()
+        elif tag == "tr" and self.row is not None:
+            table = self.tables[-1]
+            table["header"] = table["header"] or self.row
+            table["columns"] = max(table["columns"], len(self.row))
+            self.row = None
+
+    def handle_data(self, data):
+        if self.row:
+            self.row[-1] += data.strip()
+
+
+def _page_tables(page: str) -> list[dict]:
+    parser = _Tables()
+    parser.feed(page)
+    return parser.tables
+
+
+def test_the_page_tables_fit_a_1280_px_window(full):
+    """Looked at in headless Chromium at 1280 px (see the note in remax_bench/report/render.py): a table of at
+    most nine columns of these figures fits the page's 1100 px, wrapping 'mean ± std'; wider ones did not."""
+    from remax_bench.report.load import POLICY_STAGES
+    from remax_bench.report.render import RUNS_PER_TABLE
+
+    tables = _page_tables(full.read_text())
+    # The headline's tables come first; the summary is the first table by figure.
+    first = next(i for i, table in enumerate(tables) if table["header"][0] == "figure")
+    summary, *per_seed, paper = tables[first:]
+    # The summary has a row per figure and a column per algorithm, not a column per figure.
+    assert summary["header"] == ["figure", "SFT", "PPO", "ReMax", "DPO"]
+    assert [t["header"][0] for t in per_seed] == ["field", "field"]  # 8 runs: two tables of 4
+    assert [t["columns"] for t in per_seed] == [5, 5] and max(t["columns"] for t in per_seed) <= 1 + RUNS_PER_TABLE
+    assert paper["header"][0] == "figure"
+    assert all(t["columns"] <= 1 + len(POLICY_STAGES) for t in tables)
+    assert all(t["in_scroll_box"] for t in tables)  # anything wider scrolls in its box, not the page
+
+
+def test_only_algorithms_the_suite_asked_for_are_missing(full, tmp_path):
+    page = full.read_text()
+    assert "algorithms without a result" not in page  # tiny enables PPO, ReMax and DPO, and all three ran
+    root = build_tree(tmp_path / "results", algorithms=("ppo", "remax"), seeds=(0,), with_eval=False)
+    asked = copy.deepcopy(SUITE)
+    asked["grpo"]["enabled"] = True
+    _write(root / "remax" / "seed0" / "manifest.json", _manifest("remax", 0, asked, start="2030-01-01T00:00:00"))
+    page = report.write_report(tmp_path / "results", tmp_path / "reports", "tiny", dpi=30).read_text()
+    assert "algorithms without a result: DPO, GRPO" in page and "REINFORCE" not in page
+
+
+def test_fields_are_compared_among_the_runs_that_read_them(tmp_path):
+    root = build_tree(tmp_path / "results", seeds=(0,), with_eval=False)
+    newer = copy.deepcopy(SUITE)
+    newer["data"]["prompts"] = {**newer["data"]["prompts"], "max_examples": 100}
+    newer["dpo"]["beta"] = 0.5  # DPO's own block: never compared
+    for stage in ("ppo", "remax"):  # a new prompt set reran the online algorithms; DPO, which reads none, was kept
+        _write(root / stage / "seed0" / "manifest.json",
+               _manifest(stage, 0, newer, start="2030-01-01T00:00:00", suite_hash="fedcba987654"))
+    res = report.load_results(root.parent, "tiny")
+    assert report.what_differed(res.manifests) == []
+    _write(root / "remax" / "seed0" / "manifest.json", _manifest("remax", 0, SUITE, start="2030-01-01T00:00:00"))
+    lines = report.what_differed(report.load_results(root.parent, "tiny").manifests)
+    assert len(lines) == 1 and lines[0].startswith("data.prompts.max_examples: ") and "dpo" not in lines[0]
+
+
+def test_the_config_hash_names_stages_kept_from_an_earlier_config(tmp_path):
+    from remax_bench.report.tables import _suite_hashes
+
+    root = build_tree(tmp_path / "results", seeds=(0,), with_eval=False)
+    newer = copy.deepcopy(SUITE)
+    newer["shared"]["iterations"] = 80  # read by the algorithms, not by SFT or the reward model
+    for stage in ("ppo", "remax", "dpo"):
+        _write(root / stage / "seed0" / "manifest.json",
+               _manifest(stage, 0, newer, start="2030-01-01T00:00:00", suite_hash="fedcba987654"))
+    text = _suite_hashes(report.load_results(root.parent, "tiny"))
+    assert text == "fedcba987654 (reward_model/seed0, sft/seed0 kept from an earlier config: the fields they read " \
+                   "are unchanged)"
+    older = copy.deepcopy(SUITE)
+    older["sft"]["epochs"] = 1  # an SFT trained under other SFT settings was not kept by the runner: say so
+    _write(root / "sft" / "seed0" / "manifest.json", _manifest("sft", 0, older))
+    assert _suite_hashes(report.load_results(root.parent, "tiny")).startswith("several: ")

@@ -117,6 +117,7 @@ def test_a_stage_trains_on_the_gold_reward_without_a_reward_model(tmp_path, one_
     assert all(0.0 <= r["reward_mean"] <= 1.0 for r in rows)  # gold scores lie in [0, 1]
 
 
+@pytest.mark.slow  # six stage processes (a minute alone on 2 cores); each stage runs in the fast tests on its own
 def test_the_family_runs_end_to_end_on_the_true_reward_and_the_report_compares_it(tmp_path):
     import subprocess
 

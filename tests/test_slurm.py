@@ -15,8 +15,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from remax_bench.core.config import Runtime
-
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(1800)]
 
 REPO = Path(__file__).resolve().parent.parent
@@ -156,11 +154,6 @@ def test_two_ranks_start_through_srun(tmp_path, cluster):
     assert "#SBATCH --ntasks-per-node=2" in (root / "slurm" / f"{job}_submission.sh").read_text()
 
 
-# Mid-stage checkpoints (runtime.checkpoint_every and the stage's exit-code contract): with them a requeued stage goes
-# on from its newest checkpoint; without them it starts over.
-CHECKPOINTS = "checkpoint_every" in Runtime.model_fields
-
-
 def _resumed_from(log: str) -> list[int]:
     return [int(n) for n in re.findall(r"resumed from iteration (\d+)", log)]
 
@@ -169,8 +162,7 @@ def test_a_requeued_rl_stage_finishes_in_its_next_attempt(tmp_path, cluster):
     """`scontrol requeue` of a running ReMax stage: Slurm stops it (SIGTERM), puts the job back in the queue and
     starts it again; `run` follows the job through it, and the stage finishes, from its checkpoint."""
     iterations = 16
-    runtime = {"checkpoint_every": 2} if CHECKPOINTS else {}
-    suite = _suite(tmp_path, shared={"iterations": iterations}, runtime=runtime)
+    suite = _suite(tmp_path, shared={"iterations": iterations}, runtime={"checkpoint_every": 2})
     runner = _start("run", str(suite), "--results-dir", str(tmp_path / "res"), "--only", "sft,reward_model,remax")
     root = tmp_path / "res" / "nano"
     rows = root / "remax" / ".seed0.partial" / "metrics.jsonl"
@@ -182,16 +174,12 @@ def test_a_requeued_rl_stage_finishes_in_its_next_attempt(tmp_path, cluster):
     final = root / "remax" / "seed0"
     log = (final / "stage.log").read_text()
     assert f"[slurm] job {job}, attempt 2" in log and _job(job)["Restarts"] == "1", log[-3000:]
-    resumed = _resumed_from(log)
-    if CHECKPOINTS:
-        assert len(resumed) == 1 and 2 <= resumed[0] < iterations, log[-3000:]
-    else:
-        assert resumed == []  # no checkpoints in this tree: the second attempt started over
+    resumed = _resumed_from(log)  # the stage's own checkpoint (remax_bench/core/checkpoint.py), of the same config
+    assert len(resumed) == 1 and 2 <= resumed[0] < iterations, log[-3000:]
     steps = [json.loads(line)["step"] for line in (final / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(iterations))
 
 
-@pytest.mark.skipif(not CHECKPOINTS, reason="mid-stage checkpoints (runtime.checkpoint_every) are not in this tree")
 def test_the_time_limit_warning_checkpoints_and_the_job_requeues_itself(tmp_path, cluster):
     """A 3-minute limit with SIGUSR1 a minute before it, and a ReMax stage too long for it: the stage checkpoints at
     the end of its iteration and exits resumable, the job requeues itself (no one else does), and the next attempt

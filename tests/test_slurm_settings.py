@@ -58,7 +58,14 @@ def test_several_nodes_need_a_hostfile_only_outside_slurm():
 
 
 def test_where_a_stage_runs_is_not_part_of_what_it_is(tmp_path):
-    """Moving a suite onto the cluster keeps its finished stages: executor and slurm are watch fields."""
+    """Moving a suite onto the cluster keeps its finished stages: executor and slurm are watch fields, read by no
+    stage (no declaration covers them, so a stage that read one through its ReadView would be caught)."""
+    from remax_bench.core.identity import stage_reads
+    from remax_bench.core.reads import covers
+    from remax_bench.runner import STAGE_MODULES
+
+    for stage in STAGE_MODULES:
+        assert not [f for f in ("runtime.executor", "runtime.slurm.partition") if covers(stage_reads(stage), f)], stage
     local = load_suite(NANO)
     slurm = load_suite(NANO, ["runtime.executor=slurm", "runtime.slurm.partition=gpu", "runtime.slurm.time_limit=60"])
     assert local.config_hash() == slurm.config_hash()

@@ -1,4 +1,5 @@
-"""Data helpers every training stage shares: batches (per rank), held-out splits, prompt-length filters.
+"""Data helpers every training stage shares: batches (per rank), held-out splits, prompt-length filters,
+summary totals.
 
 Stages import these instead of each other.
 """
@@ -6,7 +7,10 @@ Stages import these instead of each other.
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass, field
+from typing import Any
 
+from remax_bench.core.checkpoint import Accumulators
 from remax_bench.core.data import load_preferences
 from remax_bench.core.stage import StageError, StageRun
 from trainers.sequences import prompt_fits
@@ -24,27 +28,52 @@ def batches(rows: list, batch_size: int, rng: random.Random | None = None, drop_
         yield [rows[i] for i in chunk]
 
 
-def rank_batches(run: StageRun, rows: list, field: str, rng: random.Random | None, name: str,
-                 drop_last: bool = False):
-    """This rank's share of each seeded global batch of rows (``field`` names the global batch size).
+class BatchStream:
+    """This rank's share of each seeded global batch of rows, in endless shuffled passes, from where it stands.
 
     Every rank shuffles with the same seed and takes its own contiguous slice of each global batch, so N ranks
     together train on exactly the global batches one process draws with the same global size. With several
-    ranks a last short batch is dropped (it would not split evenly); one process keeps today's behaviour."""
-    global_size = run.suite.batch_size(field)
-    run.per_rank(field)
-    order = list(range(len(rows)))
-    if rng is not None:
-        rng.shuffle(order)
-    for start in range(0, len(order), global_size):
-        chunk = order[start : start + global_size]
-        if len(chunk) < global_size and (drop_last or run.world_size > 1):
-            return
-        yield [rows[i] for i in run.shard(name, chunk)]
+    ranks (or ``drop_last``) a last short batch is dropped (it would not split evenly); one process keeps it.
+    Its position, the rng state at the start of the current pass and the batches taken from it, is part of the
+    stage's checkpoint (``state_dict``): a resumed stream draws what the uninterrupted one draws."""
+
+    def __init__(self, run: StageRun, rows: list, field: str, seed: int, name: str, drop_last: bool = False):
+        self.run, self.rows, self.field, self.name = run, rows, field, name
+        self.global_size = run.suite.batch_size(field)
+        run.per_rank(field)
+        self.drop_short = drop_last or run.world_size > 1
+        self.rng = random.Random(seed)
+        self.pass_start = None  # the rng state the current pass was shuffled from
+        self.order: list[list[int]] = []  # the current pass's global batches of row indices
+        self.taken = 0
+
+    def _shuffle(self) -> list[list[int]]:
+        order = list(range(len(self.rows)))
+        self.rng.shuffle(order)
+        chunks = [order[start : start + self.global_size] for start in range(0, len(order), self.global_size)]
+        return [c for c in chunks if len(c) == self.global_size or not self.drop_short]
+
+    def next(self) -> list:
+        if self.taken == len(self.order):
+            self.pass_start = self.rng.getstate()
+            self.order, self.taken = self._shuffle(), 0
+            if not self.order:
+                raise StageError(f"{self.field}: {len(self.rows)} rows make no global batch of {self.global_size}")
+        chunk = self.order[self.taken]
+        self.taken += 1
+        return [self.rows[i] for i in self.run.shard(self.name, chunk)]
+
+    def state_dict(self) -> dict:
+        return {"pass_start": self.pass_start, "taken": self.taken}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["pass_start"] is not None:
+            self.rng.setstate(state["pass_start"])
+            self.pass_start, self.order, self.taken = state["pass_start"], self._shuffle(), state["taken"]
 
 
 def steps_per_pass(run: StageRun, n_rows: int, field: str) -> int:
-    """Optimizer steps in one pass over n_rows (see rank_batches: several ranks drop a last short batch)."""
+    """Optimizer steps in one pass over n_rows (see BatchStream: several ranks drop a last short batch)."""
     global_size = run.suite.batch_size(field)
     if run.world_size > 1:
         if n_rows < global_size:
@@ -84,3 +113,13 @@ def preference_splits(run: StageRun, tokenizer, eval_fraction: float) -> tuple[l
     rows = load_preferences(suite.data.preferences, suite.data.synthetic)  # DataError when empty
     rows = keep_fitting(run, tokenizer, rows, "data.preferences")
     return split_heldout(rows, eval_fraction, run.seed)
+
+
+@dataclass
+class Totals(Accumulators):
+    """An offline stage's summary figures, accumulated over its iterations (part of its checkpoint)."""
+
+    before: Any = None  # the held-out figure(s) of the model it starts from
+    tokens: int = 0
+    seconds: float = 0.0  # the iterations' wall time, checkpoint writes left out
+    step_times: list = field(default_factory=list)

@@ -1,4 +1,5 @@
-"""DeepSpeed behind the trainers' engine seam: the same ``step`` / ``state_bytes`` / ``save_pretrained``.
+"""DeepSpeed behind the trainers' engine seam: the same ``step`` / ``state_bytes`` / ``save_pretrained`` /
+``save_state`` / ``load_state``.
 
 Imported only when a suite sets ``runtime.deepspeed.enabled``. The ZeRO JSON comes from the suite's runtime
 block (``remax_bench.core.deepspeed_config``) and is recorded in the stage manifest. The algorithms call
@@ -15,8 +16,10 @@ from __future__ import annotations
 import torch
 
 from remax_bench.core.metrics import tensor_bytes
-from remax_bench.core.stage import ENGINE_CONFIGS, TRAINED_ENGINES
+from remax_bench.core.stage import ENGINE_CONFIGS, TRAINED_ENGINES, StageError
 from trainers.optimizer import adamw
+
+DEEPSPEED_TAG = "zero"  # the folder DeepSpeed writes a checkpoint's files into
 
 
 class DeepSpeedEngine:
@@ -90,6 +93,20 @@ class DeepSpeedEngine:
             module.save_pretrained(out_dir)
         if tokenizer is not None and torch.distributed.get_rank() == 0:
             tokenizer.save_pretrained(out_dir)
+
+
+    # The training state of a mid-stage checkpoint, through DeepSpeed's own checkpointing: every rank writes its
+    # ZeRO partition of the parameters and optimizer states (and the scheduler's, where there is one).
+    def save_state(self, directory) -> None:
+        self.engine.save_checkpoint(str(directory), tag=DEEPSPEED_TAG, client_state={"steps": self.steps},
+                                    save_latest=False)
+
+    def load_state(self, directory) -> None:
+        path, client = self.engine.load_checkpoint(str(directory), tag=DEEPSPEED_TAG, load_optimizer_states=True,
+                                                   load_lr_scheduler_states=True)
+        if path is None:
+            raise StageError(f"DeepSpeed found no checkpoint in {directory}/{DEEPSPEED_TAG}")
+        self.steps = client["steps"]
 
 
 def frozen_engine(model: torch.nn.Module, suite, batch_size: int):

@@ -13,14 +13,14 @@ Matched with PPO and ReMax: ``shared.iterations`` optimizer steps of ``shared.tr
 from __future__ import annotations
 
 import gc
-import random
 
 import torch
 import torch.nn.functional as F
 
+from remax_bench.core.checkpoint import TrainingState
 from remax_bench.core.models import load_causal_lm, load_tokenizer
 from remax_bench.core.stage import StageError, StageRun, check_finite, stage_main
-from trainers.data import batches, preference_splits, rank_batches
+from trainers.data import BatchStream, Totals, batches, preference_splits
 from trainers.engine import build_engine, frozen_state_bytes, place_frozen, without_dropout
 from trainers.heldout import gold_reward_of, heldout_prompts, is_synthetic
 from trainers.sequences import encode_pairs, response_logprobs
@@ -92,16 +92,14 @@ def train(run: StageRun) -> dict:
     model = run.record_dtype("policy", load_causal_lm(sft, seed=run.seed).to(run.device))  # fp32 master weights
     without_dropout(model)
     engine = build_engine(model, suite.shared.learning_rate, suite, run.per_rank("shared.train_batch_size"))
-    before = implicit_accuracy(engine.module, tokenizer, eval_rows, suite, run.device, beta, batch_size)
-    rng = random.Random(run.seed)
-    stream = iter(())
-    step_times, tokens_total = [], 0
-    for step in range(suite.iterations):
-        chunk = next(stream, None)
-        if chunk is None:  # cycle over the pairs in fresh shuffled passes; each rank trains on its share
-            stream = rank_batches(run, train_rows, "shared.train_batch_size", rng, "data.preferences",
-                                  drop_last=len(train_rows) >= batch_size)
-            chunk = next(stream)
+    stream = BatchStream(run, train_rows, "shared.train_batch_size", run.seed, "data.preferences",
+                         drop_last=len(train_rows) >= batch_size)  # fresh shuffled passes; each rank its share
+    totals = Totals()
+    first = run.resume(TrainingState({"policy": engine}, {"data": stream, "totals": totals}), suite.iterations)
+    if first == 0:
+        totals.before = implicit_accuracy(engine.module, tokenizer, eval_rows, suite, run.device, beta, batch_size)
+    for step in range(first, suite.iterations):
+        chunk = stream.next()
         with run.timer.phase("train"), run.autocast():
             chosen, rejected, tokens = pair_logprobs(engine.module, tokenizer, chunk, suite, run.device, True)
             ref_c = torch.tensor([r["ref_chosen"] for r in chunk], device=run.device)
@@ -110,19 +108,21 @@ def train(run: StageRun) -> dict:
             check_finite("DPO loss", loss, step)
             engine.step(loss)
         elapsed = run.timer.pop()["train"]
-        if step == 0:
+        if step == first:
             run.component_bytes["policy"] = engine.state_bytes()
-        if step > 0:
-            step_times.append(elapsed)
-            tokens_total += tokens
+        else:  # the first step of each attempt pays one-off warm-up costs
+            totals.step_times.append(elapsed)
+            totals.tokens += tokens
         run.log(step, loss=run.stats.scalar(loss.detach()), accuracy=run.stats.scalar((rc > rr).float().mean()),
                 reward_margin=(rc - rr).mean().item(),
                 chosen_reward=rc.mean().item(), rejected_reward=rr.mean().item(), time_train_s=elapsed,
                 time_step_s=elapsed, tokens_per_second=tokens / max(elapsed, 1e-9))
         if (step + 1) % max(1, suite.iterations // 4) == 0:
             engine.save_pretrained(run.checkpoint_dir, tokenizer)
+        run.end_iteration(step + 1)
     engine.save_pretrained(run.checkpoint_dir, tokenizer)
     after = implicit_accuracy(engine.module, tokenizer, eval_rows, suite, run.device, beta, batch_size)
+    step_times, before = totals.step_times, totals.before
     per_step = sum(step_times) / max(len(step_times), 1)
     summary = {
         "iterations": suite.iterations,
@@ -133,7 +133,7 @@ def train(run: StageRun) -> dict:
         # The one reference pass, spread over the iterations, is DPO's only scoring cost.
         "time_split_s": {"generate": 0.0, "score": reference_seconds / suite.iterations, "train": per_step},
         "reference_pass_s": reference_seconds,
-        "tokens_per_second": tokens_total / max(sum(step_times), 1e-9),
+        "tokens_per_second": totals.tokens / max(sum(step_times), 1e-9),
     }
     if is_synthetic(suite) and not run.config.get("skip_heldout"):
         summary.update(gold_reward_of(engine.module, tokenizer, suite, heldout_prompts(suite)))

@@ -1,16 +1,21 @@
 """The optimizer seam: the algorithms call ``engine.step(loss)`` and never touch an optimizer directly.
 
 ``TorchEngine`` is plain AdamW with gradient clipping. ``DeepSpeedEngine`` wraps ``deepspeed.initialize``
-(ZeRO stages 0-3, offload, bf16, gradient accumulation) behind the same three calls, so switching a suite
-to DeepSpeed changes no algorithm code.
+(ZeRO stages 0-3, offload, bf16, gradient accumulation) behind the same calls, so switching a suite
+to DeepSpeed changes no algorithm code. Both save and load their whole training state (``save_state``,
+``load_state``) for the stage's checkpoints.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 
 from remax_bench.core.metrics import model_state_bytes, tensor_bytes
 from trainers.optimizer import adamw
+
+ENGINE_STATE = "engine.pt"  # a TorchEngine's checkpoint file: model, optimizer and step count
 
 
 def without_dropout(model: torch.nn.Module) -> torch.nn.Module:
@@ -52,6 +57,20 @@ class TorchEngine:
         self.module.save_pretrained(out_dir)
         if tokenizer is not None:
             tokenizer.save_pretrained(out_dir)
+
+    # The training state of a mid-stage checkpoint (remax_bench/core/checkpoint.py): the weights and AdamW's
+    # moments and step counts as they are, so the resumed updates are the uninterrupted ones bit for bit.
+    def save_state(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        torch.save({"model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(), "steps": self.steps},
+                   directory / ENGINE_STATE)
+
+    def load_state(self, directory: Path) -> None:
+        state = torch.load(directory / ENGINE_STATE, map_location=next(self.module.parameters()).device,
+                           weights_only=True)
+        self.module.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.steps = state["steps"]
 
 
 def build_engine(model: torch.nn.Module, learning_rate: float, suite, batch_size: int):

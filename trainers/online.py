@@ -30,13 +30,14 @@ from __future__ import annotations
 
 import importlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 
 from remax_bench.core import algorithms
 from remax_bench.core.algorithms import KL
+from remax_bench.core.checkpoint import Accumulators, TrainingState
 from remax_bench.core.models import load_reward_model
 from remax_bench.core.stage import StageError, StageRun, check_finite
 from trainers.engine import build_engine, without_dropout
@@ -132,6 +133,21 @@ def load_critic(run: StageRun, cfg):
 
 
 # -- the loop ---------------------------------------------------------------------------------------
+@dataclass
+class OnlineTotals(Accumulators):
+    """The summary's running totals over the iterations (part of the stage's checkpoint)."""
+
+    step_times: list = field(default_factory=list)  # seconds of each timed iteration
+    phases: dict = field(default_factory=lambda: {"generate": 0.0, "sync": 0.0, "score": 0.0, "train": 0.0})
+    tokens: int = 0  # generated tokens of the timed iterations (greedy answers included)
+    sampled: int = 0  # sampled answer tokens of the timed iterations
+    generated: int = 0  # generated tokens of every iteration
+    rewards: list = field(default_factory=list)  # each iteration's mean reward
+    kls: list = field(default_factory=list)  # each iteration's KL to the reference
+    last_eval: dict | None = None  # the held-out gold figures of the last iteration, when it evaluated
+    gold_before: float | None = None  # the SFT model's held-out gold reward
+
+
 # What every online algorithm logs each step, so curves compare across algorithms.
 SHARED_DIAGNOSTICS = ("reward_mean", "reward_std", "kl", "policy_loss", "grad_norm", "entropy", "response_length",
                       "tokens", "sampled_tokens", "advantage_mean")
@@ -276,21 +292,22 @@ class OnlineTrainer:
         iterations = suite.iterations
         synthetic = is_synthetic(suite) and not run.config.get("skip_heldout")
         eval_prompts = heldout_prompts(suite) if synthetic else []
+        totals = OnlineTotals()
+        engines = {"policy": self.policy, **({"critic": self.critic} if self.critic is not None else {})}
+        first = run.resume(TrainingState(engines, {"prompts": sampler, "rollouts": self.rollouts, "totals": totals}),
+                           iterations)
         summary: dict = {"iterations": iterations, "kl_treatment": self.kl.model_dump()}
         if synthetic:
-            # The SFT model's figure, with the very same greedy evaluation as the trained policy's.
-            before = gold_reward_of(self.policy.module, models.tokenizer, suite, eval_prompts)
-            summary["heldout_gold_reward_before"] = before["heldout_gold_reward"]
+            if first == 0:  # the SFT model's figure, with the very same greedy evaluation as the trained policy's
+                totals.gold_before = gold_reward_of(self.policy.module, models.tokenizer, suite, eval_prompts)[
+                    "heldout_gold_reward"]
+            summary["heldout_gold_reward_before"] = totals.gold_before
         save_every = max(1, iterations // 4)
-        step_times, phase_totals = [], {"generate": 0.0, "sync": 0.0, "score": 0.0, "train": 0.0}
-        tokens_total = sampled_total = 0
-        rewards, kls, last_eval = [], [], None
         # Prompts per iteration follow shared.rollout_batch_unit (rollout_batch_size / k when it counts samples).
         budget = suite.matched_budget(run.stage)
         run.manifest_extra["matched_budget"] = budget
         run.manifest_extra["kl_treatment"] = self.kl.model_dump()
-        generated = 0
-        for step in range(iterations):
+        for step in range(first, iterations):
             start = time.perf_counter()
             metrics = self.step(step, sampler.next(budget["prompts_per_iteration"]))
             elapsed = time.perf_counter() - start
@@ -298,29 +315,31 @@ class OnlineTrainer:
             for name in ("reward_mean", "kl", "policy_loss", "value_loss"):
                 if name in metrics:
                     check_finite(name, metrics[name], step)
-            if step == 0:
+            if step == first:
                 run.component_bytes.update(self.states())  # after the first step: optimizer states exist
-            if step > 0 or iterations == 1:  # the first step pays one-off warm-up costs
-                step_times.append(elapsed)
-                for name in phase_totals:
-                    phase_totals[name] += phases.get(name, 0.0)
-                tokens_total += metrics["tokens"]
-                sampled_total += metrics["sampled_tokens"]
-            generated += metrics["tokens"]
-            rewards.append(metrics["reward_mean"])
-            kls.append(metrics["kl"])
-            row = {**metrics, "generated_tokens": generated, "time_step_s": elapsed,
+            if step > first or iterations == 1:  # the first step of each attempt pays one-off warm-up costs
+                totals.step_times.append(elapsed)
+                for name in totals.phases:
+                    totals.phases[name] += phases.get(name, 0.0)
+                totals.tokens += metrics["tokens"]
+                totals.sampled += metrics["sampled_tokens"]
+            totals.generated += metrics["tokens"]
+            totals.rewards.append(metrics["reward_mean"])
+            totals.kls.append(metrics["kl"])
+            row = {**metrics, "generated_tokens": totals.generated, "time_step_s": elapsed,
                    "tokens_per_second": metrics["tokens"] / elapsed}
-            row.update({f"time_{k}_s": phases.get(k, 0.0) for k in phase_totals})
-            last_eval = None
+            row.update({f"time_{k}_s": phases.get(k, 0.0) for k in totals.phases})
+            totals.last_eval = None
             if synthetic and suite.shared.heldout_eval_every and (step + 1) % suite.shared.heldout_eval_every == 0:
-                last_eval = gold_reward_of(self.policy.module, models.tokenizer, suite, eval_prompts)
-                row.update(last_eval)
+                totals.last_eval = gold_reward_of(self.policy.module, models.tokenizer, suite, eval_prompts)
+                row.update(totals.last_eval)
             run.log(step, **row)
             if (step + 1) % save_every == 0:
                 self.policy.save_pretrained(run.checkpoint_dir, models.tokenizer)
+            run.end_iteration(step + 1)
         if iterations % save_every:
             self.policy.save_pretrained(run.checkpoint_dir, models.tokenizer)
+        step_times, phase_totals, rewards, kls = totals.step_times, totals.phases, totals.rewards, totals.kls
         measured = max(len(step_times), 1)
         tail = rewards[-max(1, len(rewards) // 10):]  # the last 10% of steps
         kl_tail = kls[-len(tail):]
@@ -329,19 +348,18 @@ class OnlineTrainer:
             final_kl=sum(kl_tail) / len(kl_tail),  # the KL to the reference where training ended, beside its reward
             time_per_iteration_s=sum(step_times) / measured,
             time_split_s={k: v / measured for k, v in phase_totals.items()},
-            tokens_per_second=tokens_total / max(sum(step_times), 1e-9),
-            sampled_tokens_per_second=sampled_total / max(sum(step_times), 1e-9),
-            generated_tokens=generated,  # every step's, the first included: the quality-per-token denominator
+            tokens_per_second=totals.tokens / max(sum(step_times), 1e-9),
+            sampled_tokens_per_second=totals.sampled / max(sum(step_times), 1e-9),
+            generated_tokens=totals.generated,  # every step's, the first included: the quality-per-token denominator
             matched_budget=budget,
             # Generation cost per generated token (ms), the figure that compares rollout backends.
-            generate_ms_per_token=1000 * phase_totals["generate"] / max(tokens_total, 1),
+            generate_ms_per_token=1000 * phase_totals["generate"] / max(totals.tokens, 1),
             # The vLLM engine's start-up (one-off), weight syncs and memory; hf rollouts have no engine.
             rollout_engine=run.manifest_extra.get("rollout_engine", {"backend": "hf"}),
         )
         if synthetic:
-            summary.update(last_eval or gold_reward_of(self.policy.module, models.tokenizer, suite, eval_prompts))
+            summary.update(totals.last_eval or gold_reward_of(self.policy.module, models.tokenizer, suite, eval_prompts))
         return summary
-
 
 def train(run: StageRun) -> dict:
     """The stage entry of every online algorithm (``python -m trainers.<name>``)."""

@@ -7,15 +7,15 @@ Initialised from the SFT model (InstructGPT's choice) unless the suite names ano
 
 from __future__ import annotations
 
-import random
 import time
 
 import torch
 import torch.nn.functional as F
 
+from remax_bench.core.checkpoint import TrainingState
 from remax_bench.core.models import load_reward_model, load_tokenizer
 from remax_bench.core.stage import StageError, StageRun, check_finite, stage_main
-from trainers.data import batches, preference_splits, rank_batches, steps_per_pass
+from trainers.data import BatchStream, Totals, batches, preference_splits, steps_per_pass
 from trainers.engine import build_engine
 from trainers.sequences import encode_pairs, sequence_scores
 
@@ -55,38 +55,39 @@ def train(run: StageRun) -> dict:
     model = run.record_dtype("reward", load_reward_model(base, seed=run.seed, new_head=True).to(run.device))
     engine = build_engine(model, cfg.learning_rate, suite, run.per_rank("reward_model.batch_size"))
     model = engine.module
-    accuracy_before = pairwise_accuracy(model, tokenizer, eval_rows, suite, run.device, cfg.batch_size)
     steps_per_epoch = steps_per_pass(run, len(train_rows), "reward_model.batch_size")
     total_steps = min(cfg.max_steps or cfg.epochs * steps_per_epoch, cfg.epochs * steps_per_epoch)
     eval_every = max(1, total_steps // 5)
-    rng = random.Random(run.seed)
-    step, start = 0, time.time()
-    while step < total_steps:
-        # Each rank's share is the same number of pairs, so DeepSpeed's gradient average is the global mean.
-        for chunk in rank_batches(run, train_rows, "reward_model.batch_size", rng, "data.preferences"):
-            with run.autocast():
-                chosen, rejected = score_pairs(model, tokenizer, chunk, suite, run.device)
-                loss = bradley_terry_loss(chosen, rejected)
-            check_finite("reward-model loss", loss, step)
-            engine.step(loss)
-            if step == 0:
-                run.component_bytes["reward"] = engine.state_bytes()
-            metrics = {"loss": run.stats.scalar(loss.detach()),
-                       "accuracy": run.stats.scalar((chosen > rejected).float().mean()),
-                       "reward_margin": run.stats.scalar((chosen - rejected).mean().detach())}
-            if (step + 1) % eval_every == 0 or step + 1 == total_steps:
-                metrics["eval_accuracy"] = pairwise_accuracy(model, tokenizer, eval_rows, suite, run.device, cfg.batch_size)
-                engine.save_pretrained(run.checkpoint_dir, tokenizer)
-            run.log(step, **metrics)
-            step += 1
-            if step >= total_steps:
-                break  # before the next draw, so no rank draws a batch it does not train on
+    # Each rank's share is the same number of pairs, so DeepSpeed's gradient average is the global mean.
+    stream, totals = BatchStream(run, train_rows, "reward_model.batch_size", run.seed, "data.preferences"), Totals()
+    first = run.resume(TrainingState({"reward": engine}, {"data": stream, "totals": totals}), total_steps)
+    if first == 0:
+        totals.before = pairwise_accuracy(model, tokenizer, eval_rows, suite, run.device, cfg.batch_size)
+    for step in range(first, total_steps):
+        started = time.time()
+        chunk = stream.next()
+        with run.autocast():
+            chosen, rejected = score_pairs(model, tokenizer, chunk, suite, run.device)
+            loss = bradley_terry_loss(chosen, rejected)
+        check_finite("reward-model loss", loss, step)
+        engine.step(loss)
+        if step == first:
+            run.component_bytes["reward"] = engine.state_bytes()
+        metrics = {"loss": run.stats.scalar(loss.detach()),
+                   "accuracy": run.stats.scalar((chosen > rejected).float().mean()),
+                   "reward_margin": run.stats.scalar((chosen - rejected).mean().detach())}
+        if (step + 1) % eval_every == 0 or step + 1 == total_steps:
+            metrics["eval_accuracy"] = pairwise_accuracy(model, tokenizer, eval_rows, suite, run.device, cfg.batch_size)
+            engine.save_pretrained(run.checkpoint_dir, tokenizer)
+        run.log(step, **metrics)
+        totals.seconds += time.time() - started
+        run.end_iteration(step + 1)
     engine.save_pretrained(run.checkpoint_dir, tokenizer)
     return {
-        "iterations": step,
-        "heldout_accuracy_before": accuracy_before,
+        "iterations": total_steps,
+        "heldout_accuracy_before": totals.before,
         "heldout_accuracy": pairwise_accuracy(model, tokenizer, eval_rows, suite, run.device, cfg.batch_size),
-        "time_per_iteration_s": (time.time() - start) / max(step, 1),
+        "time_per_iteration_s": totals.seconds / max(total_steps, 1),
         "n_train": len(train_rows),
         "n_heldout": len(eval_rows),
     }

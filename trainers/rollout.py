@@ -55,6 +55,12 @@ class RunningMoments:
     def normalise(self, values: torch.Tensor) -> torch.Tensor:
         return (values - self.mean) / max(self.std, 1e-6)
 
+    def state_dict(self) -> dict:
+        return {"count": self.count, "mean": self.mean, "m2": self.m2}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.count, self.mean, self.m2 = state["count"], state["mean"], state["m2"]
+
 
 # -- models and prompts ---------------------------------------------------------------------------
 @dataclass
@@ -144,6 +150,14 @@ class PromptSampler:
             drawn.append(self.order.pop())
         return [self.prompts[i] for i in self.run.shard("data.prompts", drawn)]
 
+    def state_dict(self) -> dict:
+        """Where the sampler stands: its rng and what is left of the current pass."""
+        return {"rng": self.rng.getstate(), "order": list(self.order)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rng.setstate(state["rng"])
+        self.order = list(state["order"])
+
 
 # -- one rollout ------------------------------------------------------------------------------------
 @dataclass
@@ -188,6 +202,19 @@ class RolloutEngine:
                                      max(1, math.ceil(rows / run.world_size)), run.device)
             self.synced_at = models.policy.steps  # the engine starts from the policy's own checkpoint
             run.manifest_extra["rollout_engine"] = self.vllm.record()  # kept current: the summary reads it too
+
+    def state_dict(self) -> dict:
+        """The running reward statistics and the vLLM engine's request count (its sampling seeds follow it)."""
+        return {"moments": self.moments.state_dict() if self.moments is not None else None,
+                "vllm_calls": self.vllm.calls if self.vllm is not None else 0}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.moments is not None:
+            self.moments.load_state_dict(state["moments"])
+        if self.vllm is not None:
+            self.vllm.calls = state["vllm_calls"]
+            # The engine holds the SFT weights it started from; the resumed policy's go in before its first rollout.
+            self.synced_at = None
 
     def generate(self, prompts: list[str], greedy=False) -> SequenceBatch:
         shared, models = self.run.suite.shared, self.models

@@ -7,15 +7,15 @@ The prompt is context, not a target: its tokens are masked out of the loss.
 
 from __future__ import annotations
 
-import random
 import time
 
 import torch
 
+from remax_bench.core.checkpoint import TrainingState
 from remax_bench.core.data import load_sft
 from remax_bench.core.models import load_causal_lm, load_tokenizer
 from remax_bench.core.stage import StageError, StageRun, check_finite, stage_main
-from trainers.data import batches, keep_fitting, rank_batches, split_heldout, steps_per_pass
+from trainers.data import BatchStream, Totals, batches, keep_fitting, split_heldout, steps_per_pass
 from trainers.engine import build_engine
 from trainers.heldout import gold_reward_of, heldout_prompts, is_synthetic
 from trainers.sequences import encode_pairs, forward_logits, masked_mean, token_logprobs
@@ -53,40 +53,41 @@ def train(run: StageRun) -> dict:
     model = run.record_dtype("policy", load_causal_lm(suite.models.policy, seed=run.seed).to(run.device))
     engine = build_engine(model, cfg.learning_rate, suite, run.per_rank("sft.batch_size"))
     model = engine.module
-    loss_before = heldout_loss(model, tokenizer, eval_rows, suite, cfg.batch_size)
     steps_per_epoch = steps_per_pass(run, len(train_rows), "sft.batch_size")
     total_steps = min(cfg.max_steps or cfg.epochs * steps_per_epoch, cfg.epochs * steps_per_epoch)
-    rng = random.Random(run.seed)
-    step, tokens_seen, start = 0, 0, time.time()
+    stream, totals = BatchStream(run, train_rows, "sft.batch_size", run.seed, "data.sft"), Totals()
+    first = run.resume(TrainingState({"policy": engine}, {"data": stream, "totals": totals}), total_steps)
+    if first == 0:
+        totals.before = heldout_loss(model, tokenizer, eval_rows, suite, cfg.batch_size)
     eval_every = max(1, total_steps // 5)
-    while step < total_steps:
-        for chunk in rank_batches(run, train_rows, "sft.batch_size", rng, "data.sft"):
-            batch = encode_pairs(tokenizer, [r["prompt"] for r in chunk], [r["response"] for r in chunk],
-                                 suite.shared.max_prompt_length, suite.shared.max_response_length).to(run.device)
-            t0 = time.time()
-            with run.autocast():
-                loss = sft_loss(forward_logits(model, batch), batch.response_ids, batch.response_mask, run.stats.loss_mean)
-            check_finite("SFT loss", loss, step)
-            grad_norm = engine.step(loss)
-            loss_value = run.stats.scalar(loss.detach())  # the global batch's token mean
-            if step == 0:
-                run.component_bytes["policy"] = engine.state_bytes()  # optimizer states exist from now on
-            tokens = int(batch.attention_mask.sum())
-            tokens_seen += tokens
-            metrics = {"loss": loss_value, "grad_norm": grad_norm, "tokens_per_second": tokens / (time.time() - t0)}
-            if (step + 1) % eval_every == 0 or step + 1 == total_steps:
-                metrics["eval_loss"] = heldout_loss(model, tokenizer, eval_rows, suite, cfg.batch_size)
-                engine.save_pretrained(run.checkpoint_dir, tokenizer)  # the last good checkpoint
-            run.log(step, **metrics)
-            step += 1
-            if step >= total_steps:
-                break  # before the next draw, so no rank draws a batch it does not train on
+    for step in range(first, total_steps):
+        started = time.time()
+        chunk = stream.next()
+        batch = encode_pairs(tokenizer, [r["prompt"] for r in chunk], [r["response"] for r in chunk],
+                             suite.shared.max_prompt_length, suite.shared.max_response_length).to(run.device)
+        t0 = time.time()
+        with run.autocast():
+            loss = sft_loss(forward_logits(model, batch), batch.response_ids, batch.response_mask, run.stats.loss_mean)
+        check_finite("SFT loss", loss, step)
+        grad_norm = engine.step(loss)
+        loss_value = run.stats.scalar(loss.detach())  # the global batch's token mean
+        if step == first:
+            run.component_bytes["policy"] = engine.state_bytes()  # optimizer states exist from now on
+        tokens = int(batch.attention_mask.sum())
+        totals.tokens += tokens
+        metrics = {"loss": loss_value, "grad_norm": grad_norm, "tokens_per_second": tokens / (time.time() - t0)}
+        if (step + 1) % eval_every == 0 or step + 1 == total_steps:
+            metrics["eval_loss"] = heldout_loss(model, tokenizer, eval_rows, suite, cfg.batch_size)
+            engine.save_pretrained(run.checkpoint_dir, tokenizer)  # the last good checkpoint
+        run.log(step, **metrics)
+        totals.seconds += time.time() - started
+        run.end_iteration(step + 1)
     engine.save_pretrained(run.checkpoint_dir, tokenizer)
     summary = {
-        "iterations": step,
-        "heldout_loss_before": loss_before,
+        "iterations": total_steps,
+        "heldout_loss_before": totals.before,
         "heldout_loss": heldout_loss(model, tokenizer, eval_rows, suite, cfg.batch_size),
-        "tokens_per_second": tokens_seen / (time.time() - start),
+        "tokens_per_second": totals.tokens / max(totals.seconds, 1e-9),
         "n_train": len(train_rows),
         "n_heldout": len(eval_rows),
     }

@@ -41,6 +41,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from remax_bench.core.datafiles import DataError, record_lines
 from remax_bench.core.task import SyntheticTask
 
 HH_HUMAN, HH_ASSISTANT = "\n\nHuman:", "\n\nAssistant:"
@@ -54,10 +55,6 @@ EXPECTED = {
     "sft": "columns prompt/response (or instruction/output, question/answer)",
     "preferences": "columns prompt/chosen/rejected",
 }
-
-
-class DataError(ValueError):
-    """Data that cannot be used; the message names the field, the source and the problem."""
 
 
 # -- synthetic ------------------------------------------------------------------------------------
@@ -87,35 +84,6 @@ def _size(src: Any, synthetic: Any, name: str) -> int:
 
 
 # -- reading ----------------------------------------------------------------------------------------
-def _check_text(path: Path, where: str) -> None:
-    """UTF-8 and, for JSON files, valid JSON, or a DataError naming the file and line: the datasets
-    library reports these as a byte position or a generic DatasetGenerationError."""
-    import json
-
-    suffix = path.suffix.lower()
-    if suffix not in (".jsonl", ".json", ".csv"):
-        return
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        line = raw[: err.start].count(b"\n") + 1
-        raise DataError(f"{where}: {path}, line {line}: not UTF-8 text (byte 0x{raw[err.start]:02x}); "
-                        "save the file as UTF-8") from None
-    if suffix == ".jsonl":
-        for number, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise DataError(f"{where}: {path}, line {number}: not valid JSON ({err.msg}, column {err.colno})") from None
-    elif suffix == ".json":
-        try:
-            json.loads(text)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{where}: {path}, line {err.lineno}: not valid JSON ({err.msg}, column {err.colno})") from None
-
-
 def _holds_no_rows(path: Path) -> bool:
     """An empty file, ``[]``, or a parquet file of zero rows (datasets' own error for these is obscure)."""
     if path.stat().st_size == 0:
@@ -130,19 +98,21 @@ def _holds_no_rows(path: Path) -> bool:
     return path.stat().st_size < 64 and path.read_text(errors="replace").strip() in ("", "[]")
 
 
-def _read_rows(src: Any, field: str) -> list[dict]:
-    """The raw rows of a local file or a hub dataset, cut to ``max_examples``."""
+def _read_rows(src: Any, field: str) -> tuple[list[dict], list[int] | None]:
+    """The raw rows of a local file or a hub dataset, cut to ``max_examples``, and the line of the file each
+    row starts on (None where rows have no line: Parquet, a hub dataset)."""
     import datasets  # heavy: imported only for non-synthetic sources
 
     source, where = src.source, f"data.{field}.source"
     path = Path(source).expanduser()
     suffix = path.suffix.lower()
+    lines = None
     if suffix in LOCAL_FORMATS:
         if not path.is_file():
             raise DataError(f"{where}: data file {path} not found")
         if _holds_no_rows(path):
             raise DataError(f"{where}: data file {path} is empty")
-        _check_text(path, where)
+        lines = record_lines(path, where)  # UTF-8 and JSON checked here, with the line of any fault
         try:
             dataset = datasets.load_dataset(LOCAL_FORMATS[suffix], data_files=str(path), split="train")
         except Exception as err:  # noqa: BLE001 - any parse failure is a data error
@@ -160,11 +130,13 @@ def _read_rows(src: Any, field: str) -> list[dict]:
             ) from err
     if not isinstance(dataset, datasets.Dataset):
         raise DataError(f"{where}: {source!r} gave {type(dataset).__name__}, not one split; set data.{field}.split")
+    if lines is not None and len(lines) != len(dataset):
+        lines = None  # a layout whose rows are not the file's records (a JSON object of columns)
     if src.max_examples:
         dataset = dataset.select(range(min(src.max_examples, len(dataset))))
     if len(dataset) == 0:
         raise DataError(f"{where}: dataset {source!r} is empty")
-    return dataset.to_list()
+    return dataset.to_list(), lines
 
 
 # -- layouts ----------------------------------------------------------------------------------------
@@ -302,19 +274,20 @@ def _record(row: dict, wanted: str, layout: str) -> dict:
     return record
 
 
-def _normalise(rows: list[dict], wanted: str, layout: str, where: str) -> list[dict]:
+def _normalise(rows: list[dict], wanted: str, layout: str, where: str, lines: list[int] | None) -> list[dict]:
     out = []
     for i, row in enumerate(rows):
+        at = f"line {lines[i]}" if lines else f"row {i}"  # a file's line; a row (from 0) of Parquet or the hub
         try:
             record = _record(row, wanted, layout)
         except DataError as err:
-            raise DataError(f"{where}: row {i}: {err}") from None
+            raise DataError(f"{where}, {at}: {err}") from None
         for key in ("prompt", "response", "chosen", "rejected"):
             if key not in record:
                 continue
             value = record[key]
             if not isinstance(value, str) or not value.strip():
-                raise DataError(f"{where}: row {i} has an empty or missing {key!r} (layout {layout})")
+                raise DataError(f"{where}, {at}: an empty or missing {key!r} (layout {layout})")
             if key != "prompt":
                 record[key] = value.strip()
         out.append(record)
@@ -323,12 +296,12 @@ def _normalise(rows: list[dict], wanted: str, layout: str, where: str) -> list[d
 
 def _load(src: Any, wanted: str, field: str) -> list[dict]:
     where = f"data.{field}.source {src.source!r}"
-    rows = _read_rows(src, field)
+    rows, lines = _read_rows(src, field)
     layout = src.layout if src.layout != "auto" else detect_layout(rows[0])
     if layout not in LAYOUTS:
         raise DataError(f"data.{field}.layout: expected auto or one of {list(LAYOUTS)}, got {layout!r}")
-    _check_columns(rows[0], wanted, layout, where)
-    return _normalise(rows, wanted, layout, where)
+    _check_columns(rows[0], wanted, layout, where + (f", line {lines[0]}" if lines else ""))
+    return _normalise(rows, wanted, layout, where, lines)
 
 
 # -- public -----------------------------------------------------------------------------------------

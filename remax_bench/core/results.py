@@ -12,7 +12,9 @@ results/<suite>/tensorboard/, wandb/, mlflow/   the trackers' files (remax_bench
 
 A stage writes into ``.<seed dir>.partial`` next to its final place and renames it on success, so a
 directory without the ``.partial`` prefix is always complete. A failed stage is moved to
-``<seed dir>.failed`` with its manifest, log and last good checkpoint, for inspection.
+``<seed dir>.failed`` with its manifest, log and last good checkpoint, for inspection. Its mid-stage
+checkpoints of the whole training state (remax_bench/core/checkpoint.py) sit in ``.<seed dir>.checkpoints``
+until the stage completes: an interrupted or failed attempt is resumed from them.
 """
 
 from __future__ import annotations
@@ -90,6 +92,10 @@ def partial_dir(final: Path) -> Path:
 
 def failed_dir(final: Path) -> Path:
     return final.parent / f"{final.name}{FAILED_SUFFIX}"
+
+
+def checkpoints_dir(final: Path) -> Path:
+    return final.parent / f"{PARTIAL_PREFIX}{final.name}.checkpoints"
 
 
 def is_complete(final: Path) -> bool:

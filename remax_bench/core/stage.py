@@ -5,6 +5,28 @@ measurements and manifest.
 A stage module defines ``train(run: StageRun) -> dict`` (the stage's own summary figures) and ends with
 ``if __name__ == "__main__": stage_main("<stage>", train)``. The trainers and the eval stage depend on this
 module; it depends on none of them.
+
+A training stage declares its training state once its engines are built, ``first = run.resume(state, total)``,
+starts at iteration ``first`` (0, or where the newest sound checkpoint of its config left off), and calls
+``run.end_iteration(done)`` after each iteration: a checkpoint is written there when runtime.checkpoint_every or
+runtime.checkpoint_interval_s says one is due, or when a stop signal came (remax_bench/core/checkpoint.py).
+
+Signals and exit codes: the contract between a stage and whatever starts it (the runner, the deepspeed launcher,
+a batch scheduler), in this one place:
+
+    signal             what the stage does                                                   exit code
+    -                  runs to the end; the result directory is final                        0  EXIT_COMPLETED
+    - (an error)       stops; the attempt's output moves to <seed dir>.failed                1  EXIT_FAILED
+    SIGTERM, SIGUSR1   finishes the current iteration, writes a checkpoint, stops:           75 EXIT_RESUMABLE
+                       interrupted and resumable (EX_TEMPFAIL of sysexits.h); the eval stage,
+                       which trains nothing, stops at once and is redone
+    SIGINT (Ctrl-C)    stops at once; a re-run resumes from the last checkpoint written      130 EXIT_SIGINT
+
+Every rank takes the signal (or learns it from another rank at the end of the iteration) and the ranks checkpoint
+together. After the last iteration a stop signal changes nothing: the stage completes. SIGUSR1 is what Slurm sends
+before a time limit (``--signal=USR1@<seconds>``), SIGTERM what it and most schedulers send before pre-emption;
+the runner forwards both (remax_bench/runner.py). A stage started again with the same config resumes: the console
+and its log say "resumed from iteration N".
 """
 
 from __future__ import annotations
@@ -15,11 +37,13 @@ import math
 import os
 import platform
 import random
+import shutil
+import signal
 import subprocess
 import sys
 import time
 import traceback
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -29,24 +53,31 @@ import numpy as np
 import torch
 
 from remax_bench.core import algorithms, results
-from remax_bench.core.config import Suite, per_rank_batch, without_watch_fields
+from remax_bench.core.checkpoint import CheckpointStore, Ranks, TrainingState, config_identity
+from remax_bench.core.config import Suite, per_rank_batch
 from remax_bench.core.global_batch import GlobalBatch
+from remax_bench.core.identity import stage_identity, stage_reads
 from remax_bench.core.metrics import MemoryTracker, PhaseTimer
+from remax_bench.core.reads import ReadLog, ReadView
 from remax_bench.core.trackers import RunName, Trackers, scalars
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-# A stage process's exit codes, what whatever starts it (the runner, a Slurm job) makes of its end: completed,
-# failed, or interrupted and resumable (EX_TEMPFAIL of sysexits.h: started again with the same config, the stage
-# goes on from its newest checkpoint).
-EXIT_COMPLETED, EXIT_FAILED, EXIT_RESUMABLE = 0, 1, 75
 # DeepSpeed configs generated in this process, one per engine; the stage manifest records them.
 ENGINE_CONFIGS: list[dict] = []
 # The DeepSpeed engines of trained models in this process; a multi-rank stage compares their weights across ranks.
 TRAINED_ENGINES: list = []
 
 
+EXIT_COMPLETED, EXIT_FAILED, EXIT_RESUMABLE, EXIT_SIGINT = 0, 1, 75, 130
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
 class StageError(RuntimeError):
     """A stage cannot go on; the message names the cause."""
+
+
+class StageInterrupted(BaseException):
+    """A stop signal was taken: the checkpoint is written, the stage ends resumable (not an error to catch)."""
 
 
 class NonFiniteError(StageError):
@@ -117,13 +148,8 @@ def git_sha() -> str | None:
 
 
 def config_hash(config: dict) -> str:
-    """The identity of a stage's work, on which resume decides: its config without the --set overrides that
-    produced it (the resolved suite already holds their values, however they were spelled) and without the
-    trackers that watch it (adding one must not retrain a finished stage)."""
-    identity = {k: v for k, v in config.items() if k != "overrides"}
-    if isinstance(config.get("suite"), dict):
-        identity["suite"] = without_watch_fields(config["suite"])
-    return results.json_digest(identity)
+    """A stage config's identity: the suite fields its stage reads and its inputs (remax_bench.core.identity)."""
+    return stage_identity(config)
 
 
 def tracking_root(final_dir: Path, stage: str) -> Path:
@@ -134,13 +160,22 @@ def tracking_root(final_dir: Path, stage: str) -> Path:
     return results.suite_root_of(final_dir) if in_layout else final_dir.parent
 
 
+# Set (tests do) to stop a stage at the first suite field it reads outside its declaration; otherwise the
+# stage warns once per field, so a long run on a cluster is not lost to a declaration that fell behind.
+STRICT_READS_ENV = "REMAX_BENCH_STRICT_READS"
+
+
 class StageRun:
     """One stage and seed: its config, its (partial) output directory, its logs and measurements."""
 
     def __init__(self, stage: str, config: dict, out_dir: Path):
         self.stage = stage
         self.config = config
-        self.suite = Suite.model_validate(config["suite"])
+        self.full_suite = Suite.model_validate(config["suite"])
+        # The stage reads its suite through a view that records every field: its identity holds only the fields
+        # its declaration names (remax_bench.core.identity), so one read outside it must be known.
+        self.reads = ReadLog(stage_reads(stage), self._undeclared_read)
+        self.suite = ReadView(self.full_suite, self.reads)
         self.seed = int(config.get("seed", 0))
         self.final_dir = Path(out_dir)
         self.inputs: dict[str, Any] = results.resolve_inputs(config.get("inputs", {}), results.suite_root_of(self.final_dir))
@@ -167,6 +202,23 @@ class StageRun:
         self.trackers = Trackers([])  # opened with the stage, on rank 0 only
         self._metrics_file = None
         self._last_log = 0.0
+        # Checkpoints and resume: what this attempt continues, where it stands, and a stop signal once one comes.
+        # The checkpoint schedule is read from the whole suite: it decides when state is saved, not what is trained,
+        # so it is no part of the stage's identity (a resume may change it).
+        runtime = self.full_suite.runtime
+        self.checkpoints = CheckpointStore(results.checkpoints_dir(self.final_dir), Ranks(self.rank, self.world_size),
+                                           runtime.keep_checkpoints, self.warn)
+        self.state: TrainingState | None = None
+        self.total_iterations = 0
+        self.done = 0  # iterations done so far
+        self.resumed_from: list[int] = []  # the iteration each resumed attempt started at
+        self.checkpoint_records: list[dict] = []  # iteration, bytes and seconds of each checkpoint written
+        self.newest_checkpoint: int | None = None  # the iteration a re-run would resume from
+        self.trains = stage in algorithms.REGISTRY or stage in algorithms.PREPARATION_STAGES  # has iterations to resume
+        self.stop_signal: str | None = None
+        self.stop_during: int | None = None  # the iteration that was running when the stop signal came
+        self._before = {"wall_time_s": 0.0, "peak_memory_bytes": 0}  # earlier attempts', up to their checkpoint
+        self._last_checkpoint = time.monotonic()
 
     # -- files ---------------------------------------------------------------------------------
     @property
@@ -180,7 +232,8 @@ class StageRun:
             "status": status,
             "config": self.config,
             "config_hash": config_hash(self.config),
-            "suite_hash": self.suite.config_hash(),
+            "suite_hash": self.full_suite.config_hash(),
+            "reads": sorted(self.reads.fields),
             "versions": package_versions(),
             "git_sha": git_sha(),
             "device": str(self.device),
@@ -199,7 +252,7 @@ class StageRun:
         }
 
     def open(self) -> None:
-        results.discard(self.dir)  # leftovers of a killed attempt are never resumed from
+        results.discard(self.dir)  # rebuilt: a resumed attempt takes its metrics rows from its checkpoint
         self.dir.mkdir(parents=True)
         manifest = self.manifest("running")
         results.write_json(self.dir / "manifest.json", manifest)
@@ -208,7 +261,7 @@ class StageRun:
         self._metrics_file = open(self.dir / "metrics.jsonl", "a", buffering=1)  # the stage is ready to train
         seed_everything(self.seed)
         online = self.stage in algorithms.REGISTRY and algorithms.get(self.stage).online
-        if self.suite.shared.rollout_backend == "vllm" and online:
+        if online and self.suite.shared.rollout_backend == "vllm":
             # vLLM's library is imported before the memory baseline, as torch's is: the peak counts the
             # engine's weights and KV cache, not the size of the library's code.
             import vllm  # noqa: F401
@@ -218,10 +271,10 @@ class StageRun:
         """The suite's trackers for this stage and seed, given the run's hyperparameters and identity."""
         facts = {key: manifest[key] for key in ("stage", "seed", "config_hash", "suite_hash", "versions", "git_sha",
                                                 "device", "device_name")}
-        facts.update(suite_name=self.suite.name, world_size=self.world_size,
+        facts.update(suite_name=self.full_suite.name, world_size=self.world_size,
                      overrides=self.config.get("overrides") or [])
-        name = RunName(self.suite.name, self.stage, self.seed, tracking_root(self.final_dir, self.stage))
-        return Trackers(self.suite.runtime.trackers, name, self.suite.resolved(), facts, warn=self.warn)
+        name = RunName(self.full_suite.name, self.stage, self.seed, tracking_root(self.final_dir, self.stage))
+        return Trackers(self.full_suite.runtime.trackers, name, self.full_suite.resolved(), facts, warn=self.warn)
 
     def log(self, step: int, **metrics: Any) -> None:
         """One line of metrics.jsonl (flushed at once, so a crash loses at most the current step), and the
@@ -236,6 +289,13 @@ class StageRun:
             shown = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
             print(results.progress_line(self.stage, step, shown), file=sys.stderr, flush=True)
             self._last_log = time.time()
+
+    def _undeclared_read(self, field: str) -> None:
+        message = (f"stage {self.stage} read suite field {field}, which its declaration in "
+                   f"remax_bench/core/identity.py does not name: a change to it would not make the stage run again")
+        if os.environ.get(STRICT_READS_ENV) == "1":
+            raise StageError(message)
+        self.warn(message)
 
     def warn(self, message: str) -> None:
         self.warnings.append(message)
@@ -298,16 +358,98 @@ class StageRun:
             return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         return nullcontext()
 
+    # -- checkpoints and resume ------------------------------------------------------------------------
+    def resume(self, state: TrainingState, total: int) -> int:
+        """Declares the stage's training state and its ``total`` iterations; loads the newest sound checkpoint of
+        this config into it. Returns the iterations already done (0: none, the stage starts from the beginning).
+        Every rank calls it once its trained engines are built."""
+        self.state, self.total_iterations = state, total
+        path = self.checkpoints.newest_sound(config_identity(self.config))
+        if path is not None:
+            records = self.checkpoints.load(path, state)
+            self.done = self.newest_checkpoint = records["iteration"]
+            self.drawn, self.generated_widths = records["drawn"], records["generated_widths"]
+            self.checkpoint_records, self.resumed_from = records["checkpoints"], records["resumed_from"] + [self.done]
+            self._before = {"wall_time_s": records["wall_time_s"], "peak_memory_bytes": records["peak_memory_bytes"]}
+            if self.rank == 0:  # the metrics rows up to the checkpoint; later rows of the lost attempt are redone
+                self._metrics_file.close()
+                shutil.copyfile(path / "metrics.jsonl", self.dir / "metrics.jsonl")
+                self._metrics_file = open(self.dir / "metrics.jsonl", "a", buffering=1)
+            self.manifest_extra["resumed_from"] = self.resumed_from
+            print(f"[resume] {self.stage}: resumed from iteration {self.done} ({path})", file=sys.stderr, flush=True)
+        self._last_checkpoint = time.monotonic()
+        if self._agree(False, self.stop_signal is not None)[1]:  # it came during the set-up: nothing new to save
+            raise StageInterrupted(f"{self.stop_signal or 'a stop signal'} before the first iteration of this attempt")
+        return self.done
+
+    def _agree(self, due: bool, stop: bool) -> tuple[bool, bool]:
+        """Whether a checkpoint is due and a stop was asked for, on any rank: the ranks act together."""
+        if self.world_size == 1:
+            return due, stop
+        flags = torch.tensor([float(due), float(stop)], device=self.device)
+        torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+        return bool(flags[0]), bool(flags[1])
+
+    def end_iteration(self, done: int) -> None:
+        """After ``done`` iterations: a checkpoint when one is due or a stop signal came (then StageInterrupted)."""
+        self.done = done
+        if done >= self.total_iterations:
+            return  # the stage completes: its result replaces any checkpoint
+        runtime = self.full_suite.runtime  # the schedule, outside the stage's identity (see __init__)
+        due = bool(runtime.checkpoint_every and done % runtime.checkpoint_every == 0) or bool(
+            runtime.checkpoint_interval_s and time.monotonic() - self._last_checkpoint >= runtime.checkpoint_interval_s)
+        due, stop = self._agree(due, self.stop_signal is not None)  # any rank's clock or signal decides for all
+        if due or stop:
+            self.write_checkpoint(done)
+        if stop:
+            during = f" during iteration {self.stop_during}" if self.stop_signal else " on another rank"
+            raise StageInterrupted(f"{self.stop_signal or 'a stop signal'} received{during}; checkpoint at "
+                                   f"iteration {done} written")
+
+    def write_checkpoint(self, done: int) -> dict:
+        self._metrics_file.flush()
+        records = {"drawn": self.drawn, "generated_widths": self.generated_widths, "resumed_from": self.resumed_from,
+                   "checkpoints": self.checkpoint_records,
+                   "wall_time_s": self._before["wall_time_s"] + time.time() - self.start_time,
+                   "peak_memory_bytes": max(self._before["peak_memory_bytes"], self.memory.peak())}
+        record = self.checkpoints.write(done, self.state, config_identity(self.config), records,
+                                        copies={"metrics.jsonl": self.dir / "metrics.jsonl"})
+        self.checkpoint_records = self.checkpoint_records + [
+            {k: record[k] for k in ("iteration", "bytes", "seconds")}]
+        self._last_checkpoint, self.newest_checkpoint = time.monotonic(), done
+        print(f"[checkpoint] {self.stage}: iteration {done} written in {record['seconds']:.2f}s "
+              f"({record['bytes'] / 2**20:.1f} MiB): {record['path']}", file=sys.stderr, flush=True)
+        return record
+
+    def take_stop_signal(self, signum: int, frame=None) -> None:
+        """Handler of SIGTERM and SIGUSR1: noted here, acted on at the end of the current iteration. A stage that
+        trains nothing (eval) keeps no checkpoints: it stops at once, and a re-run redoes it."""
+        if self.stop_signal is None:
+            self.stop_signal, self.stop_during = signal.Signals(signum).name, self.done
+        if not self.trains:
+            raise StageInterrupted(f"{self.stop_signal} received; this stage keeps no checkpoints")
+
+    def checkpoint_summary(self) -> dict:
+        written = self.checkpoint_records
+        out: dict = {"resumed_from": self.resumed_from} if self.resumed_from else {}
+        if written:
+            out["checkpoints"] = {"written": len(written), "bytes": written[-1]["bytes"],
+                                  "write_s_mean": sum(w["seconds"] for w in written) / len(written),
+                                  "write_s_max": max(w["seconds"] for w in written)}
+        return out
+
     def finish(self, summary: dict) -> None:
         self._metrics_file.close()
         summary = {
             **self.data_parallel_summary(),
+            **self.checkpoint_summary(),
             "stage": self.stage,
             "algorithm": self.stage,
             "seed": self.seed,
             "status": "completed",
-            "wall_time_s": time.time() - self.start_time,
-            "peak_memory_bytes": self.memory.peak(),
+            # Over the attempts, each up to its last checkpoint: what the result cost, without the work redone.
+            "wall_time_s": self._before["wall_time_s"] + time.time() - self.start_time,
+            "peak_memory_bytes": max(self._before["peak_memory_bytes"], self.memory.peak()),
             "memory_kind": self.memory.kind,
             **self.memory.details(),
             "model_state_bytes": self.component_bytes,
@@ -323,10 +465,21 @@ class StageRun:
         results.write_json(self.dir / "manifest.json", manifest)
         self.trackers.close("completed", manifest)
         results.promote(self.dir, self.final_dir)
+        self.checkpoints.discard()  # the result holds the final state
+
+    def interrupted(self, why: str) -> None:
+        """An interrupted attempt: its partial directory stays as it is (a re-run rebuilds it from the checkpoint)."""
+        if self._metrics_file is not None:
+            self._metrics_file.close()
+        manifest = self.manifest("interrupted", error=why)
+        if self.dir.is_dir():  # an interrupt while the stage opens may come before its directory exists
+            results.write_json(self.dir / "manifest.json", manifest)
+        self.trackers.close("interrupted", manifest)
 
     def fail(self, status: str, error: str) -> Path:
         if self._metrics_file is not None:
             self._metrics_file.close()
+        # write_json makes the partial folder when the stage stopped before open() made it.
         manifest = self.manifest(status, error=error)
         results.write_json(self.dir / "manifest.json", manifest)
         self.trackers.close(status, manifest)
@@ -364,8 +517,32 @@ def _stop_with_runner() -> None:
     threading.Thread(target=watch, daemon=True, name="runner-watchdog").start()
 
 
+@contextmanager
+def _stop_signals_to(run: StageRun):
+    """SIGTERM and SIGUSR1 note a stop for the end of the current iteration (see the module's contract)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {signum: signal.signal(signum, run.take_stop_signal) for signum in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _leave_together(run: StageRun) -> None:
+    if run.world_size > 1 and torch.distributed.is_initialized():
+        # Ranks leave together: a rank that exits while another still uses the group can abort in gloo's
+        # teardown ("terminate called without an active exception"), which the launcher takes for a failure.
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
 def stage_main(stage: str, train: Callable[[StageRun], dict], argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m trainers.<stage>``. Exit code 0 on success, 1 on failure."""
+    """Entry point of ``python -m trainers.<stage>``; its exit codes are the module's contract."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
@@ -374,25 +551,29 @@ def stage_main(stage: str, train: Callable[[StageRun], dict], argv: list[str] | 
     _stop_with_runner()
     config = json.loads(Path(args.config).read_text())
     run = StageRun(stage, config, Path(args.out))
-    try:
-        run.open()  # inside: an interrupt while the stage opens (its trackers start) is recorded too
-        summary = train(run)
-    except KeyboardInterrupt:
-        failed = run.fail("interrupted", "interrupted (KeyboardInterrupt / SIGINT)")
-        print(f"[error] stage {stage} interrupted; partial output moved to {failed}", file=sys.stderr)
-        return 130
-    except Exception as err:  # noqa: BLE001 - every failure is recorded, then reported
-        failed = run.fail("failed", f"{type(err).__name__}: {err}\n{traceback.format_exc()}")
-        # Under the launcher, this rank exits non-zero and the launcher terminates the other ranks (which may
-        # wait in a collective for this one), so this line is the stage's reported error.
-        where = f" on rank {run.rank} of {run.world_size}" if run.world_size > 1 else ""
-        print(f"[error] stage {stage} failed{where}: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
-        print(f"[error] its logs and last good checkpoint are in {failed}", file=sys.stderr)
-        return 1
-    run.finish(summary)
-    if run.world_size > 1 and torch.distributed.is_initialized():
-        # Ranks leave together: a rank that exits while another still uses the group can abort in gloo's
-        # teardown ("terminate called without an active exception"), which the launcher takes for a failure.
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
-    return 0
+    with _stop_signals_to(run):
+        try:
+            run.open()  # inside: an interrupt while the stage opens (its trackers start) is recorded too
+            summary = train(run)
+        except StageInterrupted as stop:
+            run.interrupted(str(stop))
+            print(f"[interrupt] stage {stage} stopped: {stop}; run it again to resume", file=sys.stderr, flush=True)
+            _leave_together(run)
+            return EXIT_RESUMABLE
+        except KeyboardInterrupt:
+            run.interrupted("interrupted (KeyboardInterrupt / SIGINT)")
+            where = (f"resumes from iteration {run.newest_checkpoint}" if run.newest_checkpoint is not None
+                     else "starts over (no checkpoint yet)")
+            print(f"[interrupt] stage {stage} interrupted at once (SIGINT); a re-run {where}", file=sys.stderr, flush=True)
+            return EXIT_SIGINT
+        except Exception as err:  # noqa: BLE001 - every failure is recorded, then reported
+            failed = run.fail("failed", f"{type(err).__name__}: {err}\n{traceback.format_exc()}")
+            # Under the launcher, this rank exits non-zero and the launcher terminates the other ranks (which may
+            # wait in a collective for this one), so this line is the stage's reported error.
+            where = f" on rank {run.rank} of {run.world_size}" if run.world_size > 1 else ""
+            print(f"[error] stage {stage} failed{where}: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
+            print(f"[error] its logs and last good checkpoint are in {failed}", file=sys.stderr)
+            return EXIT_FAILED
+        run.finish(summary)
+    _leave_together(run)
+    return EXIT_COMPLETED

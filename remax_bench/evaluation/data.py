@@ -19,12 +19,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+from remax_bench.core.datafiles import DataError, json_records
 from remax_bench.evaluation.common import (
     EvalDataError,
     cache_dir,
     download,
     offline_reason,
-    read_jsonl,
     run_with_timeout,
     write_json,
 )
@@ -103,21 +103,24 @@ ALPACA_HOW = (
 )
 
 
-def _read_rows(path: Path, field: str) -> list[dict]:
+def _records(path: Path, field: str) -> list[tuple[int, Any]]:
+    """(line, row) of a local JSON / JSON lines file; UTF-8 and JSON faults named by file and line."""
     if not path.is_file():
         raise EvalDataError(f"{field}: file {path} not found")
     try:
-        if path.suffix == ".jsonl":
-            rows = read_jsonl(path)
-        else:
-            rows = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise EvalDataError(f"{field}: {path} is not valid JSON / JSON lines: {err}") from None
-    if isinstance(rows, dict):  # {"instruction": [...]} column layout
-        rows = [dict(zip(rows, values)) for values in zip(*rows.values())]
-    if not isinstance(rows, list) or not rows:
+        return json_records(path, field)
+    except DataError as err:
+        raise EvalDataError(str(err)) from None
+
+
+def _read_rows(path: Path, field: str) -> list[tuple[int, Any]]:
+    records = _records(path, field)
+    if len(records) == 1 and isinstance(records[0][1], dict) and all(isinstance(v, list) for v in records[0][1].values()):
+        columns = records[0][1]  # {"instruction": [...]} column layout: rows have no line of their own
+        records = [(1, dict(zip(columns, values))) for values in zip(*columns.values())]
+    if not records:
         raise EvalDataError(f"{field}: {path} holds no rows")
-    return rows
+    return records
 
 
 def alpaca_eval_instructions(source: str, max_instances: int | None = None, synthetic: Any = None) -> list[dict]:
@@ -134,10 +137,11 @@ def alpaca_eval_instructions(source: str, max_instances: int | None = None, synt
     else:
         raw = _read_rows(Path(source).expanduser(), "eval.alpaca_eval.prompts")
         rows = []
-        for i, row in enumerate(raw):
+        for i, (line, row) in enumerate(raw):
             text = row.get("instruction", row.get("prompt")) if isinstance(row, dict) else None
             if not isinstance(text, str) or not text.strip():
-                raise EvalDataError(f"eval.alpaca_eval.prompts: row {i} of {source} has no 'instruction' (or 'prompt') text")
+                raise EvalDataError(f"eval.alpaca_eval.prompts: {source}, line {line}: no 'instruction' (or 'prompt') "
+                                    "text")
             rows.append({"instruction": text, "dataset": row.get("dataset", Path(source).stem), "index": i})
     # AlpacaEval pairs outputs by instruction, so each instruction counts once (the synthetic generator can
     # draw one twice); the first occurrence keeps its index.
@@ -163,17 +167,10 @@ REFERENCE_HOW = (
 )
 
 
-def _fastchat_common():
-    """fastchat.llm_judge.common (its loaders, the [[rating]] patterns and NEED_REF_CATS); it imports anthropic."""
-    import fastchat.llm_judge.common as common
-
-    return common
-
-
 def mt_bench_questions(source: str, max_questions: int | None = None, synthetic: Any = None) -> list[dict]:
     """Questions in FastChat's format: {question_id, category, turns: [turn1, turn2], reference?}."""
     if source == "synthetic":
-        questions = synthetic_task(synthetic).mt_bench_questions(max_questions or MT_BENCH_SIZE)
+        records = [("", q) for q in synthetic_task(synthetic).mt_bench_questions(max_questions or MT_BENCH_SIZE)]
     else:
         if source == "default":
             path = _cached_or_fetched(cache_dir() / "mt_bench" / "question.jsonl", _fetch_url(MT_BENCH_QUESTIONS_URL),
@@ -182,15 +179,17 @@ def mt_bench_questions(source: str, max_questions: int | None = None, synthetic:
             path = Path(source).expanduser()
             if not path.is_file():
                 raise EvalDataError(f"eval.mt_bench.questions: file {path} not found. {QUESTIONS_HOW}")
-        try:
-            questions = _fastchat_common().load_questions(str(path), None, None)
-        except json.JSONDecodeError as err:
-            raise EvalDataError(f"eval.mt_bench.questions: {path} is not JSON lines: {err}") from None
-    for q in questions:
-        if not isinstance(q.get("turns"), list) or not 1 <= len(q["turns"]) <= 2 or "question_id" not in q:
-            raise EvalDataError(f"eval.mt_bench.questions: question {q.get('question_id')!r} needs question_id and "
-                                f"a list of one or two turns (MT-bench's single-answer grading covers two)")
+        # Read as FastChat's load_questions reads it (one JSON object per line), but with the file and line of a
+        # fault: FastChat's raises a bare UnicodeDecodeError, or places a JSON fault within its one line.
+        records = [(f"{path}, line {line}: ", q) for line, q in _records(path, "eval.mt_bench.questions")]
+    for where, q in records:
+        if not isinstance(q, dict) or not isinstance(q.get("turns"), list) or not 1 <= len(q["turns"]) <= 2 \
+                or "question_id" not in q:
+            named = q.get("question_id") if isinstance(q, dict) else None
+            raise EvalDataError(f"eval.mt_bench.questions: {where}question {named!r} needs question_id and a list of "
+                                "one or two turns (MT-bench's single-answer grading covers two)")
         q.setdefault("category", "general")
+    questions = [q for _, q in records]
     return questions[:max_questions] if max_questions else questions
 
 
@@ -214,8 +213,12 @@ def mt_bench_reference_answers(source: str, questions: list[dict]) -> dict[Any, 
         # FastChat's references are GPT-4's answers (gpt-4.jsonl); any other single file is taken as given.
         files = [folder / "gpt-4.jsonl"] if (folder / "gpt-4.jsonl").is_file() else sorted(folder.glob("*.jsonl"))
     for f in files[:1]:
-        for row in read_jsonl(f):
-            answers[row["question_id"]] = list(row["choices"][0]["turns"])
+        for line, row in _records(f, "eval.mt_bench.questions (its reference answers)"):
+            try:
+                answers[row["question_id"]] = list(row["choices"][0]["turns"])
+            except (KeyError, IndexError, TypeError):
+                raise EvalDataError(f"eval.mt_bench.questions: reference answers {f}, line {line}: expected FastChat's "
+                                    "layout {question_id, choices: [{turns: [...]}]}") from None
     for q in questions:
         if q["question_id"] not in answers and any(q.get("reference") or []):
             answers[q["question_id"]] = list(q["reference"])
@@ -247,7 +250,8 @@ def reference_answers_note(source: str, questions: list[dict]) -> str | None:
 
 
 def judge_prompts(source: str) -> dict[str, dict]:
-    """FastChat's judge prompts by name (loaded with fastchat.llm_judge.common.load_judge_prompts)."""
+    """FastChat's judge prompts by name, read as fastchat.llm_judge.common.load_judge_prompts reads them (one JSON
+    object per line, keyed by its name), with the file and line of a fault."""
     if source == "default":
         path = _cached_or_fetched(cache_dir() / "fastchat" / "judge_prompts.jsonl", _fetch_url(JUDGE_PROMPTS_URL),
                                   "FastChat's judge prompts (data/judge_prompts.jsonl; not shipped in the fschat wheel)",
@@ -256,11 +260,12 @@ def judge_prompts(source: str) -> dict[str, dict]:
         path = Path(source).expanduser()
         if not path.is_file():
             raise EvalDataError(f"eval.mt_bench.judge_prompts: file {path} not found. {JUDGE_PROMPTS_HOW}")
-    try:
-        prompts = _fastchat_common().load_judge_prompts(str(path))
-    except (json.JSONDecodeError, KeyError) as err:
-        raise EvalDataError(f"eval.mt_bench.judge_prompts: {path} is not in FastChat's format ({err}). "
-                            f"{JUDGE_PROMPTS_HOW}") from None
+    prompts = {}
+    for line, row in _records(path, "eval.mt_bench.judge_prompts"):
+        if not isinstance(row, dict) or "name" not in row:
+            raise EvalDataError(f"eval.mt_bench.judge_prompts: {path}, line {line}: expected a JSON object with a "
+                                f"'name', as FastChat's judge prompts have. {JUDGE_PROMPTS_HOW}")
+        prompts[row["name"]] = row
     missing = [name for name in SINGLE_PROMPT_NAMES if name not in prompts]
     if missing:
         raise EvalDataError(f"eval.mt_bench.judge_prompts: {path} lacks the prompts {missing}. {JUDGE_PROMPTS_HOW}")

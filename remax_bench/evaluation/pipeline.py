@@ -372,12 +372,13 @@ def generation_warnings(generation: dict[str, dict], ev: Any) -> list[str]:
 
 
 def run_eval_stage(stage_config: dict, out_dir: str | Path, log: Callable[[str], None] = _log,
-                   cache_path: str | Path | None = None) -> dict:
+                   cache_path: str | Path | None = None, suite=None) -> dict:
     """Evaluate every checkpoint of a stage config {"stage": "eval", "seed", "suite", "inputs": {"checkpoints":
-    {name: dir}, "reward_model": dir}}; writes out_dir/<name>/... and out_dir/summary.json (one row each)."""
+    {name: dir}, "reward_model": dir}}; writes out_dir/<name>/... and out_dir/summary.json (one row each).
+    ``suite``: the stage's view of the suite that records what it reads (default: the config's suite)."""
     from remax_bench.core.config import Suite
 
-    suite = Suite.model_validate(stage_config["suite"])
+    suite = suite if suite is not None else Suite.model_validate(stage_config["suite"])
     ev, seed = suite.eval, int(stage_config.get("seed", 0))
     inputs = stage_config.get("inputs") or {}
     checkpoints = {k: str(v) for k, v in (inputs.get("checkpoints") or {}).items()}

@@ -47,7 +47,7 @@ def evaluate(run) -> dict:
         carried = carry_answers(previous, run.dir / "eval")
         if carried:
             log(f"answers of the last attempt ({', '.join(carried)}) carried over from {previous}")
-    summary = run_eval_stage({**run.config, "inputs": run.inputs}, run.dir / "eval", log=log)
+    summary = run_eval_stage({**run.config, "inputs": run.inputs}, run.dir / "eval", log=log, suite=run.suite)
     for warning in summary["warnings"]:
         run.warn(warning)
     return summary

@@ -156,17 +156,35 @@ def eval_rows(summary: dict, seed: int, reference: str) -> list[dict]:
     return out
 
 
+def latest_manifest(manifests: dict[tuple[str, int], dict]) -> dict | None:
+    """The manifest of the most recently started stage that records its suite: what the suite asks for now.
+    (A stage kept from an earlier run, because no field it reads changed, records the suite of that run.)"""
+    recorded = [m for m in manifests.values()
+                if isinstance(m.get("config"), dict) and isinstance(m["config"].get("suite"), dict)]
+    return max(recorded, key=lambda m: m.get("start") or "") if recorded else None
+
+
+def latest_suite(manifests: dict[tuple[str, int], dict]) -> dict | None:
+    latest = latest_manifest(manifests)
+    return latest["config"]["suite"] if latest else None
+
+
+def requested_algorithms(manifests: dict[tuple[str, int], dict]) -> list[str]:
+    """The algorithms the suite enables; [] when no manifest records the suite."""
+    suite = latest_suite(manifests) or {}
+    return [a for a in ALGORITHMS if isinstance(suite.get(a), dict) and suite[a].get("enabled")]
+
+
 def _planned_keys(manifests: dict[tuple[str, int], dict]) -> list[str]:
     """The stage keys the suite in the manifests plans (given checkpoints excluded); [] if unknown."""
-    suites = [m.get("config", {}).get("suite") for m in manifests.values()]
-    suites = [s for s in suites if isinstance(s, dict)]
-    if not suites:
+    suite = latest_suite(manifests)
+    if suite is None:
         return []
     try:
         from remax_bench.core.config import Suite
         from remax_bench.runner import plan
 
-        return [p.key for p in plan(Suite.model_validate(suites[0])) if not p.given]
+        return [p.key for p in plan(Suite.model_validate(suite)) if not p.given]
     except Exception:  # noqa: BLE001 - an older or foreign suite schema: the plan is unknown, not an error
         return []
 

@@ -18,12 +18,12 @@ from remax_bench.core.algorithms import FOCUS, PREPARATION_STAGES
 from remax_bench.report.frontier import FRONTIER_FILE, build_frontier, frontier_plot
 from remax_bench.report.headline import build_headline
 from remax_bench.report.load import (
-    ALGORITHMS,
     LABELS,
     SEED_DIR,
     ReportError,
     SuiteResults,
     load_sweep,
+    requested_algorithms,
 )
 from remax_bench.report.plots import (
     PLOT_FILES,
@@ -156,7 +156,9 @@ def write_report(results_dir: str | Path, reports_dir: str | Path, suite_name: s
     suite_hash = "; ".join(f"{res.variant}: {_suite_hashes(res, skip=PREPARATION_STAGES)}" for res in views) \
         if sweep else _suite_hashes(views[0])
     problems = list(dict.fromkeys(line for res in views for line in _problem_lines(res)))
-    missing_algos = [LABELS[a] for a in ALGORITHMS if not any(res.has(a) for res in views)]
+    # Only what the suite asked for: an algorithm it leaves disabled is not missing.
+    missing_algos = [LABELS[a] for a in requested_algorithms(views[0].manifests)
+                     if not any(res.has(a) for res in views)]
     sweep_line = (f"Sweep: {', '.join(res.variant for res in views)}; each value is a run of every algorithm, the "
                   "SFT and reward models are shared where the swept field is not theirs." if sweep else "")
 
@@ -300,9 +302,50 @@ def _variance_section(suite_dir: Path, out: Path) -> list[str]:
             *variance_markdown(record), "", "![Policy-gradient variance](variance.png)", ""]
 
 
+# The page's tables were looked at in headless Chromium 1280 px wide (chromium --headless --window-size=1280,4000
+# --screenshot): with every registered algorithm and three seeds, the summary by figure (nine columns,
+# 'mean ± std' wrapping) and the per-seed tables fill at most the body's 1100 px; the summary with a column per
+# figure (17) was 1561 px wide and ran off the page. tests/test_report.py holds the column counts.
+def by_figure(agg: pd.DataFrame) -> pd.DataFrame:
+    """The summary with one row per figure and one column per algorithm: its width grows with the algorithms
+    a suite runs (at most the registry's), not with the figures, so it fits the page. Figures no algorithm
+    has are left out (summary.csv keeps every column)."""
+    if agg.empty:
+        return agg
+    table = agg.set_index("algorithm").T.rename_axis("figure").reset_index()
+    table.columns.name = None
+    return table[(table.drop(columns="figure") != "–").any(axis=1)].reset_index(drop=True)
+
+
+# Runs (algorithm and seed) side by side in one per-seed table: with the field names and the widest values
+# (a memory kind such as rss_above_baseline) five fit the page's 1100 px.
+RUNS_PER_TABLE = 5
+
+
+def per_seed(table: pd.DataFrame) -> list[pd.DataFrame]:
+    """summary.csv with one row per field and one column per algorithm and seed, numbers as shown; in tables
+    of at most RUNS_PER_TABLE runs each, of as even a size as the runs allow."""
+    if table.empty:
+        return []
+    names = [f"{LABELS.get(a, a)} seed {int(s)}" for a, s in zip(table["algorithm"], table["seed"])]
+    values = table.drop(columns=["algorithm", "seed"]).map(
+        lambda v: _num(v) if isinstance(v, float) else ("–" if v is None or v is pd.NA else str(v)))
+    out = values.T
+    out.columns = names
+    out = out.rename_axis("field").reset_index()
+    size = math.ceil(len(names) / math.ceil(len(names) / RUNS_PER_TABLE))
+    return [out[["field", *names[start:start + size]]] for start in range(0, len(names), size)]
+
+
+def _html_table(df: pd.DataFrame) -> str:
+    """A table in a box that scrolls sideways when the table is wider than the page, rather than the page."""
+    return f"<div class='scroll'>{df.to_html(index=False, border=0, escape=True)}</div>"
+
+
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;
 padding:0 1em;color:#222;line-height:1.45}
+.scroll{overflow-x:auto;max-width:100%}
 table{border-collapse:collapse;margin:.8em 0;font-size:.92em}
 th,td{border:1px solid #ccc;padding:.3em .6em;text-align:right}
 th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
@@ -317,7 +360,7 @@ def _html(name, suite_hash, generated, path, sweep_line, headline, frontier, dra
     e = html.escape
 
     def table_html(df):
-        return df.to_html(index=False, border=0, escape=True) if not df.empty else "<p>none</p>"
+        return _html_table(df) if not df.empty else "<p>none</p>"
 
     parts = [
         "<!DOCTYPE html>", "<html lang='en'><head><meta charset='utf-8'>",
@@ -347,14 +390,13 @@ def _html(name, suite_hash, generated, path, sweep_line, headline, frontier, dra
     parts.append("<h2>Summary (mean [95% CI] over seeds)</h2>")
     for view in sections:
         parts += [f"<h3>{e(view.res.variant)}</h3>" if view.heading else "",
-                  view.agg.to_html(index=False, border=0, escape=True) if not view.agg.empty
+                  _html_table(by_figure(view.agg)) if not view.agg.empty
                   else "<p>No policy stage finished.</p>",
                   "<ul>" + "".join(f"<li{' class=warn' if line.startswith('NOT MATCHED') else ''}>{e(line)}</li>"
                                    for line in view.kl) + "</ul>" if view.kl else "",
                   ("<p>Notes:</p><ul>" + "".join(f"<li>{e(n)}</li>" for n in view.notes) + "</ul>") if view.notes else "",
                   "<details><summary>Per seed</summary>",
-                  view.table.to_html(index=False, border=0, na_rep="–", float_format=lambda v: _num(v))
-                  if not view.table.empty else "",
+                  *[_html_table(part) for part in per_seed(view.table)],
                   "</details>",
                   f"<p>Starting points: {e('; '.join(view.prep))}.</p>" if view.prep else ""]
     parts += [
@@ -365,7 +407,7 @@ def _html(name, suite_hash, generated, path, sweep_line, headline, frontier, dra
     ]
     for view in sections:
         parts += [f"<h3>{e(view.res.variant)}</h3>" if view.heading else "",
-                  view.paper.to_html(index=False, border=0, escape=True)]
+                  _html_table(view.paper)]
     parts += [
         f"<p class='paper'>The right-hand column holds the <b>paper's</b> figures ({e(PAPER['citation'])}): "
         f"{e(PAPER['setting'])} for memory and speed; {e(PAPER['quality_setting'])}. This run's model, data and "

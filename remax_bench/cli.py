@@ -70,9 +70,7 @@ def _int_list(text: str | None) -> list[int] | None:
 
 def _preflight(suite, stages: list[str] | None = None, results_dir: str | None = None) -> None:
     """Everything that can be checked before a stage starts; one line per problem, exit 2."""
-    from remax_bench.preflight import problems
-
-    _refuse(suite, problems(suite, stages, results_dir))
+    _refuse(suite, _run_problems(suite, stages, jobs=1, results_dir=results_dir))
 
 
 def _refuse(suite, found: list[str]) -> None:
@@ -80,31 +78,51 @@ def _refuse(suite, found: list[str]) -> None:
         _fail(f"suite {suite.name!r} cannot run:\n" + "\n".join(f"  {p}" for p in found))
 
 
-class LiveLine:
-    """Progress on one line that rewrites itself on a terminal; throttled plain lines in logs."""
+class LiveBoard:
+    """One live display for every running stage. On a terminal each running stage keeps one progress line,
+    redrawn in place below the messages; in a log file each stage's progress comes at most every 15 s."""
 
     def __init__(self):
         self.tty = sys.stdout.isatty()
-        self.last_plain = 0.0
-        self.open_line = False
+        self.lines: dict[str, str] = {}  # stage key -> its latest progress line
+        self.drawn = 0
+        self.last_plain: dict[str, float] = {}
 
-    def __call__(self, text: str, progress: bool = False) -> None:
-        if progress and self.tty:
-            click.echo("\r" + text[:150].ljust(150), nl=False)
-            self.open_line = True
-            return
-        if progress and time.time() - self.last_plain < 15:
-            return
-        if self.open_line:
-            click.echo()
-            self.open_line = False
-        if progress:
-            self.last_plain = time.time()
+    def __call__(self, text: str) -> None:
+        self._erase()
         click.echo(text)
+        self._draw()
 
-    def progress(self, text: str) -> None:
-        """A stage's progress (the runner calls this for its step lines)."""
-        self(text, progress=True)
+    def progress(self, text: str, key: str = "") -> None:
+        """A running stage's progress (the runner calls this for its step lines)."""
+        if not self.tty:
+            if time.time() - self.last_plain.get(key, 0.0) >= 15:
+                self.last_plain[key] = time.time()
+                click.echo(text)
+            return
+        self.lines[key] = text
+        self._erase()
+        self._draw()
+
+    def forget(self, key: str) -> None:
+        """The stage ended: its line goes."""
+        if self.lines.pop(key, None) is not None and self.tty:
+            self._erase()
+            self._draw()
+
+    def _erase(self) -> None:
+        if self.drawn:
+            # Up to the block's first line, clear to the end (kept as written: click strips escapes it deems colour).
+            click.echo(f"\x1b[{self.drawn}F\x1b[J", nl=False, color=True)
+            self.drawn = 0
+
+    def _draw(self) -> None:
+        import shutil
+
+        width = max(20, shutil.get_terminal_size().columns - 1)  # a wrapped line would break the redraw
+        for text in self.lines.values():
+            click.echo(text[:width])
+        self.drawn = len(self.lines)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -141,47 +159,97 @@ def validate(suite, table, config_only, overrides):
     click.echo(f"# suite {loaded.name!r} is valid (config hash {loaded.config_hash()})", err=True)
 
 
+def plan_options(command):
+    """The options that pick a suite's stages and where their results are (run and status)."""
+    for option in reversed([
+        click.option("--only", help="comma-separated stages, of: "
+                     + ", ".join((*PREPARATION_STAGES, *ALGORITHM_NAMES, "eval")) + " (those the suite plans)"),
+        click.option("--seeds", help="comma-separated seeds, overriding the suite's"),
+        click.option("--results-dir", default="results", show_default=True, type=click.Path(file_okay=False)),
+    ]):
+        command = option(command)
+    return command
+
+
+def _plan(loaded, only, seeds):
+    from remax_bench.runner import plan
+
+    try:
+        return plan(loaded, _int_list(seeds), only.split(",") if only else None)
+    except ValueError as err:
+        _fail(str(err))
+
+
 @main.command()
 @click.argument("suite", default="tiny")
-@click.option("--only", help="comma-separated stages to run, of: "
-              + ", ".join((*PREPARATION_STAGES, *ALGORITHM_NAMES, "eval")) + " (those the suite plans)")
-@click.option("--seeds", help="comma-separated seeds, overriding the suite's")
-@click.option("--results-dir", default="results", show_default=True, type=click.Path(file_okay=False))
+@plan_options
+@click.option("--jobs", "-j", default=1, show_default=True, type=click.IntRange(min=1),
+              help="stages run at once on this machine, each on its own GPUs (or its share of the CPU cores) and "
+                   "master port; dependencies first (with runtime.executor slurm, Slurm decides)")
 @click.option("--dry-run", is_flag=True,
               help="print the plan and the command of each stage, and what would stop a real run here; run nothing "
                    "(exit 0 whatever this machine lacks)")
 @set_option
 @tracker_option
-def run(suite, only, seeds, results_dir, dry_run, overrides, tracker_names):
+def run(suite, only, seeds, results_dir, jobs, dry_run, overrides, tracker_names):
     """Run SUITE end to end: train, evaluate, and record every stage under RESULTS_DIR."""
     from remax_bench.core.trackers import describe
-    from remax_bench.preflight import problems
-    from remax_bench.runner import Runner, exit_code, outcome_table, plan
+    from remax_bench.runner import Runner, exit_code, outcome_table
 
     overrides = _with_trackers(overrides, tracker_names)
     loaded = _load(suite, overrides)
-    try:
-        stages = plan(loaded, _int_list(seeds), only.split(",") if only else None)
-    except ValueError as err:
-        _fail(str(err))
+    stages = _plan(loaded, only, seeds)
     planned = sorted({s.stage for s in stages})
     if not dry_run:
-        _preflight(loaded, planned, results_dir)
-    runner = Runner(loaded, results_dir, echo=LiveLine(), overrides=overrides)
-    click.echo(f"suite {loaded.name!r}: {len(stages)} stages, results in {runner.root}")
+        _refuse(loaded, _run_problems(loaded, planned, jobs, results_dir))
+    runner = Runner(loaded, results_dir, echo=LiveBoard(), overrides=overrides)
+    where = " as Slurm jobs" if loaded.runtime.executor == "slurm" else f", {jobs} at once" if jobs > 1 else ""
+    click.echo(f"suite {loaded.name!r}: {len(stages)} stages{where}, results in {runner.root}")
     for line in [f"--set {o}" for o in overrides] + describe(loaded.runtime.trackers, runner.root):
         click.echo(f"  {line}")
-    outcomes = runner.run(stages, dry_run=dry_run)
+    outcomes = runner.run(stages, dry_run=dry_run, jobs=jobs)
     click.echo("\n" + outcome_table(outcomes))
     if dry_run:
         # A plan can be read on any machine; what this one lacks is listed, not fatal.
-        found = problems(loaded, planned)
+        found = _run_problems(loaded, planned, jobs)
         click.echo(f"\nwhat would stop a real run here ({len(found)}):" if found
                    else "\nnothing found that would stop a real run here")
         for line in found:
             click.echo(f"  {line}")
         return
+    if any(o.status == "submitted" for o in outcomes):
+        click.echo(f"\nthe submitted jobs go on in Slurm: `remax-bench status {suite}` shows them, `run` again "
+                   "follows them, scancel stops them")
     sys.exit(exit_code(runner, outcomes))
+
+
+def _run_problems(suite, planned: list[str] | None, jobs: int, results_dir: str | None = None) -> list[str]:
+    """Everything that can be checked before a stage starts: the suite's inputs, this machine's devices for
+    --jobs, and the Slurm cluster with runtime.executor slurm."""
+    from remax_bench import devices
+    from remax_bench.preflight import problems
+
+    found = problems(suite, planned, results_dir) + devices.problems(suite.runtime, planned or list(PREPARATION_STAGES), jobs)
+    if suite.runtime.executor == "slurm":
+        from remax_bench.slurm import problems as slurm_problems
+
+        found += slurm_problems(suite.runtime)
+    return found
+
+
+@main.command()
+@click.argument("suite", default="tiny")
+@plan_options
+@set_option
+def status(suite, only, seeds, results_dir, overrides):
+    """Each stage of SUITE: complete, failed, partial or missing under RESULTS_DIR, and its Slurm job (id, state,
+    reason) where `run` submitted one."""
+    from remax_bench.runner import Runner
+    from remax_bench.status import stage_states, status_table
+
+    loaded = _load(suite, overrides)
+    runner = Runner(loaded, results_dir, overrides=overrides)
+    click.echo(status_table(stage_states(runner, _plan(loaded, only, seeds))))
 
 
 @main.command()
@@ -265,7 +333,7 @@ def bench(model, iterations, suite_arg, algorithms, device, gradient_checkpointi
 
         # The run's own checks of shared.rollout_backend (vllm installed, a GPU for its CUDA build).
         _preflight(bench_suite(suite, model, iterations, device, gradient_checkpointing, "vllm"), chosen)
-    table = run_bench(suite, model, iterations, results_dir, chosen, device, echo=LiveLine(),
+    table = run_bench(suite, model, iterations, results_dir, chosen, device, echo=LiveBoard(),
                       gradient_checkpointing=gradient_checkpointing, rollout_backends=backends, overrides=overrides)
     click.echo()
     click.echo(format_bench(table, model))
@@ -277,7 +345,7 @@ def bench(model, iterations, suite_arg, algorithms, device, gradient_checkpointi
         from remax_bench.core.algorithms import with_trl_trainer
         from remax_bench.peers.against import format_against, run_against
 
-        peers = run_against(against, suite, model, iterations, results_dir, chosen, device, echo=LiveLine(),
+        peers = run_against(against, suite, model, iterations, results_dir, chosen, device, echo=LiveBoard(),
                             gradient_checkpointing=gradient_checkpointing, overrides=overrides)
         click.echo()
         click.echo(format_against(table, peers, against))

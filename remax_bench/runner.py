@@ -24,18 +24,22 @@ for several GPUs), so its peak memory is its own and a crash takes down one stag
 a partial directory and renames it when done; a re-run skips complete stages whose config is unchanged, resumes
 an interrupted or failed one from its newest checkpoint of the same config, and redoes everything else.
 
-SIGTERM and SIGUSR1 sent to the runner reach every process of the running stage as SIGUSR1 (the stage's process
-group; the deepspeed launcher ignores it, every rank takes it): the stage writes a checkpoint at the end of its
-iteration and exits resumable, and the runner stops with the same exit code (the contract is in
-remax_bench/core/stage.py). Ctrl-C stops the stage at once.
+One loop runs the graph: start what is ready, up to N at once, and wait for the next event. Where the stages
+run is the executor's: processes on this machine (remax_bench/local_executor.py; ``run --jobs N`` runs N at
+once, each on its own share of the devices), or one Slurm job per stage (remax_bench/slurm.py), which Slurm
+starts once its inputs' jobs end well (``afterok``). A failed stage stops only the stages that read it.
+
+SIGTERM and SIGUSR1 sent to the runner reach every process of every running stage as SIGUSR1 (each stage's own
+process group; the deepspeed launcher ignores it, every rank takes it): each stage writes a checkpoint at the end
+of its iteration and exits resumable, no further stage starts, and the runner stops with the same exit code (the
+contract is in remax_bench/core/stage.py). A stage that exits resumable on its own stops the run the same way.
+Ctrl-C stops the running stages at once. On Slurm a stop ends only the watching: the jobs go on in Slurm.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
 import sys
 import time
 from contextlib import contextmanager
@@ -46,6 +50,7 @@ from remax_bench.core import algorithms, checkpoint, results, sweep
 from remax_bench.core.config import Suite
 from remax_bench.core.identity import identity_view, stage_identity
 from remax_bench.core.stage import EXIT_COMPLETED, EXIT_FAILED, EXIT_RESUMABLE, STOP_SIGNALS
+from remax_bench.outcome import OK, Outcome
 
 # The module each stage runs as (``python -m <module>``); every one ends in remax_bench.core.stage.stage_main.
 STAGE_MODULES = {"sft": "trainers.sft", "reward_model": "trainers.reward_model",
@@ -80,14 +85,6 @@ class StagePlan:
     @property
     def module(self) -> str:
         return self.runs_as or stage_module(self.stage)
-
-
-@dataclass
-class Outcome:
-    key: str
-    status: str  # completed | skipped (already complete) | given | failed | blocked | interrupted | planned
-    seconds: float = 0.0
-    detail: str = ""
 
 
 def plan(suite: Suite, seeds: list[int] | None = None, only: list[str] | None = None) -> list[StagePlan]:
@@ -149,8 +146,12 @@ class Runner:
         self.echo = echo
         self.python = sys.executable
         self.overrides = list(overrides)  # the --set KEY=VALUE that made `suite` from its file, for the manifests
+        self.waits: dict[str, str | None] = {}  # why a ready stage waits (devices held by another run)
+        self.first_progress: dict[str, tuple[float, int]] = {}  # key -> (time, step) of its first progress line
+        self.plans: dict[str, StagePlan] = {}  # the running plan's stages by key
         self.stopped_by: str | None = None  # the stop signal this runner was sent, once it was
-        self.process: subprocess.Popen | None = None  # the running stage (its process group's leader)
+        self.interrupted = False  # a stage ended resumable: no further stage starts
+        self.held: set[str] = set()  # stages a stop kept from starting
 
     # -- paths and configs ----------------------------------------------------------------------
     def final_dir(self, key: str) -> Path:
@@ -166,16 +167,21 @@ class Runner:
         return str(self.final_dir(key).relative_to(self.root) / "checkpoint")
 
     def identity_of(self, key: str, plans: dict[str, StagePlan]) -> str | None:
-        """What an input is, not where it is: the identity of the stage that trained it (None while it has no
-        complete result)."""
+        """What an input is, not where it is: the hash its result is recorded under, as the stages built on it
+        record it. A complete result that is kept (its stage identity unchanged) keeps the hash it was recorded
+        under; a stage of this plan that will run records its stage identity, known before it ends, so a stage
+        can be handed to Slurm before its inputs finish. None for an input outside the plan without a result."""
         plan_ = plans.get(key)
         if plan_ is not None and plan_.given:
             return f"given:{plan_.given}"
         final = self.final_dir(key)
-        if not results.is_complete(final):
-            return None
-        # The identity the result was recorded under, which the stages built on it recorded in their input_ids.
-        return results.read_json(final / "manifest.json").get("config_hash")
+        recorded = results.read_json(final / "manifest.json") if results.is_complete(final) else None
+        if plan_ is None:
+            return recorded.get("config_hash") if recorded else None
+        identity = stage_identity(self.stage_config(plan_, plans))
+        if recorded and stage_identity(recorded.get("config") or {"stage": plan_.stage}) == identity:
+            return recorded.get("config_hash")
+        return identity
 
     def suite_of(self, item: StagePlan) -> Suite:
         """The concrete suite a stage runs: its sweep value's, else the runner's."""
@@ -203,16 +209,17 @@ class Runner:
     def log_path(self, item: StagePlan) -> Path:
         return self.root / "logs" / f"{item.dirname}-seed{item.seed}.log"
 
-    def command(self, item: StagePlan) -> list[str]:
+    def command(self, item: StagePlan, gpus: list[int] | None = None, master_port: int | None = None) -> list[str]:
+        """The stage's command on this machine; ``gpus`` and ``master_port``: its share (remax_bench/devices.py)."""
         out = str(self.final_dir(item.key))
         runtime = self.suite.runtime
         if runtime.deepspeed.enabled and (runtime.num_gpus > 1 or runtime.num_nodes > 1) and item.stage != "eval":
             from remax_bench.core.deepspeed_config import launch_command
 
-            return launch_command(item.module, str(self.config_path(item)), out, runtime)
+            return launch_command(item.module, str(self.config_path(item)), out, runtime, gpus, master_port)
         return [self.python, "-m", item.module, "--config", str(self.config_path(item)), "--out", out]
 
-    # -- running ---------------------------------------------------------------------------------
+    # -- deciding ----------------------------------------------------------------------------------
     def why_run(self, item: StagePlan, config: dict, rerun: set[str] = frozenset()) -> str | None:
         """None when the stage's complete result matches its config and inputs; else why it must run (and from
         which iteration, where a checkpoint of this config lets it resume)."""
@@ -245,122 +252,106 @@ class Runner:
         return checkpoint.newest_of_config(results.checkpoints_dir(self.final_dir(item.key)),
                                            checkpoint.config_identity(config))
 
-    def run(self, stages: list[StagePlan], dry_run: bool = False) -> list[Outcome]:
-        with self._taking_stop_signals():
-            return self._run(stages, dry_run)
-
-    def _run(self, stages: list[StagePlan], dry_run: bool) -> list[Outcome]:
-        plans = {s.key: s for s in stages}
-        outcomes: dict[str, Outcome] = {}
-        total = len(stages)
-        will_run: set[str] = set()
-        for index, item in enumerate(stages, 1):
-            label = f"[{index}/{total}] {item.key}"
-            if item.given:
-                outcomes[item.key] = Outcome(item.key, "given", detail=item.given)
-                self.echo(f"{label}: using the given checkpoint {item.given}")
-                continue
-            config = self.stage_config(item, plans)
-            if dry_run:
-                reason = self.why_run(item, config, will_run)
-                if reason is None:
-                    self.echo(f"{label}: complete")
-                    outcomes[item.key] = Outcome(item.key, "complete")
-                else:
-                    will_run.add(item.key)
-                    after = f" after {', '.join(item.needs)}" if item.needs else ""
-                    self.echo(f"{label}: will run ({reason}){after}\n    {' '.join(self.command(item))}")
-                    outcomes[item.key] = Outcome(item.key, "planned", detail=reason)
-                continue
-            blocked = [n for n in item.needs if n in outcomes and outcomes[n].status not in ("completed", "skipped", "given")]
-            missing = [n for n in item.needs if n not in outcomes and not results.is_complete(self.final_dir(n))]
-            if blocked or missing:
-                why = ", ".join(blocked + [f"{m} (no result; run it first)" for m in missing])
-                outcomes[item.key] = Outcome(item.key, "blocked", detail=f"needs {why}")
-                self.echo(f"{label}: blocked, needs {why}")
-                continue
-            reason = self.why_run(item, config)
-            if reason is None:
-                outcomes[item.key] = Outcome(item.key, "skipped", detail="already complete")
-                self.echo(f"{label}: already complete, skipped")
-                continue
-            if self.stopped_by:
-                self.echo(f"{self.stopped_by}: stopping before {item.key}; run the same command again to go on")
-                break
-            self.echo(f"{label}: will run ({reason})")
-            outcome = self.run_stage(item, config, label)
-            outcomes[item.key] = outcome
-            if outcome.status == "interrupted" or self.stopped_by:
-                self.echo("interrupted: stopping here; run the same command again to resume")
-                break
-        return [outcomes.get(s.key, Outcome(s.key, "not run")) for s in stages]
-
-    def run_stage(self, item: StagePlan, config: dict, label: str) -> Outcome:
-        config_path = self.config_path(item)
-        config_path.parent.mkdir(parents=True, exist_ok=True)
-        results.write_json(config_path, config)
-        log_path = self.log_path(item)
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        expected = self.expected_steps(item)
-        start = time.time()
-        self.echo(f"{label}: running (log: {log_path})")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false",
-               RUNNER_PID_ENV: str(os.getpid())}
-        # Line-buffered: each line the stage prints is in the log at once, so a log survives a runner or stage
-        # killed by SIGKILL (a block buffer would die with the runner, and `tail -f` would show nothing).
-        with open(log_path, "w", buffering=1) as log:
-            # Its own process group, so that a stop reaches the launcher and every rank it started, and only them.
-            process = subprocess.Popen(
-                self.command(item), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, bufsize=1,
-                preexec_fn=_die_with_parent, start_new_session=True,
-            )
-            self.process = process
-            if self.stopped_by:
-                _signal_group(process, signal.SIGUSR1)
-            try:
-                for line in process.stdout:
-                    log.write(line)
-                    if self.stopped_by:  # again: a stage still importing ignores SIGUSR1 until it takes it
-                        _signal_group(process, signal.SIGUSR1)
-                    progress = results.parse_progress(line)
-                    if progress:
-                        self.show_progress(label, progress[1], expected, progress[2], time.time() - start)
-                    elif line.startswith(SHOWN_LINES):
-                        self.echo(f"    {line.rstrip()}")
-                code = process.wait()
-            except KeyboardInterrupt:
-                # Ctrl-C: the stage stops at once (a re-run resumes from its last checkpoint).
-                _signal_group(process, signal.SIGINT)
-                try:
-                    process.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    _signal_group(process, signal.SIGKILL)
-                self.stopped_by = "SIGINT"
-                return Outcome(item.key, "interrupted", time.time() - start, "Ctrl-C: " + self._resumes_from(item, config))
-            finally:
-                self.process = None
-        seconds = time.time() - start
-        final = self.final_dir(item.key)
-        if code == EXIT_RESUMABLE:
-            return Outcome(item.key, "interrupted", seconds,
-                           f"stopped by {self.stopped_by or 'a signal'}: {self._resumes_from(item, config)}")
-        if code == EXIT_COMPLETED and results.is_complete(final):
-            (final / "stage.log").write_text(log_path.read_text())
-            results.discard(results.failed_dir(final))  # an earlier failure is no longer this stage's state
-            self.echo(f"{label}: completed in {seconds:.1f}s")
-            return Outcome(item.key, "completed", seconds)
-        detail = self.failure_reason(log_path, code)
-        self.echo(f"{label}: FAILED after {seconds:.1f}s: {detail} (log: {log_path})")
-        return Outcome(item.key, "failed", seconds, detail)
-
-    def _resumes_from(self, item: StagePlan, config: dict) -> str:
+    def resumes_from(self, item: StagePlan, config: dict) -> str:
         resume = self.resume_point(item, config)
         return f"a re-run resumes from iteration {resume}" if resume is not None else "no checkpoint, a re-run starts over"
 
+    def preview(self, stages: list[StagePlan]) -> list[Outcome]:
+        """--dry-run: what each stage would do and its command; nothing is written."""
+        plans = {s.key: s for s in stages}
+        outcomes, will_run = [], set()
+        for index, item in enumerate(stages, 1):
+            label = f"[{index}/{len(stages)}] {item.key}"
+            if item.given:
+                self.echo(f"{label}: using the given checkpoint {item.given}")
+                outcomes.append(Outcome(item.key, "given", detail=item.given))
+                continue
+            reason = self.why_run(item, self.stage_config(item, plans), will_run)
+            if reason is None:
+                self.echo(f"{label}: complete")
+                outcomes.append(Outcome(item.key, "complete"))
+                continue
+            will_run.add(item.key)
+            after = f" after {', '.join(item.needs)}" if item.needs else ""
+            self.echo(f"{label}: will run ({reason}){after}\n    {' '.join(self.preview_command(item))}")
+            outcomes.append(Outcome(item.key, "planned", detail=reason))
+        return outcomes
+
+    def preview_command(self, item: StagePlan) -> list[str]:
+        if self.suite.runtime.executor != "slurm":
+            return self.command(item)
+        from remax_bench.slurm import describe_job, task_command
+
+        command = task_command(item.module, self.config_path(item), self.final_dir(item.key))
+        return [describe_job(item.stage, self.suite.runtime) + "; on each task:", *command]
+
+    # -- running -----------------------------------------------------------------------------------
+    def executor(self, jobs: int = 1):
+        if self.suite.runtime.executor == "slurm":
+            from remax_bench.slurm import SlurmExecutor
+
+            return SlurmExecutor(self)
+        from remax_bench.local_executor import LocalExecutor
+
+        return LocalExecutor(self, jobs)
+
+    def run(self, stages: list[StagePlan], dry_run: bool = False, jobs: int = 1) -> list[Outcome]:
+        """The plan's stages, dependencies first: whatever is ready starts, up to ``jobs`` at once; a stage
+        whose input failed is blocked, and every other goes on. After a stop (a signal to the runner, or a stage
+        that ended resumable) no stage starts and the running ones end as the stop tells them."""
+        if dry_run:
+            return self.preview(stages)
+        plans = self.plans = {s.key: s for s in stages}
+        labels = {s.key: f"[{i}/{len(stages)}] {s.key}" for i, s in enumerate(stages, 1)}
+        outcomes: dict[str, Outcome] = {}
+        waiting = list(stages)
+        with self.executor(jobs) as executor, self._taking_stop_signals(executor):
+            try:
+                while waiting or executor.running:
+                    waiting = [item for item in waiting
+                               if not self.try_start(item, plans, outcomes, executor, labels[item.key])]
+                    if not executor.running and (not waiting or self.stopping):
+                        break
+                    if self.stopped_by and not executor.owns_stages:
+                        for outcome in executor.interrupt():  # Slurm's jobs go on; only the watching stops
+                            outcomes[outcome.key] = outcome
+                        break
+                    event = executor.next_event(timeout=self._wait_s(executor))
+                    if self.stopped_by:  # again: a stage still importing ignores SIGUSR1 until it takes it
+                        executor.forward_stop()
+                    if event is None:
+                        continue
+                    kind, key, payload = event
+                    if kind == "done":
+                        outcomes[key] = payload
+                        self.interrupted |= payload.status == "interrupted"
+                        getattr(self.echo, "forget", lambda key: None)(key)
+                    elif kind == "line":
+                        self.show_line(labels[key], key, payload)
+                    else:
+                        self.echo(f"{labels[key]}: {payload}")
+            except KeyboardInterrupt:
+                self.stopped_by = "SIGINT"
+                for outcome in executor.interrupt():
+                    outcomes[outcome.key] = outcome
+        if self.stopping:
+            self.echo("interrupted: stopping here; run the same command again to resume")
+        return [outcomes.get(s.key, Outcome(s.key, "not run")) for s in stages]
+
+    @property
+    def stopping(self) -> bool:
+        return bool(self.stopped_by) or self.interrupted
+
+    def _wait_s(self, executor) -> float | None:
+        """How long the loop waits for an event: for ever while a stage runs; without one only a device held by
+        another run can be awaited, so it looks again soon; after a stop it re-sends the stop every few seconds."""
+        wait = None if executor.running else executor.poll_s
+        return min(wait or STOP_RESEND_S, STOP_RESEND_S) if self.stopped_by else wait
+
     @contextmanager
-    def _taking_stop_signals(self):
-        """SIGTERM and SIGUSR1 to the runner stop the run: no stage starts after them, and the running one gets
-        SIGUSR1 in its whole process group, so every rank checkpoints at the end of its iteration and exits
+    def _taking_stop_signals(self, executor):
+        """SIGTERM and SIGUSR1 to the runner stop the run: no stage starts after them, and every running stage
+        gets SIGUSR1 in its whole process group, so every rank checkpoints at the end of its iteration and exits
         resumable (the deepspeed launcher, which would end its ranks on SIGTERM, ignores SIGUSR1). Only the main
         thread can take signals; elsewhere they keep their default action."""
         import threading
@@ -371,8 +362,7 @@ class Runner:
 
         def forward(signum, frame):
             self.stopped_by = signal.Signals(signum).name
-            if self.process is not None:
-                _signal_group(self.process, signal.SIGUSR1)
+            executor.forward_stop()
 
         previous = {signum: signal.signal(signum, forward) for signum in STOP_SIGNALS}
         try:
@@ -381,62 +371,78 @@ class Runner:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
 
+    def try_start(self, item: StagePlan, plans: dict, outcomes: dict, executor, label: str) -> bool:
+        """Start the stage or settle its outcome (given, skipped, blocked): True; False while it must wait."""
+        if item.key in self.held:
+            return False
+        if item.given:
+            outcomes[item.key] = Outcome(item.key, "given", detail=item.given)
+            self.echo(f"{label}: using the given checkpoint {item.given}")
+            return True
+        bad = [n for n in item.needs if n in outcomes and outcomes[n].status not in OK]
+        missing = [n for n in item.needs if n not in plans and not results.is_complete(self.final_dir(n))]
+        if bad or missing:
+            why = ", ".join(bad + [f"{m} (no result; run it first)" for m in missing])
+            outcomes[item.key] = Outcome(item.key, "blocked", detail=f"needs {why}")
+            self.echo(f"{label}: blocked, needs {why}")
+            return True
+        pending = [n for n in item.needs if n in plans and n not in outcomes]
+        # Locally a stage waits for its inputs to end; Slurm is handed it once their jobs are submitted.
+        if pending and (executor.waits_for_inputs or any(n not in executor.running for n in pending)):
+            return False
+        if not executor.has_room():
+            return False
+        config = self.stage_config(item, plans)
+        reason = self.why_run(item, config)
+        if reason is None:
+            outcomes[item.key] = Outcome(item.key, "skipped", detail="already complete")
+            self.echo(f"{label}: already complete, skipped")
+            return True
+        if self.stopping:
+            self.held.add(item.key)
+            self.echo(f"{self.stopped_by or 'interrupted'}: stopping before {item.key}; run the same command again "
+                      "to go on")
+            return False
+        wait = executor.start(item, config, label, pending, reason)
+        if wait is not None and self.waits.get(item.key) != wait:
+            self.echo(f"{label}: {wait}")  # once per change: another run holds the GPUs it needs
+        self.waits[item.key] = wait
+        return wait is None
+
     def expected_steps(self, item: StagePlan) -> int | None:
         if item.stage in algorithms.REGISTRY:
             return self.suite_of(item).iterations
         return None
 
-    def show_progress(self, label: str, step: int, expected: int | None, figures: str, elapsed: float) -> None:
+    def show_line(self, label: str, key: str, line: str) -> None:
+        """One line of a running stage's output: its progress on the live display, its errors and warnings."""
+        progress = results.parse_progress(line)
+        if progress:
+            self.show_progress(label, key, progress[1], progress[2])
+        elif line.startswith(SHOWN_LINES):
+            self.echo(f"    {label}: {line.rstrip()}")
+
+    def show_progress(self, label: str, key: str, step: int, figures: str) -> None:
         try:
             shown = json.loads(figures)
         except json.JSONDecodeError:
             shown = {}
         keys = [k for k in ("reward_mean", "kl", "loss", "accuracy", "eval_loss") if k in shown]
         text = " ".join(f"{k}={shown[k]:.3f}" for k in keys)
-        eta = ""
-        if expected and step > 0:
-            eta = f" ETA {max(0.0, elapsed / step * (expected - step)):.0f}s"
-            step_text = f"step {step}/{expected}"
+        expected = self.expected_steps(self.plans[key])
+        step_text = f"step {step}/{expected}" if expected else f"step {step}"
+        seen_at, seen_step = self.first_progress.setdefault(key, (time.time(), step))
+        if expected and step > seen_step:  # from this attempt's own pace (a resumed stage starts mid-way)
+            step_text += f" ETA {max(0.0, (time.time() - seen_at) / (step - seen_step) * (expected - step)):.0f}s"
+        show = getattr(self.echo, "progress", None)  # a live display keeps one line per running stage
+        if show is None:
+            self.echo(f"    {label} {step_text} {text}")
         else:
-            step_text = f"step {step}"
-        show = getattr(self.echo, "progress", self.echo)  # a live display may redraw one line for these
-        show(f"    {label} {step_text} {text}{eta}")
-
-    @staticmethod
-    def failure_reason(log_path: Path, code: int) -> str:
-        errors = [text.strip() for text in log_path.read_text().splitlines() if text.startswith("[error]")]
-        if errors:
-            return errors[0].removeprefix("[error]").strip()
-        if code < 0:
-            return f"killed by signal {-code}"
-        tail = log_path.read_text().strip().splitlines()[-1:] or ["no output"]
-        return f"exit code {code}: {tail[0][:200]}"
+            show(f"    {label} {step_text} {text}", key=key)
 
 
-RUNNER_PID_ENV = "REMAX_BENCH_RUNNER_PID"
-# The stage's lines the console shows besides its progress (all of them go to its log).
 SHOWN_LINES = ("[error]", "[warning]", "[resume]", "[interrupt]")
-
-
-def _die_with_parent() -> None:
-    """In the stage process before exec: the kernel kills it when the runner dies, even by SIGKILL, so a
-    stage never keeps a GPU busy and races a re-run. (Stages also watch the runner's pid as a fallback.)
-    SIGUSR1 is ignored until a stage takes it (ignoring survives exec): the deepspeed launcher, which has no
-    handler of its own for it, keeps running while its ranks checkpoint."""
-    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-
-
-def _signal_group(process: subprocess.Popen, signum: int) -> None:
-    """A signal to the stage and every process it started (its own process group)."""
-    try:
-        os.killpg(process.pid, signum)
-    except ProcessLookupError:
-        pass  # already gone
+STOP_RESEND_S = 5.0  # after a stop, SIGUSR1 again this often to a stage that has not taken it yet
 
 
 def _changed_fields(old, new, prefix: str) -> list[str]:

@@ -19,9 +19,14 @@ def pytest_collection_modifyitems(config, items):
     skip_vllm = pytest.mark.skip(reason="vllm: run with REMAX_BENCH_VLLM=1 (make test-vllm)" if has_vllm else
                                  "vllm: the vllm package is not installed (make install-vllm)")
     run_vllm = has_vllm and os.environ.get("REMAX_BENCH_VLLM") == "1"
+    # Real Slurm jobs need the one-node cluster that `make test-slurm` starts (scripts/slurm-local.sh).
+    skip_slurm = pytest.mark.skip(reason="slurm: run with REMAX_BENCH_SLURM=1 (make test-slurm starts the cluster)")
+    run_slurm = os.environ.get("REMAX_BENCH_SLURM") == "1"
     for item in items:
         if "vllm" in item.keywords and not run_vllm:
             item.add_marker(skip_vllm)
+        if "slurm" in item.keywords and not run_slurm:
+            item.add_marker(skip_slurm)
     if config.getoption("--runslow") or os.environ.get("REMAX_BENCH_SLOW") == "1":
         return
     skip = pytest.mark.skip(reason="slow: run with --runslow or REMAX_BENCH_SLOW=1 (make test-slow)")

@@ -184,8 +184,8 @@ def test_a_rank_that_raises_fails_the_stage_with_its_error(tmp_path, monkeypatch
         monkeypatch.setenv(key, value)
 
     class FailingRunner(Runner):
-        def command(self, item):
-            return ["failing_sft" if part == "trainers.sft" else part for part in super().command(item)]
+        def command(self, item, **share):
+            return ["failing_sft" if part == "trainers.sft" else part for part in super().command(item, **share)]
 
     lines = []
     runner = FailingRunner(suite, tmp_path / "results", echo=lines.append)
@@ -211,8 +211,8 @@ def test_a_stuck_rank_fails_the_stage_at_the_collective_timeout(tmp_path, monkey
         monkeypatch.setenv(key, value)
 
     class FailingRunner(Runner):
-        def command(self, item):
-            return ["failing_sft" if part == "trainers.sft" else part for part in super().command(item)]
+        def command(self, item, **share):
+            return ["failing_sft" if part == "trainers.sft" else part for part in super().command(item, **share)]
 
     outcome, = FailingRunner(suite, tmp_path / "results", echo=lambda line: None).run(plan(suite, only=["sft"]))
     assert outcome.status == "failed" and outcome.seconds < 200, outcome
@@ -225,9 +225,9 @@ FIXTURES = Path(__file__).parent / "fixtures"
 class KillingRunner(Runner):
     """Each stage started through tests/fixtures/killed_stage.py: every rank SIGKILLs itself after iteration 4."""
 
-    def command(self, item):
+    def command(self, item, **share):
         command = []
-        for part in super().command(item):
+        for part in super().command(item, **share):
             command += ["killed_stage", part] if part == item.module else [part]
         return command
 

@@ -37,9 +37,9 @@ def stage_env(extra: dict | None = None) -> dict:
 class KillingRunner(Runner):
     """The runner, with each stage started through tests/fixtures/killed_stage.py."""
 
-    def command(self, item):
+    def command(self, item, **share):
         command = []
-        for part in super().command(item):
+        for part in super().command(item, **share):
             command += ["killed_stage", part] if part == item.module else [part]
         return command
 
@@ -94,7 +94,7 @@ def test_a_killed_stage_resumes_to_the_weights_of_an_uninterrupted_run(runs, sta
     final, reference = runs.resumed / stage / "seed0", runs.reference / stage / "seed0"
     assert (final / "checkpoint" / "model.safetensors").read_bytes() == \
         (reference / "checkpoint" / "model.safetensors").read_bytes()
-    assert f"    [resume] {stage}: resumed from iteration {EVERY} (" in "\n".join(runs.console)  # the console
+    assert f"[resume] {stage}: resumed from iteration {EVERY} (" in "\n".join(runs.console)  # the console
     assert f"resumed from iteration {EVERY}" in (final / "stage.log").read_text()  # and the stage's log
     summary = json.loads((final / "summary.json").read_text())
     assert summary["resumed_from"] == [EVERY]

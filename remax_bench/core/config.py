@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field, ValidationError, create_model, field_vali
 
 from remax_bench.core import algorithms, sweep
 from remax_bench.core.schema import Strict
+from remax_bench.core.slurm_config import Slurm
 from remax_bench.core.trackers import NAMES as TRACKER_NAMES
 
 # The named suites (`remax-bench run tiny`). They ship inside the package: in a checkout remax_bench/suites links
@@ -339,6 +340,9 @@ class Runtime(Strict):
     # Time per example of each stage on this hardware, with its source: what `remax-bench estimate` costs a
     # run at when no measured run is given. Read by nothing that trains.
     throughput: Optional[Throughput] = None
+    # Where the stages run: processes on this machine (`run --jobs N` at once), or one Slurm job per stage.
+    executor: Literal["local", "slurm"] = "local"
+    slurm: Slurm = Slurm()
 
     @field_validator("trackers")
     @classmethod
@@ -349,9 +353,10 @@ class Runtime(Strict):
 
     @model_validator(mode="after")
     def _multi_node(self) -> "Runtime":
-        if self.num_nodes > 1 and not self.hostfile:
-            raise ValueError(f"hostfile: runtime.num_nodes > 1 needs runtime.hostfile (got num_nodes={self.num_nodes}, "
-                             "hostfile null)")
+        if self.num_nodes > 1 and not self.hostfile and self.executor == "local":
+            # Slurm places a job's nodes itself; the deepspeed launcher reads them from a hostfile.
+            raise ValueError(f"hostfile: runtime.num_nodes > 1 needs runtime.hostfile, or runtime.executor: slurm "
+                             f"(got num_nodes={self.num_nodes}, hostfile null)")
         if (self.num_nodes > 1 or self.num_gpus > 1) and not self.deepspeed.enabled:
             raise ValueError(
                 "deepspeed.enabled: several GPUs or nodes run through the DeepSpeed launcher; set "
@@ -572,10 +577,10 @@ class Suite(_AlgorithmBlocks):
         return json_digest(without_watch_fields(self.resolved()))
 
 
-# Fields that say how a run is watched or costed, not what it computes: a stage's identity (the config hash that
-# resume compares) and the report's "what differed" leave them out, so adding a tracker or a stated throughput
-# never retrains a stage.
-WATCH_FIELDS = (("runtime", "trackers"), ("runtime", "throughput"))
+# Fields that say how a run is watched, costed or placed, not what it computes: a stage's identity (the config hash
+# that resume compares) and the report's "what differed" leave them out, so adding a tracker, a stated throughput
+# or moving the run onto Slurm never retrains a stage.
+WATCH_FIELDS = (("runtime", "trackers"), ("runtime", "throughput"), ("runtime", "executor"), ("runtime", "slurm"))
 
 
 def without_watch_fields(suite: dict) -> dict:

@@ -173,11 +173,14 @@ def deepspeed_config(runtime: Any, shared: Any, train_batch_size_per_gpu: int, s
     return config
 
 
-def launch_command(module: str, stage_config_path: str, out_dir: str, runtime: Any) -> list[str]:
+def launch_command(module: str, stage_config_path: str, out_dir: str, runtime: Any, gpus: list[int] | None = None,
+                   master_port: int | None = None) -> list[str]:
     """The command that starts one stage: the ``deepspeed`` launcher, or plain python for one CPU process.
 
     ``deepspeed --num_gpus N [--num_nodes M --hostfile H] --master_port P --module trainers.<stage> --config C
     --out O``. The launcher starts one process per GPU and sets RANK/LOCAL_RANK/WORLD_SIZE/MASTER_* for each.
+    ``gpus``: this stage's share of the machine's GPUs (``--include localhost:i,j`` in place of ``--num_gpus``,
+    which would take the first N whatever else runs); ``master_port``: a port the caller holds for it.
     """
     num_gpus = int(_get(runtime, "num_gpus", 0) or 0)
     num_nodes = int(_get(runtime, "num_nodes", 1) or 1)
@@ -189,7 +192,13 @@ def launch_command(module: str, stage_config_path: str, out_dir: str, runtime: A
     # multi-rank tests run.
     if num_gpus < 1:
         raise ValueError("runtime.num_nodes > 1 needs runtime.num_gpus >= 1 (GPUs per node)")
-    command = ["deepspeed", "--num_gpus", str(num_gpus)]
+    if gpus is not None:
+        if num_nodes > 1 or len(gpus) != num_gpus:
+            raise ValueError(f"a share of this machine's GPUs is for one node and runtime.num_gpus={num_gpus} of them "
+                             f"(got {len(gpus)} GPUs, num_nodes={num_nodes})")
+        command = ["deepspeed", "--include", "localhost:" + ",".join(str(g) for g in gpus)]
+    else:
+        command = ["deepspeed", "--num_gpus", str(num_gpus)]
     hostfile = _get(runtime, "hostfile")
     if num_nodes > 1:
         if not hostfile:
@@ -198,7 +207,7 @@ def launch_command(module: str, stage_config_path: str, out_dir: str, runtime: A
         master_addr = _get(runtime, "master_addr")
         if master_addr:
             command += ["--master_addr", str(master_addr)]
-    port = _get(runtime, "master_port") or DEFAULT_MASTER_PORT
+    port = master_port or _get(runtime, "master_port") or DEFAULT_MASTER_PORT
     command += ["--master_port", str(int(port)), "--module", module, *stage_args]
     return command
 

@@ -14,6 +14,7 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
+from test_resume import KillingRunner  # every rank of each stage SIGKILLs itself after iteration 4
 
 from remax_bench.core.deepspeed_config import free_port
 from remax_bench.core.models import load_causal_lm
@@ -220,16 +221,6 @@ def test_a_stuck_rank_fails_the_stage_at_the_collective_timeout(tmp_path, monkey
 
 
 FIXTURES = Path(__file__).parent / "fixtures"
-
-
-class KillingRunner(Runner):
-    """Each stage started through tests/fixtures/killed_stage.py: every rank SIGKILLs itself after iteration 4."""
-
-    def command(self, item, **share):
-        command = []
-        for part in super().command(item, **share):
-            command += ["killed_stage", part] if part == item.module else [part]
-        return command
 
 
 @pytest.mark.timeout(1800)  # six launches of two ranks: 10-14 minutes on 2 loaded cores

@@ -60,11 +60,11 @@ test-slow: $(STAMP)
 
 # Only the tests marked slow, which `make test` skips (CI runs them after it).
 test-slow-only: $(STAMP)
-	REMAX_BENCH_SLOW=1 $(PY) -m pytest -q -m slow
+	REMAX_BENCH_SLOW=1 $(PY) -m pytest -q -m "slow and not multirank"
 
 # Two real ranks through the deepspeed launcher on CPU (gloo): global batches, disjoint shards, ZeRO-3
 # generation, a failing and a stalled rank (about 3 minutes on 2 shared cores); SFT and ReMax killed and resumed
-# under ZeRO-2 and ZeRO-3 (10-25 minutes more). Two ranks with a vLLM engine each run in test-vllm.
+# under ZeRO-3 (5-12 minutes more; under ZeRO-2 too with `make test-slow`). Two ranks with a vLLM engine each run in test-vllm.
 test-multirank: $(STAMP)
 	REMAX_BENCH_MULTIRANK=1 $(PY) -m pytest -q -m "multirank and not vllm"
 

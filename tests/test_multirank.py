@@ -223,8 +223,10 @@ def test_a_stuck_rank_fails_the_stage_at_the_collective_timeout(tmp_path, monkey
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
-@pytest.mark.timeout(1800)  # six launches of two ranks: 10-14 minutes on 2 loaded cores
-@pytest.mark.parametrize("zero_stage", [2, 3])
+# Six launches of two ranks each: 10-14 minutes on 2 loaded cores. ZeRO-3 (partitioned weights and optimizer) in
+# make test-multirank and CI; ZeRO-2 with `make test-slow`, which runs everything.
+@pytest.mark.timeout(1800)
+@pytest.mark.parametrize("zero_stage", [pytest.param(2, marks=pytest.mark.slow), 3])
 def test_sft_and_remax_killed_on_two_ranks_resume_to_the_uninterrupted_weights(tmp_path, monkeypatch, zero_stage):
     """SFT, then ReMax (scored by the gold function), on 2 ranks: each killed with SIGKILL on both ranks after
     iteration 4, with a checkpoint (every rank's ZeRO partition, through DeepSpeed's save_checkpoint) after 3; run

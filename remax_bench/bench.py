@@ -83,14 +83,14 @@ def _run_one_backend(base, model, iterations, results_dir, chosen, device, echo,
     for algo in chosen:
         stages.append(algorithm_stage(algo, seed, seed))
         results.discard(runner.final_dir(f"{algo}/seed{seed}"))  # a benchmark always measures afresh
-    outcomes = runner.run(stages)
-    echo(outcome_table(outcomes))
-    rows = []
-    for algo in chosen:
-        final = runner.final_dir(f"{algo}/seed{seed}")
-        if results.is_complete(final):
-            rows.append(bench_row(algo, results.read_json(final / "summary.json")))
-    return pd.DataFrame(rows)
+    echo(outcome_table(runner.run(stages)))
+    return pd.DataFrame([bench_row(algo, summary) for algo, summary in finished_summaries(runner, chosen, seed)])
+
+
+def finished_summaries(runner, names, seed: int) -> list[tuple[str, dict]]:
+    """Each named stage's summary where its run completed; a stage that did not finish has no row."""
+    finals = [(name, runner.final_dir(f"{name}/seed{seed}")) for name in names]
+    return [(name, results.read_json(final / "summary.json")) for name, final in finals if results.is_complete(final)]
 
 
 def bench_row(algo: str, summary: dict) -> dict:

@@ -55,7 +55,7 @@ def run_against(library: str, base: Suite, model: str, iterations: int, results_
     """The peer library's trainer of each chosen algorithm that has one, on the suite and initial checkpoints of
     our bench run with transformers rollouts (the engine TRL generates with here). ``overrides``: the --set
     KEY=VALUE that made ``base`` from its file, recorded in every manifest."""
-    from remax_bench.bench import bench_row, bench_suite, prepare_initial_models
+    from remax_bench.bench import bench_row, bench_suite, finished_summaries, prepare_initial_models
     from remax_bench.runner import Runner, StagePlan, algorithm_stage, outcome_table
 
     ours = bench_suite(base, model, iterations, device, gradient_checkpointing, "hf")
@@ -78,17 +78,13 @@ def run_against(library: str, base: Suite, model: str, iterations: int, results_
         results.discard(runner.final_dir(f"{name}/seed{seed}"))  # a benchmark always measures afresh
     echo(f"against {library}: {', '.join(algorithms.get(n).trl_trainer for n in names)} on the same work; "
          f"results in {runner.root}")
-    outcomes = runner.run(stages)
-    echo(outcome_table(outcomes))
+    echo(outcome_table(runner.run(stages)))
     rows = []
-    for name in names:
-        final = runner.final_dir(f"{name}/seed{seed}")
-        if results.is_complete(final):
-            summary = results.read_json(final / "summary.json")
-            peer = summary["peer"]
-            rows.append({**bench_row(name, summary), "trainer": f"{library}.{peer['trainer']}",
-                         "version": peer["version"], "answers_per_iteration": peer["rows_per_iteration"],
-                         "matched": peer["matched"], "differs": peer["differs"]})
+    for name, summary in finished_summaries(runner, names, seed):
+        peer = summary["peer"]
+        rows.append({**bench_row(name, summary), "trainer": f"{library}.{peer['trainer']}",
+                     "version": peer["version"], "answers_per_iteration": peer["rows_per_iteration"],
+                     "matched": peer["matched"], "differs": peer["differs"]})
     return pd.DataFrame(rows)
 
 
